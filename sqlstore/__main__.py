@@ -1,0 +1,3 @@
+from sqlstore.cli import app
+
+app(prog_name="sqlstore")

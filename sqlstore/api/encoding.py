@@ -1,0 +1,100 @@
+"""Encoding of Arrow tables and plain data into HTTP responses."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.ipc as pa_ipc
+import pyarrow.parquet as pq
+from starlette.responses import Response
+
+from sqlstore.errors import InvalidInput
+
+JSON_MEDIA_TYPE = "application/json"
+TABULAR_MEDIA_TYPES = {
+    "application/json": "json",
+    "text/csv": "csv",
+    "application/vnd.apache.parquet": "parquet",
+    "application/x-parquet": "parquet",
+    "application/vnd.apache.arrow.stream": "arrow",
+}
+FORMAT_MEDIA_TYPES = {
+    "json": "application/json",
+    "csv": "text/csv; charset=utf-8",
+    "parquet": "application/vnd.apache.parquet",
+    "arrow": "application/vnd.apache.arrow.stream",
+}
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def dumps(content: Any) -> bytes:
+    """Encode `content` as JSON; NaN and infinity become null, datetimes RFC 3339 strings."""
+    return orjson.dumps(content, default=_default, option=orjson.OPT_NON_STR_KEYS)
+
+
+class JSONBytesResponse(Response):
+    """A JSON response encoded with orjson, without FastAPI's per-value encoder."""
+
+    media_type = JSON_MEDIA_TYPE
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
+def table_records(table: pa.Table) -> list[dict[str, Any]]:
+    """Return the rows of `table` as dictionaries."""
+    return table.to_pylist()
+
+
+def negotiate_format(accept: str | None) -> str:
+    """Pick the tabular format from an Accept header: json (default), csv, parquet or arrow."""
+    if not accept:
+        return "json"
+    for part in accept.split(","):
+        media_type = part.split(";")[0].strip().lower()
+        if media_type in TABULAR_MEDIA_TYPES:
+            return TABULAR_MEDIA_TYPES[media_type]
+        if media_type in ("*/*", "application/*"):
+            return "json"
+    supported = ", ".join(TABULAR_MEDIA_TYPES)
+    raise InvalidInput(f"unsupported Accept header {accept!r}: use one of {supported}")
+
+
+def encode_table(table: pa.Table, file_format: str) -> bytes:
+    """Encode `table` as CSV, Parquet or an Arrow IPC stream."""
+    sink = pa.BufferOutputStream()
+    if file_format == "csv":
+        pa_csv.write_csv(_csv_ready(table), sink)
+    elif file_format == "parquet":
+        pq.write_table(table, sink)
+    elif file_format == "arrow":
+        with pa_ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+    else:
+        raise ValueError(f"unknown format {file_format!r}")
+    return sink.getvalue().to_pybytes()
+
+
+def _csv_ready(table: pa.Table) -> pa.Table:
+    """Replace list columns, which CSV cannot hold, by their JSON text."""
+    columns = []
+    for column in table.columns:
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            texts = [None if v is None else orjson.dumps(v).decode() for v in column.to_pylist()]
+            column = pa.chunked_array([pa.array(texts, pa.string())])
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=table.column_names)

@@ -1,0 +1,105 @@
+"""One JSON error shape for every failure: `{"error": {"code", "message", "request_id"}}`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from sqlstore.api.encoding import JSONBytesResponse
+from sqlstore.errors import SqlstoreError
+
+logger = logging.getLogger(__name__)
+
+HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def request_id_of(request: Request) -> str:
+    return getattr(request.state, "request_id", "-")
+
+
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body: dict[str, Any] = {
+        "error": {"code": code, "message": message, "request_id": request_id_of(request)}
+    }
+    if details:
+        body["error"]["details"] = details
+    return JSONBytesResponse(body, status_code=status, headers=headers)
+
+
+async def handle_sqlstore_error(request: Request, error: SqlstoreError) -> Response:
+    logger.warning(
+        "%s %s failed with %d (request %s): %s",
+        request.method,
+        request.url.path,
+        error.status,
+        request_id_of(request),
+        error.message,
+    )
+    headers = {"Retry-After": "1"} if error.status == 503 else None
+    return error_response(request, error.status, error.code, error.message, headers=headers)
+
+
+async def handle_validation_error(request: Request, error: RequestValidationError) -> Response:
+    details = [
+        {
+            "location": ".".join(str(part) for part in item.get("loc", ())),
+            "message": item.get("msg", ""),
+            "type": item.get("type", ""),
+        }
+        for item in error.errors()
+    ]
+    summary = "; ".join(f"{d['location']}: {d['message']}" for d in details[:5])
+    logger.info(
+        "invalid request %s (request %s): %s", request.url.path, request_id_of(request), summary
+    )
+    return error_response(
+        request, 422, "validation_error", f"invalid request: {summary}", details=details
+    )
+
+
+async def handle_http_error(request: Request, error: StarletteHTTPException) -> Response:
+    message = str(error.detail)
+    if error.status_code == 404 and message == "Not Found":
+        message = f"no route matches {request.method} {request.url.path}; see /docs for the API"
+    code = HTTP_CODES.get(error.status_code, "http_error")
+    return error_response(request, error.status_code, code, message, headers=error.headers)
+
+
+async def handle_unexpected_error(request: Request, error: Exception) -> Response:
+    logger.exception(
+        "unexpected error in %s %s (request %s)",
+        request.method,
+        request.url.path,
+        request_id_of(request),
+    )
+    return error_response(
+        request,
+        500,
+        "internal_error",
+        f"internal error; report request id {request_id_of(request)} with the server log",
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(SqlstoreError, handle_sqlstore_error)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
+    app.add_exception_handler(StarletteHTTPException, handle_http_error)
+    app.add_exception_handler(Exception, handle_unexpected_error)

@@ -1,0 +1,262 @@
+"""Routes under /features: the registry, page reads, writes, storage info and batch lookups."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from sqlstore.api.encoding import (
+    FORMAT_MEDIA_TYPES,
+    JSONBytesResponse,
+    encode_table,
+    negotiate_format,
+    table_records,
+)
+from sqlstore.api.models import (
+    BatchRequest,
+    BatchResponse,
+    ErrorResponse,
+    FeatureTableResponse,
+    StorageInfoResponse,
+    TableList,
+    WriteRequest,
+    WriteResponse,
+)
+from sqlstore.errors import InvalidInput, PayloadTooLarge
+from sqlstore.lookup import lookup_entities, resolve_reference
+from sqlstore.reader import parse_filters, read_page
+from sqlstore.records import records_to_table
+from sqlstore.registry import RegistryEntry
+from sqlstore.settings import Settings
+from sqlstore.store import FeatureStore, TableDefinition
+from sqlstore.types import describe_type
+from sqlstore.values import parse_timestamp
+
+logger = logging.getLogger(__name__)
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 404, 409, 413, 422, 503, 507)
+}
+PAGE_PARAMETERS = frozenset({"columns", "limit", "offset", "order_by"})
+
+router = APIRouter(prefix="/features", tags=["features"], responses=ERROR_RESPONSES)
+
+
+def _store(request: Request) -> FeatureStore:
+    return request.app.state.store
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+@router.get("", response_model=TableList)
+def list_tables(request: Request) -> Response:
+    """List every feature table with its registry entry."""
+    entries = _store(request).list_tables()
+    tables = [entry.model_dump(mode="json") for entry in entries]
+    return JSONBytesResponse({"count": len(tables), "tables": tables})
+
+
+@router.post("/batch", response_model=BatchResponse)
+def batch_features(request: Request, body: BatchRequest) -> Response:
+    """Return the latest row per entity of several tables, as of `timestamp` (default: now)."""
+    store = _store(request)
+    settings = _settings(request)
+    if body.entity_ids is None:
+        raise InvalidInput("entity_ids is required: give the key values to look up")
+    if len(body.entity_ids) > settings.max_entity_ids:
+        raise PayloadTooLarge(
+            f"{len(body.entity_ids)} entity ids is more than the maximum "
+            f"{settings.max_entity_ids} per request; split the request"
+        )
+
+    as_of = _parse_as_of(body.timestamp)
+    entries = store.list_tables()
+    references = [resolve_reference(name, entries) for name in body.feature_names]
+
+    features: dict[str, list[dict[str, Any]]] = {}
+    found: dict[str, int] = {}
+    not_found: dict[str, list[Any]] = {}
+    for reference in references:
+        result = lookup_entities(store, reference, body.entity_ids, as_of)
+        features[reference.requested] = table_records(result.table)
+        found[reference.requested] = result.table.num_rows
+        not_found[reference.requested] = result.missing
+
+    now = datetime.now(UTC).isoformat()
+    metadata = {
+        "request_timestamp": now,
+        "as_of": as_of.isoformat(),
+        "feature_count": len(references),
+        "entity_count": len(body.entity_ids),
+        "found": found,
+        "not_found": not_found,
+    }
+    return JSONBytesResponse({"features": features, "metadata": metadata, "timestamp": now})
+
+
+def _parse_as_of(value: str | float | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        return parse_timestamp(value)
+    except (ValueError, TypeError, OverflowError, OSError) as error:
+        raise InvalidInput(
+            f"invalid timestamp {value!r}: use ISO 8601 (2016-01-01T00:00:00Z) or Unix seconds"
+        ) from error
+
+
+@router.get(
+    "/{group}/{name}",
+    response_model=FeatureTableResponse,
+    responses={
+        200: {
+            "content": {media_type: {} for media_type in FORMAT_MEDIA_TYPES.values()},
+            "description": "JSON by default; the Accept header selects CSV, Parquet or Arrow",
+        }
+    },
+)
+def read_table(
+    request: Request,
+    group: str,
+    name: str,
+    columns: Annotated[str | None, Query(description="Comma-separated columns")] = None,
+    limit: Annotated[int | None, Query(ge=0, description="Rows per page")] = None,
+    offset: Annotated[int, Query(ge=0, description="Rows to skip")] = 0,
+    order_by: Annotated[
+        str | None, Query(description="Comma-separated columns; prefix - for descending")
+    ] = None,
+) -> Response:
+    """Return rows of one table. Other query parameters filter rows: `column=value`, or
+    `column__op=value` with op one of eq, ne, lt, lte, gt, gte, in (comma-separated values),
+    isnull (true/false) and contains (an element of a list column)."""
+    settings = _settings(request)
+    file_format = negotiate_format(request.headers.get("accept"))
+    limit = settings.default_limit if limit is None else limit
+    if limit > settings.max_limit:
+        raise InvalidInput(
+            f"limit {limit} is more than the maximum {settings.max_limit}; page with offset"
+        )
+
+    filter_params = [
+        (key, value)
+        for key, value in request.query_params.multi_items()
+        if key not in PAGE_PARAMETERS
+    ]
+    page = read_page(
+        _store(request),
+        group,
+        name,
+        columns=columns,
+        filters=parse_filters(filter_params),
+        order_by=order_by,
+        limit=limit,
+        offset=offset,
+    )
+
+    headers = {"X-Total-Rows": str(page.total_rows), "X-Table-Version": str(page.entry.version)}
+    if file_format != "json":
+        content = encode_table(page.table, file_format)
+        return Response(content, media_type=FORMAT_MEDIA_TYPES[file_format], headers=headers)
+
+    metadata = {
+        "total_rows": page.total_rows,
+        "returned_rows": page.table.num_rows,
+        "limit": limit,
+        "offset": offset,
+        "columns": page.table.column_names,
+        "dtypes": {f.name: describe_type(f.type) for f in page.table.schema},
+        "version": page.entry.version,
+    }
+    body = {
+        "feature_group": group,
+        "feature_name": name,
+        "data": table_records(page.table),
+        "metadata": metadata,
+    }
+    return JSONBytesResponse(body, headers=headers)
+
+
+@router.post("/{group}/{name}", response_model=WriteResponse)
+def write_table(request: Request, group: str, name: str, body: WriteRequest) -> Response:
+    """Write records to a table: replace it (mode=overwrite, the default) or append to it."""
+    settings = _settings(request)
+    if len(body.records) > settings.max_records_per_write:
+        raise PayloadTooLarge(
+            f"{len(body.records)} records is more than the maximum "
+            f"{settings.max_records_per_write} per write; split the write and use mode=append"
+        )
+
+    entity_key = [body.entity_key] if isinstance(body.entity_key, str) else body.entity_key
+    definition = TableDefinition(
+        entity_key=entity_key,
+        timestamp_column=body.timestamp_column,
+        created_timestamp_column=body.created_timestamp_column,
+        ttl_seconds=body.ttl_seconds,
+        description=body.description,
+        owner=body.owner,
+        tags=body.tags,
+        column_descriptions=body.column_descriptions,
+    )
+    result = _store(request).write(
+        group,
+        name,
+        records_to_table(body.records),
+        mode=body.mode,
+        definition=definition,
+        compression=body.compression,
+    )
+    entry = result.entry
+    response = {
+        "message": f"saved {result.rows_written} rows to {entry.reference} ({body.mode})",
+        "feature_group": group,
+        "feature_name": name,
+        "rows_saved": result.rows_written,
+        "row_count": entry.row_count,
+        "version": entry.version,
+        "path": entry.path,
+    }
+    return JSONBytesResponse(response)
+
+
+@router.delete("/{group}/{name}")
+def delete_table(request: Request, group: str, name: str) -> Response:
+    """Delete a table's Parquet file and registry entry."""
+    _store(request).delete(group, name)
+    return JSONBytesResponse({"message": f"deleted {group}/{name}"})
+
+
+@router.get("/{group}/{name}/info", response_model=StorageInfoResponse)
+def table_info(request: Request, group: str, name: str) -> Response:
+    """Return storage figures of one table: size, rows, columns, compression and version."""
+    entry = _store(request).table(group, name)
+    return JSONBytesResponse({"storage_info": storage_info(entry)})
+
+
+def storage_info(entry: RegistryEntry) -> dict[str, Any]:
+    """Return the storage figures of a table from its registry entry."""
+    stats = entry.storage
+    size = max(stats.bytes_on_disk, 1)
+    return {
+        "feature_group": entry.group,
+        "feature_name": entry.name,
+        "path": entry.path,
+        "exists": True,
+        "version": entry.version,
+        "row_count": entry.row_count,
+        "column_count": len(entry.columns),
+        "columns": [column.name for column in entry.columns],
+        "file_size_bytes": stats.bytes_on_disk,
+        "file_size_mb": round(stats.bytes_on_disk / 1024 / 1024, 3),
+        "compression": stats.compression,
+        "arrow_bytes": stats.arrow_bytes,
+        "csv_bytes": stats.csv_bytes,
+        "compression_ratio_vs_arrow": round(stats.arrow_bytes / size, 3),
+        "compression_ratio_vs_csv": round(stats.csv_bytes / size, 3),
+        "updated_at": entry.updated_at.isoformat(),
+    }

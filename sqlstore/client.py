@@ -1,0 +1,227 @@
+"""Python client for the sqlstore REST API."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8001"
+DEFAULT_TIMEOUT_SECONDS = 30.0
+
+
+class FeatureStoreError(Exception):
+    """The server answered with an error, or could not be reached.
+
+    `status_code` is None when no response arrived. `code` and `request_id` come from the
+    server's error body when it sent one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status_code: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.code = code
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        if self.status_code is None:
+            return self.message
+        return f"{self.status_code} {self.code or 'error'}: {self.message}"
+
+
+class FeatureStoreClient:
+    """Client of one sqlstore server. Use it as a context manager, or call `close()`."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, headers=headers, transport=transport
+        )
+
+    def __enter__(self) -> FeatureStoreClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def health(self) -> dict[str, Any]:
+        """Return the server's health report."""
+        return self._request("GET", "/health")
+
+    def list_features(self) -> list[dict[str, Any]]:
+        """Return the registry entry of every feature table."""
+        return self._request("GET", "/features")["tables"]
+
+    def get_feature(
+        self,
+        feature_group: str,
+        feature_name: str,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        filters: Mapping[str, Any] | None = None,
+        order_by: str | None = None,
+        as_frame: bool = False,
+    ) -> dict[str, Any] | pd.DataFrame:
+        """Return one page of a table: the response body, or its rows as a DataFrame.
+
+        `filters` maps `column` or `column__op` (eq, ne, lt, lte, gt, gte, in, isnull,
+        contains) to a value; a list value for `__in` is sent comma-separated.
+        """
+        params: dict[str, Any] = {"offset": offset}
+        if columns:
+            params["columns"] = ",".join(columns)
+        if limit is not None:
+            params["limit"] = limit
+        if order_by:
+            params["order_by"] = order_by
+        for key, value in (filters or {}).items():
+            params[key] = ",".join(map(str, value)) if isinstance(value, list | tuple) else value
+
+        body = self._request("GET", f"/features/{feature_group}/{feature_name}", params=params)
+        if as_frame:
+            metadata = body["metadata"]
+            return _frame(body["data"], metadata["columns"], metadata["dtypes"])
+        return body
+
+    def save_feature(
+        self,
+        feature_group: str,
+        feature_name: str,
+        data: Sequence[Mapping[str, Any]] | pd.DataFrame,
+        mode: str = "overwrite",
+        entity_key: str | Sequence[str] | None = None,
+        timestamp_column: str | None = None,
+        description: str | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Write records (or a DataFrame) to a table; `mode` is overwrite or append.
+
+        Other keyword arguments (created_timestamp_column, ttl_seconds, owner, tags,
+        column_descriptions, compression) are sent as given.
+        """
+        records = _records(data)
+        payload: dict[str, Any] = {"records": records, "mode": mode, **options}
+        if entity_key is not None:
+            payload["entity_key"] = entity_key if isinstance(entity_key, str) else list(entity_key)
+        if timestamp_column is not None:
+            payload["timestamp_column"] = timestamp_column
+        if description is not None:
+            payload["description"] = description
+        return self._request("POST", f"/features/{feature_group}/{feature_name}", json=payload)
+
+    def get_batch_features(
+        self,
+        feature_names: Sequence[str],
+        entity_ids: Sequence[Any] | None = None,
+        timestamp: str | float | None = None,
+        as_frame: bool = False,
+    ) -> dict[str, Any] | dict[str, pd.DataFrame]:
+        """Return the latest row per entity of each feature table, as of `timestamp`.
+
+        With `as_frame`, return one DataFrame per requested feature name instead of the body.
+        """
+        payload = {
+            "feature_names": list(feature_names),
+            "entity_ids": None if entity_ids is None else list(entity_ids),
+            "timestamp": timestamp,
+        }
+        body = self._request("POST", "/features/batch", json=payload)
+        if as_frame:
+            return {name: _frame(rows) for name, rows in body["features"].items()}
+        return body
+
+    def get_feature_info(self, feature_group: str, feature_name: str) -> dict[str, Any]:
+        """Return the storage information of one table."""
+        return self._request("GET", f"/features/{feature_group}/{feature_name}/info")
+
+    def delete_feature(self, feature_group: str, feature_name: str) -> dict[str, Any]:
+        """Delete a table."""
+        return self._request("DELETE", f"/features/{feature_group}/{feature_name}")
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as error:
+            raise FeatureStoreError(f"{method} {path} timed out: {error}") from error
+        except httpx.TransportError as error:
+            raise FeatureStoreError(
+                f"could not reach {self.base_url} for {method} {path}: {error}"
+            ) from error
+
+        if response.is_success:
+            return response.json()
+        raise _error_from_response(response)
+
+
+def _error_from_response(response: httpx.Response) -> FeatureStoreError:
+    try:
+        error = response.json()["error"]
+        return FeatureStoreError(
+            error["message"],
+            status_code=response.status_code,
+            code=error.get("code"),
+            request_id=error.get("request_id"),
+        )
+    except (ValueError, KeyError, TypeError):
+        return FeatureStoreError(response.text[:500], status_code=response.status_code)
+
+
+def _records(data: Sequence[Mapping[str, Any]] | pd.DataFrame) -> list[dict[str, Any]]:
+    if isinstance(data, pd.DataFrame):
+        # to_json turns timestamps into ISO 8601 and NaN into null, which the server reads back.
+        return json.loads(data.to_json(orient="records", date_format="iso", date_unit="us"))
+    return [dict(record) for record in data]
+
+
+def _frame(
+    rows: list[dict[str, Any]],
+    columns: list[str] | None = None,
+    dtypes: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """Build a DataFrame, parsing timestamp columns: those `dtypes` names as timestamps, or
+    without `dtypes`, string columns whose first value is an ISO 8601 timestamp."""
+    frame = pd.DataFrame.from_records(rows, columns=columns)
+    for column in frame.columns:
+        if dtypes is not None:
+            is_timestamp = dtypes.get(column, "").startswith("timestamp")
+        else:
+            first = frame[column].dropna()
+            is_timestamp = pd.api.types.is_string_dtype(frame[column]) and (
+                not first.empty and _looks_like_timestamp(first.iloc[0])
+            )
+        if is_timestamp:
+            frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
+    return frame
+
+
+def _looks_like_timestamp(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) >= 19
+        and value[4] == "-"
+        and value[10] == "T"
+        and value[13] == ":"
+    )

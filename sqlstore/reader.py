@@ -1,0 +1,168 @@
+"""Page reads of one feature table: column selection, filters, ordering and pagination."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from sqlstore.catalog import query_arrow
+from sqlstore.errors import InvalidInput
+from sqlstore.identifiers import quote_identifier
+from sqlstore.registry import RegistryEntry
+from sqlstore.store import FeatureStore
+from sqlstore.values import convert_value, sql_type_for
+
+COMPARISONS = {"eq": "=", "ne": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+OPERATORS = (*COMPARISONS, "in", "isnull", "contains")
+OPERATOR_SEPARATOR = "__"
+MAX_IN_VALUES = 10_000
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One condition on a column: `column__operator=value` in a query string."""
+
+    column: str
+    operator: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a table, with the number of rows matching the filters before pagination."""
+
+    table: pa.Table
+    total_rows: int
+    entry: RegistryEntry
+
+
+def parse_filters(params: Iterable[tuple[str, str]]) -> list[Filter]:
+    """Turn query parameters such as `rating__gte=4` or `user_id=7` into filters."""
+    filters = []
+    for key, value in params:
+        column, _, operator = key.partition(OPERATOR_SEPARATOR)
+        operator = operator or "eq"
+        if operator not in OPERATORS:
+            known = ", ".join(OPERATORS)
+            raise InvalidInput(
+                f"invalid filter {key!r}: unknown operator {operator!r}; use {known}"
+            )
+        filters.append(Filter(column=column, operator=operator, value=value))
+    return filters
+
+
+def parse_columns(text: str | None, entry: RegistryEntry) -> list[str]:
+    """Return the requested columns (comma-separated), all of them when `text` is empty."""
+    if not text:
+        return [column.name for column in entry.columns]
+    columns = [part.strip() for part in text.split(",") if part.strip()]
+    for column in columns:
+        _require_column(entry, column, "columns")
+    return list(dict.fromkeys(columns))
+
+
+def read_page(
+    store: FeatureStore,
+    group: str,
+    name: str,
+    *,
+    columns: str | None = None,
+    filters: list[Filter] = (),
+    order_by: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> Page:
+    """Read one page of a table through its DuckDB view; all values are bound parameters."""
+    entry = store.table(group, name)
+    selected = parse_columns(columns, entry)
+    where, parameters = _where_clause(filters, entry, store.arrow_schema(entry))
+    order = _order_clause(order_by, entry)
+    view = f"{quote_identifier(group)}.{quote_identifier(name)}"
+    select_list = ", ".join(quote_identifier(column) for column in selected)
+
+    # NOTE: the count and the page are two statements; a write that lands between them can
+    # make total_rows describe the newer version of the table.
+    with store.catalog.cursor() as cursor:
+        count_sql = f"SELECT count(*) FROM {view}{where}"
+        total = cursor.execute(count_sql, parameters).fetchall()[0][0]
+        table = query_arrow(
+            cursor,
+            f"SELECT {select_list} FROM {view}{where}{order} LIMIT ? OFFSET ?",
+            [*parameters, limit, offset],
+        )
+    return Page(table=table, total_rows=total, entry=entry)
+
+
+def _require_column(entry: RegistryEntry, column: str, what: str) -> None:
+    if entry.column(column) is None:
+        available = ", ".join(c.name for c in entry.columns)
+        raise InvalidInput(
+            f"unknown column {column!r} in {what} for {entry.reference}; columns: {available}"
+        )
+
+
+def _where_clause(
+    filters: Iterable[Filter], entry: RegistryEntry, schema: pa.Schema
+) -> tuple[str, list[Any]]:
+    conditions = []
+    parameters: list[Any] = []
+    for item in filters:
+        _require_column(entry, item.column, "filter")
+        condition, values = _condition(item, schema.field(item.column).type)
+        conditions.append(condition)
+        parameters.extend(values)
+    if not conditions:
+        return "", []
+    return " WHERE " + " AND ".join(conditions), parameters
+
+
+def _condition(item: Filter, arrow_type: pa.DataType) -> tuple[str, list[Any]]:
+    column = quote_identifier(item.column)
+    what = f"filter {item.column}{OPERATOR_SEPARATOR}{item.operator}"
+
+    if item.operator == "isnull":
+        wanted = convert_value(item.value, pa.bool_(), what)
+        return f"{column} IS {'' if wanted else 'NOT '}NULL", []
+
+    if item.operator == "contains":
+        if not (pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)):
+            raise InvalidInput(f"{what}: contains applies to list columns only")
+        element_type = arrow_type.value_type
+        value = convert_value(item.value, element_type, what)
+        return f"list_contains({column}, CAST(? AS {_bound_type(element_type, what)}))", [value]
+
+    sql_type = _bound_type(arrow_type, what)
+    if item.operator == "in":
+        raw_values = [part for part in item.value.split(",") if part != ""]
+        if not raw_values or len(raw_values) > MAX_IN_VALUES:
+            raise InvalidInput(f"{what} needs 1 to {MAX_IN_VALUES} comma-separated values")
+        values = [convert_value(raw, arrow_type, what) for raw in raw_values]
+        placeholders = ", ".join(f"CAST(? AS {sql_type})" for _ in values)
+        return f"{column} IN ({placeholders})", values
+
+    value = convert_value(item.value, arrow_type, what)
+    return f"{column} {COMPARISONS[item.operator]} CAST(? AS {sql_type})", [value]
+
+
+def _bound_type(arrow_type: pa.DataType, what: str) -> str:
+    sql_type = sql_type_for(arrow_type)
+    if sql_type is None:
+        raise InvalidInput(f"{what}: filtering on {arrow_type} columns is not supported")
+    return sql_type
+
+
+def _order_clause(order_by: str | None, entry: RegistryEntry) -> str:
+    """Build ORDER BY from `col` or `-col` items, comma-separated; `-` sorts descending."""
+    if not order_by:
+        return ""
+    terms = []
+    for part in order_by.split(","):
+        part = part.strip()
+        descending = part.startswith("-")
+        column = part.lstrip("-")
+        _require_column(entry, column, "order_by")
+        terms.append(f"{quote_identifier(column)} {'DESC' if descending else 'ASC'}")
+    return " ORDER BY " + ", ".join(terms)

@@ -1,0 +1,111 @@
+"""The registry: one JSON file per feature table under `registry/<group>/<name>.json`."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from pydantic import BaseModel, Field, ValidationError
+
+from sqlstore.atomic import write_bytes_atomically
+from sqlstore.errors import NotFound
+from sqlstore.layout import StoreLayout
+
+logger = logging.getLogger(__name__)
+
+
+class ColumnInfo(BaseModel):
+    """One column of a feature table."""
+
+    name: str
+    type: str = Field(description="Arrow type of the stored column, e.g. int32, double, string")
+    description: str = ""
+
+
+class StorageStats(BaseModel):
+    """Size figures of a table's Parquet file, measured when it was written."""
+
+    bytes_on_disk: int
+    arrow_bytes: int = Field(description="Size of the table in memory as uncompressed Arrow")
+    csv_bytes: int = Field(description="Size of the table written as CSV with a header")
+    compression: str
+
+
+class RegistryEntry(BaseModel):
+    """Definition and state of one feature table."""
+
+    group: str
+    name: str
+    entity_key: list[str] = Field(default_factory=list)
+    timestamp_column: str | None = None
+    created_timestamp_column: str | None = None
+    ttl_seconds: float | None = Field(
+        default=None, description="Values older than this at lookup time are treated as missing"
+    )
+    description: str = ""
+    owner: str = ""
+    tags: list[str] = Field(default_factory=list)
+    columns: list[ColumnInfo] = Field(default_factory=list)
+    row_count: int = 0
+    version: int = Field(default=0, description="Increases by one on every write")
+    created_at: datetime
+    updated_at: datetime
+    path: str = Field(description="Parquet file, relative to the store root")
+    storage: StorageStats
+
+    @property
+    def reference(self) -> str:
+        return f"{self.group}/{self.name}"
+
+    def column(self, name: str) -> ColumnInfo | None:
+        """Return the column called `name`, or None."""
+        for column in self.columns:
+            if column.name == name:
+                return column
+        return None
+
+
+class Registry:
+    """Reads and writes registry entries. Callers hold the table's lock around a write."""
+
+    def __init__(self, layout: StoreLayout) -> None:
+        self.layout = layout
+
+    def get(self, group: str, name: str) -> RegistryEntry:
+        """Return the entry of one table, or raise NotFound."""
+        entry = self.find(group, name)
+        if entry is None:
+            raise NotFound(
+                f"feature table {group}/{name} not found; GET /features lists the tables"
+            )
+        return entry
+
+    def find(self, group: str, name: str) -> RegistryEntry | None:
+        """Return the entry of one table, or None when it is not registered."""
+        path = self.layout.registry_path(group, name)
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return RegistryEntry.model_validate_json(text)
+
+    def put(self, entry: RegistryEntry) -> None:
+        """Write one entry atomically."""
+        path = self.layout.registry_path(entry.group, entry.name)
+        write_bytes_atomically(path, entry.model_dump_json(indent=2).encode())
+
+    def remove(self, group: str, name: str) -> None:
+        """Delete one entry; a missing entry is not an error."""
+        self.layout.registry_path(group, name).unlink(missing_ok=True)
+
+    def list(self) -> list[RegistryEntry]:
+        """Return every entry, sorted by group and name. Unreadable files are logged and skipped."""
+        entries = []
+        if not self.layout.registry_dir.is_dir():
+            return entries
+        for path in sorted(self.layout.registry_dir.glob("*/*.json")):
+            try:
+                entries.append(RegistryEntry.model_validate_json(path.read_bytes()))
+            except (OSError, ValidationError) as error:
+                logger.warning("skipping unreadable registry file %s: %s", path, error)
+        return entries

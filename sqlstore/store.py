@@ -1,0 +1,442 @@
+"""FeatureStore: writes feature tables to Parquet, keeps the registry and the DuckDB views."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import filelock
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from sqlstore.atomic import replace_atomically
+from sqlstore.catalog import Catalog
+from sqlstore.errors import Conflict, InvalidInput, StorageError, TableBusy
+from sqlstore.identifiers import validate_column, validate_group, validate_table_name
+from sqlstore.layout import StoreLayout, resolve_root
+from sqlstore.records import normalize_timestamp_column
+from sqlstore.registry import ColumnInfo, Registry, RegistryEntry, StorageStats
+from sqlstore.types import describe_type, optimize_table, type_family, widen_for_append
+
+logger = logging.getLogger(__name__)
+
+COMPRESSIONS = ("snappy", "zstd")
+WRITE_MODES = ("overwrite", "append")
+DEFAULT_ENTITY_KEY = "entity_id"
+DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
+KEY_FAMILIES = ("integer", "string", "date")
+MAX_COLUMNS = 1000
+# The lookup reads Parquet with DuckDB's file_row_number option, which adds this column.
+RESERVED_COLUMNS = frozenset({"file_row_number"})
+# Key of the Parquet footer metadata that holds a copy of the table's registry entry, so that a
+# crash between renaming the file and updating the registry can be repaired on the next start.
+ENTRY_METADATA_KEY = b"sqlstore.entry"
+
+
+@dataclass(frozen=True)
+class TableDefinition:
+    """What a write may declare about a table besides its data; None keeps the stored value."""
+
+    entity_key: list[str] | None = None
+    timestamp_column: str | None = None
+    created_timestamp_column: str | None = None
+    ttl_seconds: float | None = None
+    description: str | None = None
+    owner: str | None = None
+    tags: list[str] | None = None
+    column_descriptions: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """Outcome of one write."""
+
+    entry: RegistryEntry
+    rows_written: int
+
+
+class FeatureStore:
+    """One store root: Parquet files, the registry and a DuckDB catalog over them."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        lock_timeout_seconds: float = 60.0,
+        duckdb_threads: int | None = None,
+    ) -> None:
+        self.layout = StoreLayout(resolve_root(root))
+        self.layout.create()
+        self.registry = Registry(self.layout)
+        self.catalog = Catalog(self.layout, threads=duckdb_threads)
+        self.lock_timeout_seconds = lock_timeout_seconds
+        self._schemas: dict[tuple[str, str, int], pa.Schema] = {}
+
+    @property
+    def root(self) -> Path:
+        return self.layout.root
+
+    # Reading the registry
+
+    def list_tables(self) -> list[RegistryEntry]:
+        """Return every registered table, with the DuckDB views brought up to date."""
+        entries = self.registry.list()
+        self.catalog.sync(entries)
+        return entries
+
+    def table(self, group: str, name: str) -> RegistryEntry:
+        """Return one table's entry and make sure its view reads the current version."""
+        validate_group(group)
+        validate_table_name(name)
+        entry = self.registry.get(group, name)
+        self.catalog.ensure_view(entry)
+        return entry
+
+    def arrow_schema(self, entry: RegistryEntry) -> pa.Schema:
+        """Return the Arrow schema of the file behind `entry`, cached per table version."""
+        key = (entry.group, entry.name, entry.version)
+        schema = self._schemas.get(key)
+        if schema is None:
+            schema = pq.read_schema(self.root / entry.path)
+            self._schemas = {k: v for k, v in self._schemas.items() if k[:2] != key[:2]}
+            self._schemas[key] = schema
+        return schema
+
+    # Writing
+
+    def write(
+        self,
+        group: str,
+        name: str,
+        data: pa.Table,
+        *,
+        mode: str = "overwrite",
+        definition: TableDefinition | None = None,
+        compression: str = "snappy",
+    ) -> WriteResult:
+        """Write `data` as the new version of a table, replacing it or appending to it.
+
+        The file is replaced atomically under the table's lock, then the registry entry is
+        updated; concurrent writers to one table are serialised, other tables are not blocked.
+        """
+        validate_group(group)
+        validate_table_name(name)
+        _validate_options(mode, compression)
+        definition = definition or TableDefinition()
+        if data.num_rows == 0:
+            raise InvalidInput("no rows to write: send at least one record")
+
+        with self._table_lock(group, name):
+            existing = self.registry.find(group, name)
+            entry = self._write_locked(group, name, data, mode, definition, compression, existing)
+
+        self.catalog.ensure_view(entry)
+        logger.info(
+            "wrote %s/%s version %d: %d rows (%s), %d rows in total",
+            group,
+            name,
+            entry.version,
+            data.num_rows,
+            mode,
+            entry.row_count,
+        )
+        return WriteResult(entry=entry, rows_written=data.num_rows)
+
+    def delete(self, group: str, name: str) -> None:
+        """Remove a table's file and registry entry."""
+        with self._table_lock(group, name):
+            entry = self.registry.get(group, name)
+            try:
+                (self.root / entry.path).unlink(missing_ok=True)
+            except OSError as error:
+                raise StorageError(f"could not delete {entry.path}: {error.strerror}") from error
+            self.registry.remove(group, name)
+        self.catalog.drop_view(group, name)
+        logger.info("deleted %s/%s", group, name)
+
+    def recover(self) -> None:
+        """Repair the state a killed writer may have left: remove temporary files, and make
+        each registry entry agree with the Parquet file it describes."""
+        for group, name, path in self.layout.temporary_files():
+            with self._table_lock(group, name):
+                path.unlink(missing_ok=True)
+                logger.info("removed temporary file %s left by an interrupted write", path)
+
+        for group_dir in sorted(p for p in self.layout.features_dir.glob("*") if p.is_dir()):
+            for path in sorted(group_dir.glob("*.parquet")):
+                with self._table_lock(group_dir.name, path.stem):
+                    self._recover_table(group_dir.name, path.stem, path)
+
+        for entry in self.registry.list():
+            if not (self.root / entry.path).exists():
+                logger.warning("%s has no Parquet file; removing it from the registry", entry.path)
+                self.registry.remove(entry.group, entry.name)
+
+    def _recover_table(self, group: str, name: str, path: Path) -> None:
+        embedded = _read_embedded_entry(path)
+        if embedded is None:
+            logger.warning("%s has no sqlstore metadata; it is not registered", path)
+            return
+        registered = self.registry.find(group, name)
+        if registered is not None and registered.version == embedded.version:
+            return
+        embedded.storage.bytes_on_disk = path.stat().st_size
+        self.registry.put(embedded)
+        logger.warning(
+            "registry entry of %s/%s was at version %s, the file at %d; restored it from the file",
+            group,
+            name,
+            None if registered is None else registered.version,
+            embedded.version,
+        )
+
+    @contextmanager
+    def _table_lock(self, group: str, name: str) -> Iterator[None]:
+        lock = filelock.FileLock(self.layout.lock_path(group, name))
+        try:
+            with lock.acquire(timeout=self.lock_timeout_seconds):
+                yield
+        except filelock.Timeout as error:
+            raise TableBusy(
+                f"feature table {group}/{name} is being written by another process; "
+                f"retry after it finishes (waited {self.lock_timeout_seconds:g} s)"
+            ) from error
+
+    def _write_locked(
+        self,
+        group: str,
+        name: str,
+        data: pa.Table,
+        mode: str,
+        definition: TableDefinition,
+        compression: str,
+        existing: RegistryEntry | None,
+    ) -> RegistryEntry:
+        resolved = _resolve_definition(definition, data, mode, existing)
+        data = _prepare_columns(data, resolved)
+        path = self.layout.table_path(group, name)
+
+        if mode == "append" and existing is not None:
+            data = widen_for_append(pq.read_table(self.root / existing.path), data)
+        table, dictionary_columns = optimize_table(data)
+        _validate_table(table, resolved)
+
+        now = datetime.now(UTC)
+        entry = RegistryEntry(
+            group=group,
+            name=name,
+            entity_key=resolved.entity_key or [],
+            timestamp_column=resolved.timestamp_column,
+            created_timestamp_column=resolved.created_timestamp_column,
+            ttl_seconds=resolved.ttl_seconds,
+            description=resolved.description or "",
+            owner=resolved.owner or "",
+            tags=resolved.tags or [],
+            columns=_column_infos(table, resolved.column_descriptions or {}),
+            row_count=table.num_rows,
+            version=(existing.version if existing else 0) + 1,
+            created_at=existing.created_at if existing else now,
+            updated_at=now,
+            path=self.layout.relative(path),
+            storage=StorageStats(
+                bytes_on_disk=0,
+                arrow_bytes=table.nbytes,
+                csv_bytes=_csv_size(table),
+                compression=compression,
+            ),
+        )
+
+        metadata = dict(table.schema.metadata or {})
+        metadata[ENTRY_METADATA_KEY] = entry.model_dump_json().encode()
+        table = table.replace_schema_metadata(metadata)
+        replace_atomically(
+            path,
+            lambda temporary: pq.write_table(
+                table,
+                temporary,
+                compression=compression,
+                use_dictionary=dictionary_columns,
+            ),
+        )
+        entry.storage.bytes_on_disk = path.stat().st_size
+        self.registry.put(entry)
+        return entry
+
+
+def _validate_options(mode: str, compression: str) -> None:
+    if mode not in WRITE_MODES:
+        raise InvalidInput(f"invalid mode {mode!r}: use 'overwrite' or 'append'")
+    if compression not in COMPRESSIONS:
+        raise InvalidInput(f"invalid compression {compression!r}: use 'snappy' or 'zstd'")
+
+
+def _resolve_definition(
+    declared: TableDefinition, data: pa.Table, mode: str, existing: RegistryEntry | None
+) -> TableDefinition:
+    """Merge the declared definition with the registered one and the defaults."""
+    if mode == "append" and existing is not None:
+        _check_append_matches(declared, existing)
+
+    columns = set(data.column_names)
+    if existing is not None and mode == "append":
+        columns |= {column.name for column in existing.columns}
+
+    entity_key = declared.entity_key
+    if entity_key is None and existing is not None:
+        entity_key = existing.entity_key
+    if entity_key is None:
+        entity_key = [DEFAULT_ENTITY_KEY] if DEFAULT_ENTITY_KEY in columns else []
+
+    timestamp_column = declared.timestamp_column
+    if timestamp_column is None and existing is not None:
+        timestamp_column = existing.timestamp_column
+    if timestamp_column is None and DEFAULT_TIMESTAMP_COLUMN in columns:
+        timestamp_column = DEFAULT_TIMESTAMP_COLUMN
+
+    def keep(declared_value, attribute):
+        if declared_value is not None or existing is None:
+            return declared_value
+        return getattr(existing, attribute)
+
+    descriptions = dict(
+        {c.name: c.description for c in existing.columns if c.description} if existing else {}
+    )
+    descriptions.update(declared.column_descriptions or {})
+    return TableDefinition(
+        entity_key=list(entity_key),
+        timestamp_column=timestamp_column,
+        created_timestamp_column=keep(
+            declared.created_timestamp_column, "created_timestamp_column"
+        ),
+        ttl_seconds=keep(declared.ttl_seconds, "ttl_seconds"),
+        description=keep(declared.description, "description"),
+        owner=keep(declared.owner, "owner"),
+        tags=keep(declared.tags, "tags"),
+        column_descriptions=descriptions,
+    )
+
+
+def _check_append_matches(declared: TableDefinition, existing: RegistryEntry) -> None:
+    pairs = (
+        ("entity_key", declared.entity_key, existing.entity_key),
+        ("timestamp_column", declared.timestamp_column, existing.timestamp_column),
+        (
+            "created_timestamp_column",
+            declared.created_timestamp_column,
+            existing.created_timestamp_column,
+        ),
+    )
+    for field, declared_value, registered in pairs:
+        if declared_value is not None and declared_value != registered:
+            raise Conflict(
+                f"{field} {declared_value!r} differs from the registered {registered!r} of "
+                f"{existing.reference}; append without it, or overwrite the table to redefine it"
+            )
+
+
+def _prepare_columns(data: pa.Table, definition: TableDefinition) -> pa.Table:
+    """Validate column names and the declared columns, and convert timestamp columns to UTC."""
+    seen: dict[str, str] = {}
+    for column in data.column_names:
+        validate_column(column)
+        if column in RESERVED_COLUMNS:
+            raise InvalidInput(f"column name {column!r} is reserved by sqlstore; rename it")
+        folded = column.lower()
+        if folded in seen:
+            raise InvalidInput(
+                f"columns {seen[folded]!r} and {column!r} differ only in case, which SQL does not "
+                "distinguish; rename one of them"
+            )
+        seen[folded] = column
+
+    if data.num_columns > MAX_COLUMNS:
+        raise InvalidInput(f"{data.num_columns} columns is more than the maximum {MAX_COLUMNS}")
+
+    for column in definition.entity_key or []:
+        validate_column(column)
+    for column in (definition.timestamp_column, definition.created_timestamp_column):
+        if column is not None and column in data.column_names:
+            data = normalize_timestamp_column(data, validate_column(column))
+    return data
+
+
+def _validate_table(table: pa.Table, definition: TableDefinition) -> None:
+    """Check that the declared key and timestamp columns exist, have usable types and no nulls."""
+    for column in definition.entity_key or []:
+        _require_column(table, column, "entity key")
+        family = type_family(table[column].type)
+        if family not in KEY_FAMILIES:
+            raise InvalidInput(
+                f"entity key column {column!r} has {describe_type(table[column].type)} values; "
+                "keys must be integers, strings or dates"
+            )
+        _reject_nulls(table, column, "entity key")
+
+    for column, role in (
+        (definition.timestamp_column, "timestamp"),
+        (definition.created_timestamp_column, "created timestamp"),
+    ):
+        if column is None:
+            continue
+        _require_column(table, column, role)
+        _reject_nulls(table, column, role)
+
+    ttl = definition.ttl_seconds
+    if ttl is not None and not ttl >= 0:
+        raise InvalidInput(f"invalid ttl_seconds {ttl!r}: use a number of seconds, 0 or more")
+    if ttl and definition.timestamp_column is None:
+        raise InvalidInput("ttl_seconds needs a timestamp column; declare timestamp_column")
+
+
+def _require_column(table: pa.Table, column: str, role: str) -> None:
+    if column not in table.column_names:
+        available = ", ".join(table.column_names)
+        raise InvalidInput(f"{role} column {column!r} is not in the data; columns: {available}")
+
+
+def _reject_nulls(table: pa.Table, column: str, role: str) -> None:
+    nulls = table[column].is_null()
+    if pc.any(nulls).as_py():
+        index = pc.index(nulls, True).as_py()
+        raise InvalidInput(f"record {index}: {role} column {column!r} is null; every row needs one")
+
+
+def _column_infos(table: pa.Table, descriptions: dict[str, str]) -> list[ColumnInfo]:
+    return [
+        ColumnInfo(
+            name=field.name,
+            type=describe_type(field.type),
+            description=descriptions.get(field.name, ""),
+        )
+        for field in table.schema
+    ]
+
+
+def _csv_size(table: pa.Table) -> int:
+    """Return the size in bytes of `table` written as CSV, without keeping the text."""
+    sink = pa.MockOutputStream()
+    csv_types = [_csv_compatible(column) for column in table.columns]
+    pa_csv.write_csv(pa.Table.from_arrays(csv_types, names=table.column_names), sink)
+    return sink.size()
+
+
+def _csv_compatible(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    # Arrow's CSV writer cannot write lists, so a list counts as its elements joined by "|".
+    if type_family(column.type) == "list":
+        return pc.binary_join(column.cast(pa.list_(pa.string())), "|")
+    return column
+
+
+def _read_embedded_entry(path: Path) -> RegistryEntry | None:
+    metadata = pq.read_schema(path).metadata or {}
+    text = metadata.get(ENTRY_METADATA_KEY)
+    if text is None:
+        return None
+    return RegistryEntry.model_validate_json(text)

