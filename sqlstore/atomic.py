@@ -42,10 +42,10 @@ def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(temporary, path)
         _fsync(path.parent)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
+        _remove_temporary(temporary)
         raise storage_error(path, error) from error
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        _remove_temporary(temporary)
         raise
 
 
@@ -59,6 +59,15 @@ def storage_error(path: Path, error: OSError) -> StorageError:
     cause = STORAGE_ERRNOS.get(error.errno or 0, error.strerror or str(error))
     logger.error("write to %s failed: %s", path, error)
     return StorageError(f"could not write {path.name}: {cause}; the previous version is intact")
+
+
+def _remove_temporary(temporary: Path) -> None:
+    # The cleanup can fail for the same reason as the write (the folder is gone or is a file),
+    # and must not hide the error that caused it.
+    try:
+        temporary.unlink(missing_ok=True)
+    except OSError as error:
+        logger.warning("could not remove temporary file %s: %s", temporary, error)
 
 
 def _fsync(path: Path) -> None:

@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import duckdb
@@ -49,7 +50,7 @@ class Catalog:
         if threads:
             self._connection.execute(f"SET GLOBAL threads = {int(threads)}")
         self._lock = threading.Lock()
-        self._versions: dict[tuple[str, str], int] = {}
+        self._versions: dict[tuple[str, str], tuple[int, datetime]] = {}
 
     @contextmanager
     def cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -63,11 +64,13 @@ class Catalog:
     def ensure_view(self, entry: RegistryEntry) -> None:
         """Create or replace the view of `entry` unless it already matches the entry's version."""
         key = (entry.group, entry.name)
-        if self._versions.get(key) == entry.version:
+        # updated_at as well as version: a table deleted and written again restarts at version 1.
+        stamp = (entry.version, entry.updated_at)
+        if self._versions.get(key) == stamp:
             return
 
         with self._lock:
-            if self._versions.get(key) == entry.version:
+            if self._versions.get(key) == stamp:
                 return
             path = self.layout.root / entry.path
             schema = quote_identifier(entry.group)
@@ -77,7 +80,7 @@ class Catalog:
                 f"CREATE OR REPLACE VIEW {view} AS "
                 f"SELECT * FROM read_parquet({quote_string(str(path))})"
             )
-            self._versions[key] = entry.version
+            self._versions[key] = stamp
         logger.debug("view %s/%s now reads version %d", entry.group, entry.name, entry.version)
 
     def drop_view(self, group: str, name: str) -> None:

@@ -1,4 +1,4 @@
-"""The `sqlstore` command line: demo, serve, ingest and info."""
+"""The `sqlstore` command line: demo, serve, ingest, info, training-set, sql and query."""
 
 from __future__ import annotations
 
@@ -6,18 +6,28 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sqlstore.api.encoding import csv_ready_table as _csv_ready
 from sqlstore.errors import SqlstoreError
 from sqlstore.layout import ROOT_ENVIRONMENT_VARIABLE, resolve_root
 from sqlstore.records import read_input_file
 from sqlstore.store import FeatureStore, TableDefinition
+
+if TYPE_CHECKING:
+    from sqlstore.sql.service import SqlResult, SqlService
 
 app = typer.Typer(
     help="sqlstore: a feature store on Parquet files, DuckDB views and a REST API.",
@@ -96,13 +106,40 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8001,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
+    cache_ttl_seconds: Annotated[
+        float | None, typer.Option(help="Seconds a memory cache entry lives")
+    ] = None,
+    cache_memory_entries: Annotated[
+        int | None, typer.Option(help="Entries in the memory cache; 0 turns it off")
+    ] = None,
+    cache_memory_bytes: Annotated[
+        int | None, typer.Option(help="Bytes of the memory cache")
+    ] = None,
+    cache_disk_bytes: Annotated[
+        int | None, typer.Option(help="Bytes of the disk cache; 0 turns it off")
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Turn both caches off")] = False,
 ) -> None:
     """Serve the REST API (OpenAPI documentation at /docs)."""
     import uvicorn
 
+    from sqlstore.metrics import prepare_multiprocess_directory
+
     resolved = resolve_root(root)
     # Worker processes build their settings from the environment, so pass the root through it.
     os.environ[ROOT_ENVIRONMENT_VARIABLE] = str(resolved)
+    cache_options = {
+        "CACHE_TTL_SECONDS": cache_ttl_seconds,
+        "CACHE_MEMORY_ENTRIES": cache_memory_entries,
+        "CACHE_MEMORY_BYTES": cache_memory_bytes,
+        "CACHE_DISK_BYTES": cache_disk_bytes,
+    }
+    if no_cache:
+        cache_options.update(CACHE_MEMORY_ENTRIES=0, CACHE_DISK_BYTES=0)
+    for name, value in cache_options.items():
+        if value is not None:
+            os.environ[f"SQLSTORE_{name}"] = str(value)
+    prepare_multiprocess_directory(resolved)
     logging.getLogger(__name__).info(
         "starting server for %s on http://%s:%d with %d workers", resolved, host, port, workers
     )
@@ -160,10 +197,14 @@ def ingest(
 @app.command()
 def info(root: RootOption = None) -> None:
     """Print the registry and a storage summary."""
-    store = FeatureStore(root)
-    entries = store.list_tables()
+    try:
+        store = FeatureStore(root)
+        store.recover()
+        entries = store.list_tables()
+    except SqlstoreError as error:
+        _fail(error)
     table = Table(title=f"sqlstore at {store.root}")
-    for heading in ("table", "key", "timestamp", "rows", "cols", "version", "size", "vs CSV"):
+    for heading in ("table", "key", "timestamp", "rows", "cols", "version", "size", "CSV/size"):
         table.add_column(heading, justify="right" if heading in ("rows", "cols") else "left")
 
     total_bytes = 0
@@ -178,8 +219,265 @@ def info(root: RootOption = None) -> None:
             str(len(entry.columns)),
             str(entry.version),
             f"{stats.bytes_on_disk / 1024:,.0f} KiB",
-            f"{stats.csv_bytes / max(stats.bytes_on_disk, 1):.1f}x smaller",
+            f"{stats.csv_bytes / max(stats.bytes_on_disk, 1):.1f}",
         )
     console.print(table)
     groups = len({entry.group for entry in entries})
     console.print(f"{len(entries)} tables in {groups} groups, {total_bytes / 1024 / 1024:.1f} MiB")
+
+
+@app.command("training-set")
+def training_set(
+    output: Annotated[Path, typer.Option(help="Output file: .parquet or .csv")],
+    name: Annotated[
+        str | None, typer.Option(help="Named definition under queries/training_sets")
+    ] = None,
+    entities: Annotated[
+        Path | None, typer.Option(help="Entity file: CSV, Parquet or JSON lines")
+    ] = None,
+    entity_sql: Annotated[
+        str | None, typer.Option(help="Query over the feature views that returns the entities")
+    ] = None,
+    features: Annotated[
+        str | None, typer.Option(help="Comma-separated references: group/name[:col1;col2]")
+    ] = None,
+    timestamp_column: Annotated[str, typer.Option(help="Entity timestamp column")] = (
+        "event_timestamp"
+    ),
+    full_feature_names: Annotated[
+        bool, typer.Option(help="Name every feature column <table>__<column>")
+    ] = False,
+    queries_dir: Annotated[
+        Path | None, typer.Option(help="Folder of named definitions; default ./queries")
+    ] = None,
+    root: RootOption = None,
+) -> None:
+    """Build a point-in-time-correct training set and write it to a file."""
+    from sqlstore.pointintime import JoinOptions, get_historical_features
+    from sqlstore.settings import default_queries_dir
+    from sqlstore.training import build_training_set, load_training_set
+
+    if output.suffix.lower() not in (".parquet", ".csv"):
+        error_console.print(
+            f"[red]error:[/red] output {str(output)!r} must end in .parquet or .csv"
+        )
+        raise typer.Exit(code=1)
+
+    store = FeatureStore(root)
+    try:
+        with console.status("joining features"):
+            if name is not None:
+                definition = load_training_set(queries_dir or default_queries_dir(), name)
+                table = build_training_set(store, definition)
+            else:
+                references = _split_references(features)
+                options = JoinOptions(
+                    timestamp_column=timestamp_column, full_feature_names=full_feature_names
+                )
+                entity_table = read_input_file(entities) if entities is not None else None
+                table = get_historical_features(
+                    store, entity_table, references, options, entity_sql=entity_sql
+                )
+            _write_output(table, output)
+    except SqlstoreError as error:
+        _fail(error)
+    console.print(f"wrote {table.num_rows:,} rows, {table.num_columns} columns to {output}")
+
+
+def _split_references(text: str | None) -> list[str]:
+    """Split `a/b,c/d:x;y` into references; `;` separates columns inside one reference."""
+    if not text:
+        return []
+    return [part.strip().replace(";", ",") for part in text.split(",") if part.strip()]
+
+
+def _write_output(table: pa.Table, output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix.lower() == ".csv":
+        pa_csv.write_csv(_csv_ready(table), output)
+    else:
+        pq.write_table(table, output)
+
+
+ParamOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param",
+        "-p",
+        help="Query parameter NAME=VALUE, bound to $NAME; repeat for several",
+        show_default=False,
+    ),
+]
+FormatOption = Annotated[
+    str, typer.Option("--format", help="Output format: table, csv, json or parquet")
+]
+OutputOption = Annotated[
+    Path | None,
+    typer.Option(help="Write the result to this file instead of the terminal", show_default=False),
+]
+LimitOption = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help="Maximum number of rows to return; default SQLSTORE_SQL_MAX_ROWS",
+        show_default=False,
+    ),
+]
+SQL_OUTPUT_FORMATS = ("table", "csv", "json", "parquet")
+
+
+@app.command("sql")
+def sql_query(
+    query: Annotated[str, typer.Argument(help="One read-only query over the feature views")],
+    param: ParamOption = None,
+    output_format: FormatOption = "table",
+    output: OutputOption = None,
+    limit: LimitOption = None,
+    root: RootOption = None,
+) -> None:
+    """Run a read-only query in-process, with the same validator and sandbox as /sql."""
+    parameters = _parse_parameters(param)
+    _check_output_format(output_format, output)
+    with _sql_service(root, None) as service:
+        try:
+            result = service.run(query, parameters, limit)
+        except SqlstoreError as error:
+            _fail(error)
+    _show_sql_result(result, output_format, output, title=None)
+
+
+@app.command("query")
+def named_query(
+    name: Annotated[
+        str | None, typer.Argument(help="Named query to run; omit it to list them")
+    ] = None,
+    param: ParamOption = None,
+    output_format: FormatOption = "table",
+    output: OutputOption = None,
+    limit: LimitOption = None,
+    queries_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder of .sql files; default SQLSTORE_QUERIES_DIR, else ./queries"),
+    ] = None,
+    root: RootOption = None,
+) -> None:
+    """Run a named query from the queries folder, or list the named queries."""
+    parameters = _parse_parameters(param)
+    _check_output_format(output_format, output)
+    with _sql_service(root, queries_dir) as service:
+        try:
+            if name is None:
+                _show_named_queries(service)
+                return
+            query, _, result = service.run_named(name, parameters, limit)
+        except SqlstoreError as error:
+            _fail(error)
+    _show_sql_result(result, output_format, output, title=query.title)
+
+
+def _parse_parameters(items: list[str] | None) -> dict[str, str]:
+    parameters = {}
+    for item in items or []:
+        key, separator, value = item.partition("=")
+        if not separator or not key.strip():
+            error_console.print(f"[red]error:[/red] invalid --param {item!r}: write NAME=VALUE")
+            raise typer.Exit(code=2)
+        parameters[key.strip()] = value
+    return parameters
+
+
+def _check_output_format(output_format: str, output: Path | None) -> None:
+    if output_format not in SQL_OUTPUT_FORMATS:
+        formats = ", ".join(SQL_OUTPUT_FORMATS)
+        error_console.print(f"[red]error:[/red] invalid --format {output_format!r}: use {formats}")
+        raise typer.Exit(code=2)
+    if output_format == "parquet" and output is None:
+        error_console.print("[red]error:[/red] --format parquet needs --output FILE")
+        raise typer.Exit(code=2)
+
+
+@contextmanager
+def _sql_service(root: Path | None, queries_dir: Path | None) -> Iterator[SqlService]:
+    """Yield a SqlService with one worker process, stopped when the command ends."""
+    from sqlstore.settings import Settings
+    from sqlstore.sql.limits import SqlLimits
+    from sqlstore.sql.service import SqlService
+
+    settings = Settings.from_environment(root)
+    limits = replace(SqlLimits.from_settings(settings), workers=1)
+    service = SqlService(FeatureStore(settings.root), limits, queries_dir or settings.queries_dir)
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+def _show_named_queries(service: SqlService) -> None:
+    table = Table(title=f"named queries in {service.queries_dir}")
+    for heading in ("name", "title", "parameters"):
+        table.add_column(heading)
+    for query in service.named_queries():
+        parameters = ", ".join(
+            f"{p.name} {p.type}" + ("" if p.required else f" = {p.default}")
+            for p in query.parameters
+        )
+        table.add_row(query.name, query.title, parameters or "-")
+    console.print(table)
+
+
+def _show_sql_result(
+    result: SqlResult, output_format: str, output: Path | None, title: str | None
+) -> None:
+    from sqlstore.api.encoding import encode_table
+    from sqlstore.sql.results import column_types, encode_json, portable_table
+
+    if output_format == "table" and output is None:
+        _print_result_table(result, title)
+        return
+
+    if output_format in ("csv", "parquet"):
+        content = encode_table(portable_table(result.table, output_format), output_format)
+    else:
+        # JSON, which is also what --format table writes to a file.
+        metadata = {
+            "columns": result.table.column_names,
+            "dtypes": column_types(result.table),
+            "row_count": result.table.num_rows,
+            "truncated": result.truncated,
+            "elapsed_ms": round(result.elapsed_ms, 3),
+        }
+        content = encode_json({"data": result.table.to_pylist(), "metadata": metadata}) + b"\n"
+
+    if output is None:
+        sys.stdout.buffer.write(content)
+        sys.stdout.buffer.flush()
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(content)
+    console.print(f"wrote {result.table.num_rows:,} rows to {output}")
+
+
+def _print_result_table(result: SqlResult, title: str | None) -> None:
+    table = Table(title=title)
+    for name in result.table.column_names:
+        table.add_column(name, overflow="fold")
+    for row in result.table.to_pylist():
+        table.add_row(*(_cell_text(value) for value in row.values()))
+    console.print(table)
+
+    note = f" (cut at the {result.truncated_by.replace('_', ' ')})" if result.truncated else ""
+    console.print(f"{result.table.num_rows:,} rows{note} in {result.elapsed_ms:.0f} ms")
+
+
+def _cell_text(value: object) -> str:
+    from sqlstore.sql.results import encode_json, json_value
+
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | int | float):
+        return str(value)
+    if isinstance(value, list | dict | tuple):
+        return encode_json(value).decode()
+    return str(json_value(value))

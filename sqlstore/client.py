@@ -161,6 +161,41 @@ class FeatureStoreClient:
         """Delete a table."""
         return self._request("DELETE", f"/features/{feature_group}/{feature_name}")
 
+    def sql(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        as_frame: bool = False,
+    ) -> dict[str, Any] | pd.DataFrame:
+        """Run one read-only query over the feature views (`group.name`); `params` holds the
+        values of its `$name` parameters. Return the response body, or its rows as a
+        DataFrame. `metadata.truncated` in the body tells whether rows were cut at the limit."""
+        payload: dict[str, Any] = {"sql": sql, "params": dict(params or {})}
+        if limit is not None:
+            payload["limit"] = limit
+        body = self._request("POST", "/sql", json=payload)
+        return _tabular(body, as_frame)
+
+    def list_queries(self) -> list[dict[str, Any]]:
+        """Return the named queries with their titles and parameters."""
+        return self._request("GET", "/queries")["queries"]
+
+    def run_query(
+        self,
+        name: str,
+        params: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        as_frame: bool = False,
+    ) -> dict[str, Any] | pd.DataFrame:
+        """Run the named query `name`; parameters left out take their defaults. Return the
+        response body, or its rows as a DataFrame."""
+        payload: dict[str, Any] = {"params": dict(params or {})}
+        if limit is not None:
+            payload["limit"] = limit
+        body = self._request("POST", f"/queries/{name}", json=payload)
+        return _tabular(body, as_frame)
+
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
@@ -187,6 +222,13 @@ def _error_from_response(response: httpx.Response) -> FeatureStoreError:
         )
     except (ValueError, KeyError, TypeError):
         return FeatureStoreError(response.text[:500], status_code=response.status_code)
+
+
+def _tabular(body: dict[str, Any], as_frame: bool) -> dict[str, Any] | pd.DataFrame:
+    if not as_frame:
+        return body
+    metadata = body["metadata"]
+    return _frame(body["data"], metadata["columns"], metadata["dtypes"])
 
 
 def _records(data: Sequence[Mapping[str, Any]] | pd.DataFrame) -> list[dict[str, Any]]:

@@ -66,3 +66,51 @@ class TableBusy(SqlstoreError):
 
     status = 503
     code = "table_busy"
+
+
+class QuerySyntaxError(InvalidInput):
+    """SQL text could not be parsed. `details` holds the line and column when they are known."""
+
+    code = "query_syntax_error"
+
+    def __init__(self, message: str, details: list[dict[str, object]] | None = None) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class QueryRejected(InvalidInput):
+    """SQL text parsed, but uses a statement, table or function that read-only queries may not.
+
+    `details` names the rejected construct and, when known, its line and column.
+    """
+
+    code = "query_rejected"
+
+    def __init__(self, message: str, details: list[dict[str, object]] | None = None) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class QueryTimeout(InvalidInput):
+    """A query ran past the SQL time limit and was stopped."""
+
+    code = "query_timeout"
+
+
+class QueryOutOfMemory(InvalidInput):
+    """A query needed more memory than the SQL sandbox may use."""
+
+    code = "query_out_of_memory"
+
+
+class QueryFailed(InvalidInput):
+    """DuckDB raised an error while running a validated query (a missing column, a bad cast)."""
+
+    code = "query_failed"
+
+
+class QueryWorkersBusy(SqlstoreError):
+    """Every SQL worker process stayed busy for longer than the wait limit."""
+
+    status = 503
+    code = "query_workers_busy"

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlstore.errors import StorageError
 from sqlstore.identifiers import validate_group, validate_table_name
 
 logger = logging.getLogger(__name__)
@@ -54,10 +55,20 @@ class StoreLayout:
         return self.root / "config"
 
     def create(self) -> None:
-        """Create the root and its folders if they are missing."""
-        for name in SUBDIRECTORIES:
-            (self.root / name).mkdir(parents=True, exist_ok=True)
-        self.locks_dir.mkdir(parents=True, exist_ok=True)
+        """Create the root and its folders if they are missing.
+
+        Raise StorageError when the file system rejects that (a read-only file system, or a
+        file where a folder should be).
+        """
+        try:
+            for name in SUBDIRECTORIES:
+                (self.root / name).mkdir(parents=True, exist_ok=True)
+            self.locks_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageError(
+                f"could not create the store folders in {str(self.root)!r}: "
+                f"{error.strerror or error}; use a writable folder as the store root"
+            ) from error
 
     def table_path(self, group: str, name: str) -> Path:
         """Return the Parquet file of a table."""

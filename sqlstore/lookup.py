@@ -1,43 +1,44 @@
 """Entity lookups: the latest row per entity of feature tables, as of a point in time.
 
-For a table with an event timestamp, the row chosen for an entity is the one with the latest
-timestamp at or before `as_of`; ties go to the latest created timestamp when the table has one,
-then to the row written last. A match older than the table's TTL counts as not found. A table
-without a timestamp returns the row written last for each key.
+A lookup is a point-in-time join whose entity table has one row per requested entity, all at the
+same time `as_of`, so it follows the rules of `sqlstore.pointintime`: the latest row at or
+before `as_of`, ties broken by created timestamp and then write order, and a match older than
+the table's TTL counts as not found.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 
 from sqlstore.catalog import query_arrow
-from sqlstore.errors import InvalidInput, NotFound
-from sqlstore.identifiers import quote_identifier, quote_string
+from sqlstore.errors import InvalidInput
+from sqlstore.identifiers import quote_identifier
+from sqlstore.pointintime import (
+    MATCHED_TIMESTAMP_COLUMN,
+    ROW_COLUMN,
+    SPINE_VIEW,
+    JoinOptions,
+    TableJoin,
+    default_feature_columns,
+    table_join_sql,
+)
+from sqlstore.references import FeatureReference
 from sqlstore.registry import RegistryEntry
 from sqlstore.store import FeatureStore
 from sqlstore.types import type_family
-from sqlstore.values import SQL_TYPES, convert_value
+from sqlstore.values import convert_value
 
-POSITION_COLUMN = "__position"
+# The lookup's spine holds the as-of time in this column, which no user column can be named.
+AS_OF_COLUMN = "__as_of"
 MAX_ENTITY_IDS = 10_000
 
 # Arrow types of the entity table registered with DuckDB, by key family.
 ENTITY_ARROW_TYPES = {"integer": pa.int64(), "string": pa.string(), "date": pa.date32()}
-
-
-@dataclass(frozen=True)
-class FeatureReference:
-    """A resolved feature name: a table and, optionally, some of its columns."""
-
-    requested: str
-    entry: RegistryEntry
-    columns: list[str] | None = None
 
 
 @dataclass
@@ -47,49 +48,6 @@ class LookupResult:
     reference: FeatureReference
     table: pa.Table
     missing: list[Any] = field(default_factory=list)
-
-
-def resolve_reference(text: str, entries: Sequence[RegistryEntry]) -> FeatureReference:
-    """Resolve `group/name`, `group/name:column` or a bare table name to a registered table.
-
-    A bare name must match exactly one table; otherwise the error lists the candidates.
-    """
-    if not isinstance(text, str) or not text:
-        raise InvalidInput(f"invalid feature name {text!r}: use 'group/name' or a table name")
-    table_part, _, column_part = text.partition(":")
-    by_reference = {entry.reference: entry for entry in entries}
-
-    if "/" in table_part:
-        entry = by_reference.get(table_part)
-        if entry is None:
-            raise NotFound(f"feature table {table_part!r} not found{_suggest(table_part, entries)}")
-    else:
-        matches = [entry for entry in entries if entry.name == table_part]
-        if not matches:
-            raise NotFound(f"feature table {table_part!r} not found{_suggest(table_part, entries)}")
-        if len(matches) > 1:
-            candidates = ", ".join(entry.reference for entry in matches)
-            raise InvalidInput(f"feature name {table_part!r} is ambiguous: use one of {candidates}")
-        entry = matches[0]
-
-    columns = None
-    if column_part:
-        columns = [column.strip() for column in column_part.split(",")]
-        for column in columns:
-            if entry.column(column) is None:
-                available = ", ".join(c.name for c in entry.columns)
-                raise InvalidInput(
-                    f"unknown column {column!r} in feature {text!r}; columns: {available}"
-                )
-    return FeatureReference(requested=text, entry=entry, columns=columns)
-
-
-def _suggest(text: str, entries: Sequence[RegistryEntry]) -> str:
-    names = [entry.reference for entry in entries]
-    close = difflib.get_close_matches(text, names + [e.name for e in entries], n=3, cutoff=0.5)
-    if close:
-        return f"; did you mean {', '.join(close)}?"
-    return "; GET /features lists the tables"
 
 
 def lookup_entities(
@@ -113,15 +71,18 @@ def lookup_entities(
     as_of = as_of or datetime.now(UTC)
     schema = store.arrow_schema(entry)
     entities, keys = _entity_table(entry, schema, entity_ids)
-    sql, parameters = _lookup_sql(store, entry, reference.columns, as_of)
+    spine = entities.append_column(
+        AS_OF_COLUMN, pa.array([as_of] * entities.num_rows, pa.timestamp("us", tz="UTC"))
+    )
+    sql = _lookup_sql(store, spine, reference)
 
     with store.catalog.cursor() as cursor:
-        cursor.register("entities", entities)
-        found = query_arrow(cursor, sql, parameters)
+        cursor.register(SPINE_VIEW, spine)
+        found = query_arrow(cursor, sql)
 
-    found_positions = set(found[POSITION_COLUMN].to_pylist())
-    missing = [keys[i] for i in range(len(keys)) if i not in found_positions]
-    return LookupResult(reference=reference, table=found.drop([POSITION_COLUMN]), missing=missing)
+    found_rows = set(found[ROW_COLUMN].to_pylist())
+    missing = [keys[i] for i in range(len(keys)) if i not in found_rows]
+    return LookupResult(reference=reference, table=found.drop([ROW_COLUMN]), missing=missing)
 
 
 def _entity_table(
@@ -144,7 +105,7 @@ def _entity_table(
         for column, value in zip(key_columns, converted, strict=True):
             values[column].append(value)
 
-    arrays = {POSITION_COLUMN: pa.array(range(len(keys)), pa.int64())}
+    arrays = {ROW_COLUMN: pa.array(range(len(keys)), pa.int64())}
     for column in key_columns:
         family = type_family(schema.field(column).type)
         arrays[column] = pa.array(values[column], ENTITY_ARROW_TYPES[family])
@@ -180,40 +141,22 @@ def _convert_entity(
     return tuple(converted)
 
 
-def _lookup_sql(
-    store: FeatureStore, entry: RegistryEntry, columns: list[str] | None, as_of: datetime
-) -> tuple[str, list[Any]]:
-    path = quote_string(str(store.root / entry.path))
-    selected = columns or [column.name for column in entry.columns]
-    select_list = ", ".join(f"f.{quote_identifier(column)}" for column in selected)
-    join = " AND ".join(
-        f"f.{quote_identifier(column)} = e.{quote_identifier(column)}"
-        for column in entry.entity_key
-    )
+def _lookup_sql(store: FeatureStore, spine: pa.Table, reference: FeatureReference) -> str:
+    """Return SQL for the key, the matched event timestamp and the features of each entity
+    that has a row, through the same join as point-in-time training sets."""
+    entry = reference.entry
+    excluded = {*entry.entity_key, entry.timestamp_column}
+    columns = [c for c in reference.columns or default_feature_columns(entry) if c not in excluded]
+    join = TableJoin(entry=entry, columns=columns, output_names=columns)
+    options = JoinOptions(timestamp_column=AS_OF_COLUMN)
+    matches = table_join_sql(store, spine, join, options, include_matched_timestamp=True)
 
-    conditions = []
-    parameters: list[Any] = []
-    order = []
+    select = [f"s.{ROW_COLUMN}"]
+    select += [f"s.{quote_identifier(column)}" for column in entry.entity_key]
     if entry.timestamp_column:
-        timestamp = f"f.{quote_identifier(entry.timestamp_column)}"
-        conditions.append(f"{timestamp} <= CAST(? AS {SQL_TYPES['timestamp']})")
-        parameters.append(as_of)
-        if entry.ttl_seconds:
-            conditions.append(f"{timestamp} >= CAST(? AS {SQL_TYPES['timestamp']})")
-            parameters.append(as_of - timedelta(seconds=entry.ttl_seconds))
-        order.append(f"{timestamp} DESC")
-    if entry.created_timestamp_column:
-        order.append(f"f.{quote_identifier(entry.created_timestamp_column)} DESC NULLS LAST")
-    order.append("f.file_row_number DESC")
-
-    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    latest_first = ", ".join(order)
-    sql = (
-        f"SELECT e.{POSITION_COLUMN}, {select_list} "
-        f"FROM entities AS e "
-        f"JOIN read_parquet({path}, file_row_number = true) AS f ON {join}"
-        f"{where} "
-        f"QUALIFY row_number() OVER (PARTITION BY e.{POSITION_COLUMN} ORDER BY {latest_first}) = 1 "
-        f"ORDER BY e.{POSITION_COLUMN}"
+        select.append(f"t.{MATCHED_TIMESTAMP_COLUMN} AS {quote_identifier(entry.timestamp_column)}")
+    select += [f"t.{quote_identifier(column)}" for column in columns]
+    return (
+        f"SELECT {', '.join(select)} FROM {SPINE_VIEW} AS s "
+        f"JOIN ({matches}) AS t ON t.{ROW_COLUMN} = s.{ROW_COLUMN} ORDER BY s.{ROW_COLUMN}"
     )
-    return sql, parameters

@@ -59,6 +59,11 @@ def parse_columns(text: str | None, entry: RegistryEntry) -> list[str]:
     if not text:
         return [column.name for column in entry.columns]
     columns = [part.strip() for part in text.split(",") if part.strip()]
+    if not columns:
+        raise InvalidInput(
+            f"invalid columns {text!r}: give comma-separated column names, or omit columns "
+            "for all of them"
+        )
     for column in columns:
         _require_column(entry, column, "columns")
     return list(dict.fromkeys(columns))

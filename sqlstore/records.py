@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from sqlstore.errors import InvalidInput
 from sqlstore.identifiers import validate_column
-from sqlstore.types import describe_type, type_family
+from sqlstore.types import FLOAT64_EXACT_INTEGER_LIMIT, describe_type, type_family
 
 MICROSECONDS_PER_SECOND = 1_000_000
 # Year 287,000 or so: beyond this, microseconds since the epoch overflow int64.
@@ -102,9 +102,30 @@ def _describe_bad_value(name: str, values: list[Any], error: Exception) -> Inval
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UnicodeError, ValueError):
             return InvalidInput(
                 f"record {index}, field {name!r}: value {_preview(value)} cannot be stored "
-                f"({error}); integers must fit in 64 bits and strings must be valid Unicode"
+                f"({error}); integers must fit in signed 64 bits and strings must be valid "
+                "Unicode"
             )
+
+    inexact = _first_inexact_integer(values)
+    if inexact is not None:
+        return InvalidInput(
+            f"record {inexact}, field {name!r}: the integer {_preview(values[inexact])} has no "
+            "exact float64 value, and other records of this field are floats; send all values "
+            "as integers, or as strings"
+        )
     return InvalidInput(f"field {name!r}: values cannot be stored as one column ({error})")
+
+
+def _first_inexact_integer(values: list[Any]) -> int | None:
+    """Return the index of the first integer that float64 cannot hold exactly when the values
+    also contain floats (Arrow then stores the column as float64), else None."""
+    if not any(isinstance(value, float) for value in values):
+        return None
+    for index, value in enumerate(values):
+        is_integer = isinstance(value, int) and not isinstance(value, bool)
+        if is_integer and abs(value) > FLOAT64_EXACT_INTEGER_LIMIT:
+            return index
+    return None
 
 
 def _json_kind(value: Any) -> str:
@@ -215,16 +236,27 @@ def _parse_timestamp_strings(name: str, column: pa.ChunkedArray) -> pa.ChunkedAr
     try:
         parsed = pd.to_datetime(values, utc=True, format="ISO8601")
     except (ValueError, OverflowError, pd.errors.OutOfBoundsDatetime) as error:
-        index, value = _first_bad_timestamp(values)
+        bad = _first_bad_timestamp(values)
+        if bad is None:
+            # Each string parses alone. With pandas 3, that happens when some strings have
+            # nanosecond digits, which every value then needs, and others lie outside its range.
+            raise InvalidInput(
+                f"field {name!r}: the timestamps parse one by one but not together; when some "
+                "have nanosecond digits, every value must lie in the years 1677 to 2262"
+            ) from error
+        index, value = bad
         raise InvalidInput(
-            f"record {index}, field {name!r}: {value!r} is not an ISO 8601 timestamp "
-            "(for example 2024-05-01T12:00:00Z)"
+            f"record {index}, field {name!r}: {value!r} is not an ISO 8601 timestamp in the "
+            "supported range (for example 2024-05-01T12:00:00Z)"
         ) from error
-    parsed_column = pa.chunked_array([pa.array(parsed, type=pa.timestamp("ns", tz="UTC"))])
+    # pandas 3 parses to microseconds unless a string has nanosecond digits, so keep its unit:
+    # forcing nanoseconds would overflow for years outside 1677-2262. pandas 2 parses to
+    # nanoseconds and rejects those years above.
+    parsed_column = pa.chunked_array([pa.array(parsed)])
     return _to_microseconds_when_exact(parsed_column)
 
 
-def _first_bad_timestamp(values: pd.Series) -> tuple[int, Any]:
+def _first_bad_timestamp(values: pd.Series) -> tuple[int, Any] | None:
     for index, value in enumerate(values):
         if value is None:
             continue
@@ -232,4 +264,4 @@ def _first_bad_timestamp(values: pd.Series) -> tuple[int, Any]:
             pd.to_datetime([value], utc=True, format="ISO8601")
         except (ValueError, OverflowError, pd.errors.OutOfBoundsDatetime):
             return index, value
-    return 0, None
+    return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+import orjson
 from pydantic import BaseModel, Field, ValidationError
 
 from sqlstore.atomic import write_bytes_atomically
@@ -47,6 +48,11 @@ class RegistryEntry(BaseModel):
     tags: list[str] = Field(default_factory=list)
     columns: list[ColumnInfo] = Field(default_factory=list)
     row_count: int = 0
+    unique_keys: bool | None = Field(
+        default=None,
+        description="True when no two rows share the key and event timestamp (the key alone for "
+        "static tables), so joins can skip ranking ties; None when unknown",
+    )
     version: int = Field(default=0, description="Increases by one on every write")
     created_at: datetime
     updated_at: datetime
@@ -88,6 +94,22 @@ class Registry:
         except FileNotFoundError:
             return None
         return RegistryEntry.model_validate_json(text)
+
+    def write_stamp(self, group: str, name: str) -> str:
+        """Return a string that changes with every write of a table, or raise NotFound.
+
+        It is the version and the time of the write, because a table deleted and written again
+        restarts at version 1. Parsing only these two fields keeps it cheap enough for a cache
+        key on every request.
+        """
+        path = self.layout.registry_path(group, name)
+        try:
+            content = orjson.loads(path.read_bytes())
+        except FileNotFoundError as error:
+            raise NotFound(
+                f"feature table {group}/{name} not found; GET /features lists the tables"
+            ) from error
+        return f"{content['version']}@{content['updated_at']}"
 
     def put(self, entry: RegistryEntry) -> None:
         """Write one entry atomically."""

@@ -3,12 +3,38 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+import tomllib
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from sqlstore.layout import resolve_root
 
 ENVIRONMENT_PREFIX = "SQLSTORE_"
+CONFIG_FILE_NAME = "sqlstore.toml"
+
+
+def _read_config_file(path: Path) -> dict[str, str]:
+    """Return the settings in a TOML file as strings, or {} when the file does not exist."""
+    try:
+        content = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"invalid settings file {path}: {error}") from error
+
+    known = {setting.name for setting in fields(Settings)} - {"root"}
+    unknown = sorted(set(content) - known)
+    if unknown:
+        raise ValueError(f"unknown settings in {path}: {', '.join(unknown)}")
+    return {name: str(value) for name, value in content.items()}
+
+
+def default_queries_dir() -> Path:
+    """Return the `queries/` folder of the source checkout, else `./queries`."""
+    checkout = Path(__file__).resolve().parent.parent / "queries"
+    if checkout.is_dir():
+        return checkout
+    return Path("queries").resolve()
 
 
 @dataclass(frozen=True)
@@ -22,22 +48,43 @@ class Settings:
     max_records_per_write: int = 1_000_000
     max_entity_ids: int = 10_000
     lock_timeout_seconds: float = 60.0
+    queries_dir: Path = field(default_factory=lambda: default_queries_dir())
+    # Read-only SQL (/sql and named queries); docs/sql.md describes each limit.
+    sql_max_rows: int = 10_000
+    sql_max_result_bytes: int = 64 * 1024 * 1024
+    sql_time_limit_seconds: float = 10.0
+    sql_memory_limit_bytes: int = 1024 * 1024 * 1024
+    sql_worker_memory_bytes: int = 4 * 1024 * 1024 * 1024
+    sql_threads: int = 2
+    sql_workers: int = 2
+    sql_max_length: int = 100_000
+    sql_max_builder_size: int = 1_000_000
+    sql_max_generated_rows: int = 10_000_000
+    # Result caches; docs/caching.md describes each. A size of 0 turns a tier off.
+    cache_memory_entries: int = 1024
+    cache_memory_bytes: int = 64 * 1024 * 1024
+    cache_memory_max_entry_bytes: int = 1024 * 1024
+    cache_ttl_seconds: float = 300.0
+    cache_disk_bytes: int = 1024 * 1024 * 1024
+    cache_disk_max_entry_bytes: int = 64 * 1024 * 1024
 
     @classmethod
     def from_environment(cls, root: str | os.PathLike[str] | None = None) -> Settings:
-        """Build settings from `root` (or $SQLSTORE_ROOT) and the SQLSTORE_* variables."""
-        values: dict[str, object] = {"root": resolve_root(root)}
-        for field in fields(cls):
-            if field.name == "root":
+        """Build settings from `root` (or $SQLSTORE_ROOT), the store's `config/sqlstore.toml`
+        and the SQLSTORE_* variables, which take precedence over the file."""
+        resolved_root = resolve_root(root)
+        file_values = _read_config_file(resolved_root / "config" / CONFIG_FILE_NAME)
+        values: dict[str, object] = {"root": resolved_root}
+        for setting in fields(cls):
+            if setting.name == "root":
                 continue
-            raw = os.environ.get(ENVIRONMENT_PREFIX + field.name.upper())
+            variable = ENVIRONMENT_PREFIX + setting.name.upper()
+            raw = os.environ.get(variable, file_values.get(setting.name))
             if raw is None:
                 continue
-            convert = float if field.type == "float" else int
+            convert = {"float": float, "Path": Path}.get(setting.type, int)
             try:
-                values[field.name] = convert(raw)
+                values[setting.name] = convert(raw)
             except ValueError as error:
-                raise ValueError(
-                    f"invalid {ENVIRONMENT_PREFIX}{field.name.upper()}={raw!r}: expected a number"
-                ) from error
+                raise ValueError(f"invalid {variable}={raw!r}: expected a number") from error
         return cls(**values)

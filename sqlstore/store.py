@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import filelock
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
@@ -18,7 +20,7 @@ import pyarrow.parquet as pq
 
 from sqlstore.atomic import replace_atomically
 from sqlstore.catalog import Catalog
-from sqlstore.errors import Conflict, InvalidInput, StorageError, TableBusy
+from sqlstore.errors import Conflict, InvalidIdentifier, InvalidInput, StorageError, TableBusy
 from sqlstore.identifiers import validate_column, validate_group, validate_table_name
 from sqlstore.layout import StoreLayout, resolve_root
 from sqlstore.records import normalize_timestamp_column
@@ -77,7 +79,7 @@ class FeatureStore:
         self.registry = Registry(self.layout)
         self.catalog = Catalog(self.layout, threads=duckdb_threads)
         self.lock_timeout_seconds = lock_timeout_seconds
-        self._schemas: dict[tuple[str, str, int], pa.Schema] = {}
+        self._schemas: dict[tuple[str, str, int, datetime], pa.Schema] = {}
 
     @property
     def root(self) -> Path:
@@ -101,13 +103,57 @@ class FeatureStore:
 
     def arrow_schema(self, entry: RegistryEntry) -> pa.Schema:
         """Return the Arrow schema of the file behind `entry`, cached per table version."""
-        key = (entry.group, entry.name, entry.version)
+        # updated_at as well as version: a table deleted and written again restarts at version 1.
+        key = (entry.group, entry.name, entry.version, entry.updated_at)
         schema = self._schemas.get(key)
         if schema is None:
             schema = pq.read_schema(self.root / entry.path)
             self._schemas = {k: v for k, v in self._schemas.items() if k[:2] != key[:2]}
             self._schemas[key] = schema
         return schema
+
+    # Point-in-time reads
+
+    def get_historical_features(
+        self,
+        entities: pd.DataFrame | pa.Table | str | os.PathLike[str] | None = None,
+        features: Sequence[str] = (),
+        *,
+        entity_sql: str | None = None,
+        timestamp_column: str = "event_timestamp",
+        full_feature_names: bool = False,
+        inclusive: bool = True,
+        ttl_seconds: dict[str, float | None] | None = None,
+        created_before_event: bool = False,
+    ) -> pa.Table:
+        """Join `features` to each row of `entities` as known at that row's timestamp.
+
+        See `sqlstore.pointintime` for the rules. Returns Arrow; call `.to_pandas()` for pandas.
+        """
+        from sqlstore.pointintime import JoinOptions, get_historical_features
+
+        options = JoinOptions(
+            timestamp_column=timestamp_column,
+            full_feature_names=full_feature_names,
+            inclusive=inclusive,
+            ttl_seconds=dict(ttl_seconds or {}),
+            created_before_event=created_before_event,
+        )
+        return get_historical_features(self, entities, features, options, entity_sql=entity_sql)
+
+    def get_online_features(
+        self, features: Sequence[str], entity_ids: Sequence[Any], as_of: datetime | None = None
+    ) -> dict[str, pa.Table]:
+        """Return the latest row per entity of each referenced table, as of `as_of` (now)."""
+        from sqlstore.lookup import lookup_entities
+        from sqlstore.references import resolve_reference
+
+        entries = self.list_tables()
+        results = {}
+        for text in features:
+            reference = resolve_reference(text, entries)
+            results[text] = lookup_entities(self, reference, entity_ids, as_of).table
+        return results
 
     # Writing
 
@@ -165,12 +211,16 @@ class FeatureStore:
         """Repair the state a killed writer may have left: remove temporary files, and make
         each registry entry agree with the Parquet file it describes."""
         for group, name, path in self.layout.temporary_files():
+            if not _is_table_reference(group, name, path):
+                continue
             with self._table_lock(group, name):
                 path.unlink(missing_ok=True)
                 logger.info("removed temporary file %s left by an interrupted write", path)
 
         for group_dir in sorted(p for p in self.layout.features_dir.glob("*") if p.is_dir()):
             for path in sorted(group_dir.glob("*.parquet")):
+                if not _is_table_reference(group_dir.name, path.stem, path):
+                    continue
                 with self._table_lock(group_dir.name, path.stem):
                     self._recover_table(group_dir.name, path.stem, path)
 
@@ -223,10 +273,15 @@ class FeatureStore:
         data = _prepare_columns(data, resolved)
         path = self.layout.table_path(group, name)
 
+        first_new_row = 0
         if mode == "append" and existing is not None:
-            data = widen_for_append(pq.read_table(self.root / existing.path), data)
+            stored = pq.read_table(self.root / existing.path)
+            data = widen_for_append(stored, data)
+            # The appended columns may collide in case with the stored ones.
+            _check_column_names(data.column_names)
+            first_new_row = stored.num_rows
         table, dictionary_columns = optimize_table(data)
-        _validate_table(table, resolved)
+        _validate_table(table, resolved, first_new_row)
 
         now = datetime.now(UTC)
         entry = RegistryEntry(
@@ -241,6 +296,7 @@ class FeatureStore:
             tags=resolved.tags or [],
             columns=_column_infos(table, resolved.column_descriptions or {}),
             row_count=table.num_rows,
+            unique_keys=_has_unique_keys(table, resolved),
             version=(existing.version if existing else 0) + 1,
             created_at=existing.created_at if existing else now,
             updated_at=now,
@@ -266,7 +322,16 @@ class FeatureStore:
             ),
         )
         entry.storage.bytes_on_disk = path.stat().st_size
-        self.registry.put(entry)
+        try:
+            self.registry.put(entry)
+        except StorageError as error:
+            # The data file already holds the new version; recover() restores the registry
+            # entry from the copy in its footer on the next start.
+            raise StorageError(
+                f"{group}/{name} version {entry.version} was written, but its registry entry "
+                f"could not be updated ({error.message}); restart the server or run "
+                "`sqlstore info` to repair it"
+            ) from error
         return entry
 
 
@@ -297,7 +362,9 @@ def _resolve_definition(
     timestamp_column = declared.timestamp_column
     if timestamp_column is None and existing is not None:
         timestamp_column = existing.timestamp_column
-    if timestamp_column is None and DEFAULT_TIMESTAMP_COLUMN in columns:
+    # An append keeps the registered definition, so it never adopts the default column.
+    appending = mode == "append" and existing is not None
+    if timestamp_column is None and not appending and DEFAULT_TIMESTAMP_COLUMN in columns:
         timestamp_column = DEFAULT_TIMESTAMP_COLUMN
 
     def keep(declared_value, attribute):
@@ -343,8 +410,25 @@ def _check_append_matches(declared: TableDefinition, existing: RegistryEntry) ->
 
 def _prepare_columns(data: pa.Table, definition: TableDefinition) -> pa.Table:
     """Validate column names and the declared columns, and convert timestamp columns to UTC."""
+    _check_column_names(data.column_names)
+    for field in data.schema:
+        if _has_nested_object(field.type):
+            raise InvalidInput(
+                f"column {field.name!r} has {describe_type(field.type)} values: nested objects "
+                "are not supported; flatten them into separate columns"
+            )
+
+    for column in definition.entity_key or []:
+        validate_column(column)
+    for column in (definition.timestamp_column, definition.created_timestamp_column):
+        if column is not None and column in data.column_names:
+            data = normalize_timestamp_column(data, validate_column(column))
+    return data
+
+
+def _check_column_names(names: list[str]) -> None:
     seen: dict[str, str] = {}
-    for column in data.column_names:
+    for column in names:
         validate_column(column)
         if column in RESERVED_COLUMNS:
             raise InvalidInput(f"column name {column!r} is reserved by sqlstore; rename it")
@@ -356,19 +440,29 @@ def _prepare_columns(data: pa.Table, definition: TableDefinition) -> pa.Table:
             )
         seen[folded] = column
 
-    if data.num_columns > MAX_COLUMNS:
-        raise InvalidInput(f"{data.num_columns} columns is more than the maximum {MAX_COLUMNS}")
-
-    for column in definition.entity_key or []:
-        validate_column(column)
-    for column in (definition.timestamp_column, definition.created_timestamp_column):
-        if column is not None and column in data.column_names:
-            data = normalize_timestamp_column(data, validate_column(column))
-    return data
+    if len(names) > MAX_COLUMNS:
+        raise InvalidInput(f"{len(names)} columns is more than the maximum {MAX_COLUMNS}")
 
 
-def _validate_table(table: pa.Table, definition: TableDefinition) -> None:
-    """Check that the declared key and timestamp columns exist, have usable types and no nulls."""
+def _has_nested_object(arrow_type: pa.DataType) -> bool:
+    """Return True for struct, map and union types, and lists of them."""
+    if pa.types.is_struct(arrow_type) or pa.types.is_map(arrow_type):
+        return True
+    if pa.types.is_union(arrow_type):
+        return True
+    if pa.types.is_dictionary(arrow_type):
+        return _has_nested_object(arrow_type.value_type)
+    if type_family(arrow_type) == "list":
+        return _has_nested_object(arrow_type.value_type)
+    return False
+
+
+def _validate_table(table: pa.Table, definition: TableDefinition, first_new_row: int = 0) -> None:
+    """Check that the declared key and timestamp columns exist, have usable types and no nulls.
+
+    `first_new_row` is the number of stored rows an append precedes the new ones with, so that
+    errors count records from the start of the written data.
+    """
     for column in definition.entity_key or []:
         _require_column(table, column, "entity key")
         family = type_family(table[column].type)
@@ -377,7 +471,7 @@ def _validate_table(table: pa.Table, definition: TableDefinition) -> None:
                 f"entity key column {column!r} has {describe_type(table[column].type)} values; "
                 "keys must be integers, strings or dates"
             )
-        _reject_nulls(table, column, "entity key")
+        _reject_nulls(table, column, "entity key", first_new_row)
 
     for column, role in (
         (definition.timestamp_column, "timestamp"),
@@ -386,7 +480,7 @@ def _validate_table(table: pa.Table, definition: TableDefinition) -> None:
         if column is None:
             continue
         _require_column(table, column, role)
-        _reject_nulls(table, column, role)
+        _reject_nulls(table, column, role, first_new_row)
 
     ttl = definition.ttl_seconds
     if ttl is not None and not ttl >= 0:
@@ -401,11 +495,12 @@ def _require_column(table: pa.Table, column: str, role: str) -> None:
         raise InvalidInput(f"{role} column {column!r} is not in the data; columns: {available}")
 
 
-def _reject_nulls(table: pa.Table, column: str, role: str) -> None:
+def _reject_nulls(table: pa.Table, column: str, role: str, first_new_row: int) -> None:
     nulls = table[column].is_null()
     if pc.any(nulls).as_py():
         index = pc.index(nulls, True).as_py()
-        raise InvalidInput(f"record {index}: {role} column {column!r} is null; every row needs one")
+        row = f"stored row {index}" if index < first_new_row else f"record {index - first_new_row}"
+        raise InvalidInput(f"{row}: {role} column {column!r} is null; every row needs one")
 
 
 def _column_infos(table: pa.Table, descriptions: dict[str, str]) -> list[ColumnInfo]:
@@ -419,6 +514,18 @@ def _column_infos(table: pa.Table, descriptions: dict[str, str]) -> list[ColumnI
     ]
 
 
+def _has_unique_keys(table: pa.Table, definition: TableDefinition) -> bool | None:
+    """Return whether no two rows share the key and event timestamp (the key alone for a static
+    table), or None for a table without a key."""
+    columns = list(definition.entity_key or [])
+    if not columns:
+        return None
+    if definition.timestamp_column:
+        columns.append(definition.timestamp_column)
+    distinct = table.select(columns).group_by(columns).aggregate([]).num_rows
+    return distinct == table.num_rows
+
+
 def _csv_size(table: pa.Table) -> int:
     """Return the size in bytes of `table` written as CSV, without keeping the text."""
     sink = pa.MockOutputStream()
@@ -430,8 +537,45 @@ def _csv_size(table: pa.Table) -> int:
 def _csv_compatible(column: pa.ChunkedArray) -> pa.ChunkedArray:
     # Arrow's CSV writer cannot write lists, so a list counts as its elements joined by "|".
     if type_family(column.type) == "list":
-        return pc.binary_join(column.cast(pa.list_(pa.string())), "|")
+        return pa.chunked_array([_list_as_text(chunk) for chunk in column.chunks], type=pa.string())
+    if type_family(column.type) == "binary":
+        return _as_text(column)
     return column
+
+
+def _list_as_text(array: pa.Array) -> pa.Array:
+    """Join each list's elements with "|", after joining the elements of nested lists."""
+    if array.offset:
+        # from_arrays cannot rebuild a sliced list array that has nulls, so copy it unsliced.
+        array = pa.concat_arrays([array])
+    values = array.values
+    if type_family(values.type) == "list":
+        values = _list_as_text(values)
+    else:
+        values = _as_text(values)
+    list_class = pa.LargeListArray if pa.types.is_large_list(array.type) else pa.ListArray
+    strings = list_class.from_arrays(array.offsets, values, mask=array.is_null())
+    return pc.binary_join(strings, "|")
+
+
+def _as_text(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    # Binary values are counted as their raw bytes, which need not be valid UTF-8.
+    options = pc.CastOptions(pa.string(), allow_invalid_utf8=True)
+    return pc.cast(values, options=options)
+
+
+def _is_table_reference(group: str, name: str, path: Path) -> bool:
+    """Return True when `group` and `name` are valid, so that `path` may be a sqlstore file.
+
+    Files that other programs left in the store are logged and kept.
+    """
+    try:
+        validate_group(group)
+        validate_table_name(name)
+    except InvalidIdentifier:
+        logger.warning("%s is not a sqlstore file (invalid group or table name); skipping it", path)
+        return False
+    return True
 
 
 def _read_embedded_entry(path: Path) -> RegistryEntry | None:

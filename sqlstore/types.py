@@ -11,13 +11,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sqlstore.errors import SchemaMismatch
+from sqlstore.errors import InvalidInput, SchemaMismatch
 
 # Share of distinct values below which a string column is dictionary-encoded in Parquet.
 DICTIONARY_MAX_DISTINCT_SHARE = 0.5
 
 SIGNED_TYPES = (pa.int8(), pa.int16(), pa.int32(), pa.int64())
 UNSIGNED_TYPES = (pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64())
+
+# Types that Parquet has no unit for, and the type pyarrow's Parquet writer stores them as.
+PARQUET_UNIT_TYPES = {
+    pa.time32("s"): pa.time32("ms"),
+    pa.date64(): pa.date32(),
+}
 
 # float64 holds every integer of magnitude up to 2**53 exactly.
 FLOAT64_EXACT_INTEGER_LIMIT = 2**53
@@ -89,7 +95,7 @@ def optimize_table(table: pa.Table) -> tuple[pa.Table, list[str]]:
     columns = []
     dictionary_columns = []
     for field, column in zip(table.schema, table.columns, strict=True):
-        column = _optimize_column(column)
+        column = _optimize_column(field.name, column)
         columns.append(column)
         if _is_low_cardinality_string(column):
             dictionary_columns.append(field.name)
@@ -103,10 +109,13 @@ def optimize_table(table: pa.Table) -> tuple[pa.Table, list[str]]:
     return pa.Table.from_arrays(columns, schema=schema), dictionary_columns
 
 
-def _optimize_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
+def _optimize_column(name: str, column: pa.ChunkedArray) -> pa.ChunkedArray:
     arrow_type = column.type
     if pa.types.is_dictionary(arrow_type):
-        return column.cast(arrow_type.value_type)
+        return _optimize_column(name, column.cast(arrow_type.value_type))
+    target = _parquet_storage_type(arrow_type)
+    if target is not None:
+        return _to_parquet_unit(name, column, target)
     if pa.types.is_integer(arrow_type):
         return column.cast(smallest_integer_type(column))
     if pa.types.is_float64(arrow_type) and float64_fits_float32(column):
@@ -114,6 +123,28 @@ def _optimize_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
     if pa.types.is_large_string(arrow_type):
         return column.cast(pa.string())
     return column
+
+
+def _parquet_storage_type(arrow_type: pa.DataType) -> pa.DataType | None:
+    """Return the type Parquet stores `arrow_type` as, or None when it stores it unchanged."""
+    if pa.types.is_timestamp(arrow_type) and arrow_type.unit == "s":
+        return pa.timestamp("ms", tz=arrow_type.tz)
+    return PARQUET_UNIT_TYPES.get(arrow_type)
+
+
+def _to_parquet_unit(name: str, column: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
+    """Convert a column to the type Parquet stores it as, so that the registry describes the file.
+
+    Raise InvalidInput when a value has no exact counterpart in that type.
+    """
+    arrow_type = column.type
+    try:
+        return column.cast(target, safe=True)
+    except pa.ArrowInvalid as error:
+        raise InvalidInput(
+            f"column {name!r} has a {describe_type(arrow_type)} value that Parquet cannot store "
+            f"as {describe_type(target)} ({error}); send values that convert exactly"
+        ) from error
 
 
 def _is_low_cardinality_string(column: pa.ChunkedArray) -> bool:
@@ -128,7 +159,8 @@ def widen_for_append(existing: pa.Table, incoming: pa.Table) -> pa.Table:
 
     A column only in `incoming` is added and null for the old rows; a column only in `existing`
     is null for the new rows. A column in both keeps its values exactly: integers widen to
-    int64, floats to float64, integers mix with floats only when each fits float64 exactly.
+    int64 (uint64 when no value is negative), floats to float64, and integers mix with floats
+    only when each fits float64 exactly.
     Raise SchemaMismatch naming the column for any other type change.
     """
     existing_columns = {}
@@ -165,10 +197,9 @@ def _common_type(name: str, existing: pa.ChunkedArray, incoming: pa.ChunkedArray
     if old_family == "null":
         return new_type
     if old_family == new_family == "integer":
-        both_unsigned = pa.types.is_unsigned_integer(old_type) and pa.types.is_unsigned_integer(
-            new_type
-        )
-        return pa.uint64() if both_unsigned else pa.int64()
+        # Decided by the values, not the types: an int64 column of non-negative values may
+        # join a uint64 column that contains values above the int64 maximum.
+        return pa.int64() if _has_negative(existing) or _has_negative(incoming) else pa.uint64()
     if {old_family, new_family} <= {"integer", "floating"}:
         return pa.float64()
     if old_family == new_family == "string":
@@ -186,6 +217,13 @@ def _common_type(name: str, existing: pa.ChunkedArray, incoming: pa.ChunkedArray
     )
 
 
+def _has_negative(column: pa.ChunkedArray) -> bool:
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    low = pc.min(column).as_py()
+    return low is not None and low < 0
+
+
 def _plain_type(arrow_type: pa.DataType) -> pa.DataType:
     if pa.types.is_dictionary(arrow_type):
         return arrow_type.value_type
@@ -200,7 +238,9 @@ def _list_values(column: pa.ChunkedArray) -> pa.ChunkedArray:
 def _common_timestamp_type(old_type: pa.TimestampType, new_type: pa.TimestampType) -> pa.DataType:
     units = ["s", "ms", "us", "ns"]
     unit = max(old_type.unit, new_type.unit, key=units.index)
-    return pa.timestamp(unit, tz="UTC")
+    # Naive columns stay naive; different zones meet in UTC, which changes no instant.
+    zone = old_type.tz if old_type.tz == new_type.tz else "UTC"
+    return pa.timestamp(unit, tz=zone)
 
 
 def _cast_exactly(name: str, column: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:

@@ -11,7 +11,11 @@ import pyarrow as pa
 from sqlstore.errors import InvalidInput
 from sqlstore.types import describe_type, type_family
 
-INTEGER_PATTERN = re.compile(r"[+-]?\d{1,19}")
+INTEGER_PATTERN = re.compile(r"[+-]?[0-9]{1,19}")
+# Filters bind integers as BIGINT and lookups build int64 key arrays, so an integer outside
+# this range can match no stored value and must be rejected before it reaches DuckDB.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 TRUE_WORDS = frozenset({"true", "1", "yes"})
 FALSE_WORDS = frozenset({"false", "0", "no"})
 
@@ -63,12 +67,16 @@ def _to_integer(value: Any) -> int:
     if isinstance(value, bool):
         raise TypeError("a boolean is not an integer")
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and INTEGER_PATTERN.fullmatch(value.strip()):
-        return int(value)
-    raise ValueError("not an integer")
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and INTEGER_PATTERN.fullmatch(value.strip()):
+        number = int(value)
+    else:
+        raise ValueError("not an integer")
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise OverflowError("integer outside the signed 64-bit range")
+    return number
 
 
 def _to_float(value: Any) -> float:
@@ -96,7 +104,7 @@ def _to_string(value: Any) -> str:
 
 def _expected(family: str) -> str:
     return {
-        "integer": "an integer",
+        "integer": "a signed 64-bit integer",
         "floating": "a number",
         "boolean": "true or false",
         "string": "a string",

@@ -10,13 +10,49 @@ from datetime import UTC, datetime
 from fastapi import FastAPI
 
 import sqlstore
-from sqlstore.api import features
+from sqlstore import metrics
+from sqlstore.api import caching, features, training
+from sqlstore.api import sql as sql_routes
 from sqlstore.api.errors import install_error_handlers
-from sqlstore.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from sqlstore.api.middleware import (
+    BodySizeLimitMiddleware,
+    MetricsMiddleware,
+    RequestIdMiddleware,
+)
+from sqlstore.cache import CacheSettings, ResultCache
+from sqlstore.errors import InvalidInput
 from sqlstore.settings import Settings
 from sqlstore.store import FeatureStore
 
 logger = logging.getLogger(__name__)
+
+
+def reject_sql(store: FeatureStore, sql: str) -> None:
+    # TODO: replace with the SQL validator.
+    raise InvalidInput("entity_sql is not accepted over REST yet; send entities")
+
+
+def build_cache(settings: Settings) -> ResultCache | None:
+    """Return the result cache that `settings` describe, or None when both tiers are off."""
+    cache_settings = CacheSettings(
+        memory_entries=settings.cache_memory_entries,
+        memory_bytes=settings.cache_memory_bytes,
+        memory_max_entry_bytes=settings.cache_memory_max_entry_bytes,
+        ttl_seconds=settings.cache_ttl_seconds,
+        disk_bytes=settings.cache_disk_bytes,
+        disk_max_entry_bytes=settings.cache_disk_max_entry_bytes,
+        disk_dir=settings.root / "cache" / "results",
+    )
+    if not cache_settings.memory_enabled and not cache_settings.disk_enabled:
+        return None
+    logger.info(
+        "result cache: memory %d entries / %d bytes, TTL %g s; disk %d bytes",
+        settings.cache_memory_entries,
+        settings.cache_memory_bytes,
+        settings.cache_ttl_seconds,
+        settings.cache_disk_bytes,
+    )
+    return ResultCache(cache_settings, on_event=caching.record_cache_event)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -30,6 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tables = store.list_tables()
         app.state.store = store
         app.state.settings = settings
+        app.state.validate_sql = reject_sql
+        app.state.cache = build_cache(settings)
+        metrics.TABLES.set(len(tables))
         logger.info(
             "serving store %s: %d tables; limits: page %d rows, body %d bytes, "
             "%d records per write, %d entity ids per lookup",
@@ -42,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         yield
         store.catalog.close()
+        if app.state.cache is not None:
+            app.state.cache.close()
 
     app = FastAPI(
         title="sqlstore",
@@ -52,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(MetricsMiddleware)
 
     @app.get("/health", tags=["service"])
     def health() -> dict[str, str]:
@@ -59,4 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "healthy", "timestamp": datetime.now(UTC).isoformat()}
 
     app.include_router(features.router)
+    app.include_router(training.router)
+    app.include_router(sql_routes.router)
+    app.include_router(caching.router)
     return app

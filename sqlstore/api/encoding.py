@@ -78,7 +78,7 @@ def encode_table(table: pa.Table, file_format: str) -> bytes:
     """Encode `table` as CSV, Parquet or an Arrow IPC stream."""
     sink = pa.BufferOutputStream()
     if file_format == "csv":
-        pa_csv.write_csv(_csv_ready(table), sink)
+        pa_csv.write_csv(csv_ready_table(table), sink)
     elif file_format == "parquet":
         pq.write_table(table, sink)
     elif file_format == "arrow":
@@ -89,7 +89,7 @@ def encode_table(table: pa.Table, file_format: str) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _csv_ready(table: pa.Table) -> pa.Table:
+def csv_ready_table(table: pa.Table) -> pa.Table:
     """Replace list columns, which CSV cannot hold, by their JSON text."""
     columns = []
     for column in table.columns:

@@ -54,7 +54,10 @@ async def handle_sqlstore_error(request: Request, error: SqlstoreError) -> Respo
         error.message,
     )
     headers = {"Retry-After": "1"} if error.status == 503 else None
-    return error_response(request, error.status, error.code, error.message, headers=headers)
+    details = getattr(error, "details", None)
+    return error_response(
+        request, error.status, error.code, error.message, details=details, headers=headers
+    )
 
 
 async def handle_validation_error(request: Request, error: RequestValidationError) -> Response:
@@ -90,11 +93,14 @@ async def handle_unexpected_error(request: Request, error: Exception) -> Respons
         request.url.path,
         request_id_of(request),
     )
+    # Starlette runs this handler outside RequestIdMiddleware, which therefore cannot add the
+    # header to this response.
     return error_response(
         request,
         500,
         "internal_error",
         f"internal error; report request id {request_id_of(request)} with the server log",
+        headers={"X-Request-ID": request_id_of(request)},
     )
 
 

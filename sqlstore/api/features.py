@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from sqlstore.api.caching import serve_cached, serve_uncached, table_versions
 from sqlstore.api.encoding import (
     FORMAT_MEDIA_TYPES,
+    JSON_MEDIA_TYPE,
     JSONBytesResponse,
+    dumps,
     encode_table,
     negotiate_format,
     table_records,
@@ -26,10 +31,12 @@ from sqlstore.api.models import (
     WriteRequest,
     WriteResponse,
 )
+from sqlstore.cache import CachedResponse
 from sqlstore.errors import InvalidInput, PayloadTooLarge
-from sqlstore.lookup import lookup_entities, resolve_reference
-from sqlstore.reader import parse_filters, read_page
+from sqlstore.lookup import lookup_entities
+from sqlstore.reader import Page, parse_filters, read_page
 from sqlstore.records import records_to_table
+from sqlstore.references import FeatureReference, resolve_reference
 from sqlstore.registry import RegistryEntry
 from sqlstore.settings import Settings
 from sqlstore.store import FeatureStore, TableDefinition
@@ -39,9 +46,11 @@ from sqlstore.values import parse_timestamp
 logger = logging.getLogger(__name__)
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 404, 409, 413, 422, 503, 507)
+    status: {"model": ErrorResponse} for status in (400, 404, 409, 413, 415, 422, 503, 507)
 }
 PAGE_PARAMETERS = frozenset({"columns", "limit", "offset", "order_by"})
+# DuckDB binds OFFSET as BIGINT.
+MAX_OFFSET = 2**63 - 1
 
 router = APIRouter(prefix="/features", tags=["features"], responses=ERROR_RESPONSES)
 
@@ -54,6 +63,23 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def require_json_body(request: Request) -> None:
+    """Reject a request body sent with a Content-Type other than JSON.
+
+    FastAPI parses a body without a Content-Type as JSON, so only a declared non-JSON type is
+    rejected.
+    """
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        return
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise HTTPException(
+            415,
+            detail=f"unsupported Content-Type {content_type!r}: send the body as application/json",
+        )
+
+
 @router.get("", response_model=TableList)
 def list_tables(request: Request) -> Response:
     """List every feature table with its registry entry."""
@@ -62,7 +88,7 @@ def list_tables(request: Request) -> Response:
     return JSONBytesResponse({"count": len(tables), "tables": tables})
 
 
-@router.post("/batch", response_model=BatchResponse)
+@router.post("/batch", response_model=BatchResponse, dependencies=[Depends(require_json_body)])
 def batch_features(request: Request, body: BatchRequest) -> Response:
     """Return the latest row per entity of several tables, as of `timestamp` (default: now)."""
     store = _store(request)
@@ -79,11 +105,31 @@ def batch_features(request: Request, body: BatchRequest) -> Response:
     entries = store.list_tables()
     references = [resolve_reference(name, entries) for name in body.feature_names]
 
+    def compute() -> CachedResponse:
+        return _encode_batch(store, references, body.entity_ids, as_of)
+
+    # A lookup as of now changes as time passes when a table has a TTL, so it is not cached.
+    as_of_now = body.timestamp is None
+    if as_of_now and any(reference.entry.ttl_seconds for reference in references):
+        return serve_uncached(compute)
+
+    tables = {(r.entry.group, r.entry.name) for r in references}
+    versions = table_versions(store, sorted(tables))
+    canonical = body.model_dump(mode="json")
+    return serve_cached(request, "batch", canonical, versions, compute)
+
+
+def _encode_batch(
+    store: FeatureStore,
+    references: list[FeatureReference],
+    entity_ids: list[Any],
+    as_of: datetime,
+) -> CachedResponse:
     features: dict[str, list[dict[str, Any]]] = {}
     found: dict[str, int] = {}
     not_found: dict[str, list[Any]] = {}
     for reference in references:
-        result = lookup_entities(store, reference, body.entity_ids, as_of)
+        result = lookup_entities(store, reference, entity_ids, as_of)
         features[reference.requested] = table_records(result.table)
         found[reference.requested] = result.table.num_rows
         not_found[reference.requested] = result.missing
@@ -93,11 +139,12 @@ def batch_features(request: Request, body: BatchRequest) -> Response:
         "request_timestamp": now,
         "as_of": as_of.isoformat(),
         "feature_count": len(references),
-        "entity_count": len(body.entity_ids),
+        "entity_count": len(entity_ids),
         "found": found,
         "not_found": not_found,
     }
-    return JSONBytesResponse({"features": features, "metadata": metadata, "timestamp": now})
+    body = {"features": features, "metadata": metadata, "timestamp": now}
+    return CachedResponse(dumps(body), JSON_MEDIA_TYPE)
 
 
 def _parse_as_of(value: str | float | None) -> datetime:
@@ -127,7 +174,7 @@ def read_table(
     name: str,
     columns: Annotated[str | None, Query(description="Comma-separated columns")] = None,
     limit: Annotated[int | None, Query(ge=0, description="Rows per page")] = None,
-    offset: Annotated[int, Query(ge=0, description="Rows to skip")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Rows to skip")] = 0,
     order_by: Annotated[
         str | None, Query(description="Comma-separated columns; prefix - for descending")
     ] = None,
@@ -143,26 +190,44 @@ def read_table(
             f"limit {limit} is more than the maximum {settings.max_limit}; page with offset"
         )
 
-    filter_params = [
-        (key, value)
-        for key, value in request.query_params.multi_items()
-        if key not in PAGE_PARAMETERS
-    ]
-    page = read_page(
-        _store(request),
-        group,
-        name,
-        columns=columns,
-        filters=parse_filters(filter_params),
-        order_by=order_by,
-        limit=limit,
-        offset=offset,
-    )
+    store = _store(request)
+    canonical = {
+        "group": group,
+        "name": name,
+        "query": sorted(request.query_params.multi_items()),
+        "limit": limit,
+        "format": file_format,
+    }
+    versions = table_versions(store, [(group, name)])
 
+    def compute() -> CachedResponse:
+        filter_params = [
+            (key, value)
+            for key, value in request.query_params.multi_items()
+            if key not in PAGE_PARAMETERS
+        ]
+        page = read_page(
+            store,
+            group,
+            name,
+            columns=columns,
+            filters=parse_filters(filter_params),
+            order_by=order_by,
+            limit=limit,
+            offset=offset,
+        )
+        return _encode_page(page, group, name, limit, offset, file_format)
+
+    return serve_cached(request, "page", canonical, versions, compute)
+
+
+def _encode_page(
+    page: Page, group: str, name: str, limit: int, offset: int, file_format: str
+) -> CachedResponse:
     headers = {"X-Total-Rows": str(page.total_rows), "X-Table-Version": str(page.entry.version)}
     if file_format != "json":
         content = encode_table(page.table, file_format)
-        return Response(content, media_type=FORMAT_MEDIA_TYPES[file_format], headers=headers)
+        return CachedResponse(content, FORMAT_MEDIA_TYPES[file_format], headers)
 
     metadata = {
         "total_rows": page.total_rows,
@@ -179,10 +244,12 @@ def read_table(
         "data": table_records(page.table),
         "metadata": metadata,
     }
-    return JSONBytesResponse(body, headers=headers)
+    return CachedResponse(dumps(body), JSON_MEDIA_TYPE, headers)
 
 
-@router.post("/{group}/{name}", response_model=WriteResponse)
+@router.post(
+    "/{group}/{name}", response_model=WriteResponse, dependencies=[Depends(require_json_body)]
+)
 def write_table(request: Request, group: str, name: str, body: WriteRequest) -> Response:
     """Write records to a table: replace it (mode=overwrite, the default) or append to it."""
     settings = _settings(request)
@@ -191,8 +258,13 @@ def write_table(request: Request, group: str, name: str, body: WriteRequest) -> 
             f"{len(body.records)} records is more than the maximum "
             f"{settings.max_records_per_write} per write; split the write and use mode=append"
         )
+    _reject_non_finite_numbers(body.records)
 
     entity_key = [body.entity_key] if isinstance(body.entity_key, str) else body.entity_key
+    if entity_key is not None and len(set(entity_key)) != len(entity_key):
+        raise InvalidInput(
+            f"invalid entity_key {entity_key}: it names a column twice; give each key column once"
+        )
     definition = TableDefinition(
         entity_key=entity_key,
         timestamp_column=body.timestamp_column,
@@ -222,6 +294,29 @@ def write_table(request: Request, group: str, name: str, body: WriteRequest) -> 
         "path": entry.path,
     }
     return JSONBytesResponse(response)
+
+
+def _reject_non_finite_numbers(records: list[dict[str, Any]]) -> None:
+    """Raise InvalidInput naming the first record and field with NaN or an infinity.
+
+    Python's JSON parser accepts the non-standard NaN and Infinity literals, and a stored NaN
+    would be read back as null.
+    """
+    for index, record in enumerate(records):
+        for field, value in record.items():
+            if _has_non_finite_number(value):
+                raise InvalidInput(
+                    f"record {index}, field {field!r}: NaN and infinite numbers are not "
+                    "supported; send null for a missing value"
+                )
+
+
+def _has_non_finite_number(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, list):
+        return any(_has_non_finite_number(item) for item in value)
+    return False
 
 
 @router.delete("/{group}/{name}")

@@ -1,14 +1,19 @@
-"""ASGI middleware: request ids and the request body size limit."""
+"""ASGI middleware: request ids, the request body size limit and request metrics."""
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 import uuid
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sqlstore import metrics
 from sqlstore.api.encoding import dumps
+
+logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = b"x-request-id"
 # An incoming request id is kept only when it is short and plain, so it is safe to log.
@@ -96,3 +101,47 @@ class BodySizeLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class MetricsMiddleware:
+    """Count each request and time it, by route template, method and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = route_template(scope)
+            method = scope["method"]
+            metrics.REQUESTS.labels(route=route, method=method, status=str(status)).inc()
+            metrics.REQUEST_SECONDS.labels(route=route, method=method).observe(elapsed)
+            logger.debug(
+                "%s %s %d %.3f ms (request %s)",
+                method,
+                route,
+                status,
+                elapsed * 1000,
+                scope.get("state", {}).get("request_id", "-"),
+            )
+
+
+def route_template(scope: Scope) -> str:
+    """Return the path template of the matched route, such as /features/{group}/{name}."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"

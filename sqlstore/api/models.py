@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from sqlstore.registry import RegistryEntry
 
@@ -97,7 +97,8 @@ class BatchRequest(BaseModel):
         min_length=1,
         description="`group/name`, `group/name:col1,col2`, or a table name that is unique",
     )
-    entity_ids: list[int | str | dict[str, int | str]] | None = Field(
+    # Strict types, because lax validation would turn true into the entity id 1.
+    entity_ids: list[StrictInt | StrictStr | dict[str, StrictInt | StrictStr]] | None = Field(
         default=None,
         description="Key values; an object of key columns for tables with a composite key",
     )

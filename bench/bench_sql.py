@@ -1,0 +1,282 @@
+"""Benchmark of the read-only SQL endpoint: validation overhead and end-to-end /sql latency.
+
+One run builds the MovieLens demo store (or uses --root), then measures:
+
+- validation of a 20-line analyst query (both parsers): cold, with the validator's caches
+  cleared before every run, and warm, when the same text was validated before;
+- end-to-end POST /sql over loopback HTTP (httpx, keep-alive, sequential) against a
+  `python -m sqlstore serve` process, for aggregates over interaction.user_movie_interactions,
+  next to the same query in DuckDB in this process over a view of the same Parquet file.
+
+It prints Markdown tables and writes the results with machine details as JSON.
+
+    .venv/bin/python bench/bench_sql.py [--root DIR] [--repeats N] [--output FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+
+from sqlstore.demo import build_demo_store
+from sqlstore.identifiers import quote_string
+from sqlstore.sql import duckdb_check
+from sqlstore.sql.validate import analyse_query, validate_query
+from sqlstore.store import FeatureStore
+
+logger = logging.getLogger("bench_sql")
+
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "sql.json"
+HOST = "127.0.0.1"
+SERVER_START_TIMEOUT_SECONDS = 60
+
+ANALYST_QUERY = """
+WITH recent AS (
+    SELECT user_id, movie_id, rating, event_timestamp,
+           row_number() OVER (PARTITION BY user_id ORDER BY event_timestamp DESC) AS position
+    FROM interaction.user_movie_interactions
+    WHERE event_timestamp >= TIMESTAMP '2010-01-01'
+),
+genre_counts AS (
+    SELECT r.user_id, unnest(g.genres) AS genre, count(*) AS ratings, avg(r.rating) AS mean
+    FROM recent AS r
+    JOIN content.movie_genres AS g USING (movie_id)
+    WHERE r.position <= 50
+    GROUP BY ALL
+)
+SELECT user_id, genre, ratings,
+       round(mean, 2) AS mean_rating
+FROM genre_counts
+WHERE ratings >= $min_ratings
+QUALIFY rank() OVER (PARTITION BY user_id ORDER BY ratings DESC) = 1
+ORDER BY user_id, genre
+LIMIT 100
+""".strip()
+
+END_TO_END_QUERIES = {
+    "one-row aggregate": (
+        "SELECT count(*) AS ratings, avg(rating) AS mean_rating "
+        "FROM interaction.user_movie_interactions"
+    ),
+    "per-user aggregate (671 rows)": (
+        "SELECT user_id, count(*) AS ratings, avg(rating) AS mean_rating "
+        "FROM interaction.user_movie_interactions GROUP BY user_id ORDER BY user_id"
+    ),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, help="existing demo store; default: build one")
+    parser.add_argument("--repeats", type=int, default=200, help="timed runs per measurement")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON result file")
+    return parser.parse_args(argv)
+
+
+def median_ms(run: Callable[[], object], repeats: int, before: Callable[[], None] | None) -> float:
+    """Return the median wall time of `run` in milliseconds; `before` runs untimed each time."""
+    samples = []
+    for _ in range(repeats):
+        if before is not None:
+            before()
+        started = time.perf_counter()
+        run()
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def clear_validation_caches() -> None:
+    analyse_query.cache_clear()
+    duckdb_check._serialize.cache_clear()
+    duckdb_check._check_statement_type.cache_clear()
+    duckdb_check._analyse_tree.cache_clear()
+
+
+def measure_validation(store: FeatureStore, repeats: int) -> dict[str, Any]:
+    entries = store.registry.list()
+    views = [(entry.group, entry.name) for entry in entries]
+    parameters = {"min_ratings": 3}
+
+    def validate() -> None:
+        validate_query(ANALYST_QUERY, views, parameters)
+
+    validate()
+    cold = median_ms(validate, repeats, before=clear_validation_caches)
+    warm = median_ms(validate, repeats, before=None)
+    return {
+        "query_lines": len(ANALYST_QUERY.splitlines()),
+        "cold_median_ms": cold,
+        "warm_median_ms": warm,
+        "target_ms": 1.0,
+    }
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_server(root: Path, log_path: Path) -> Iterator[str]:
+    port = free_port()
+    command = [sys.executable, "-m", "sqlstore", "serve", "--root", str(root), "--port", str(port)]
+    environment = {**os.environ, "SQLSTORE_SQL_WORKERS": "1"}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+    base_url = f"http://{HOST}:{port}"
+    try:
+        wait_for_health(base_url, process)
+        yield base_url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def wait_for_health(base_url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server did not answer within {SERVER_START_TIMEOUT_SECONDS} s")
+
+
+def in_process_connection(store: FeatureStore) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the same view the server's sandbox builds."""
+    entry = store.registry.get("interaction", "user_movie_interactions")
+    path = quote_string(str(store.root / entry.path))
+    connection = duckdb.connect(config={"threads": 2})
+    connection.execute("SET TimeZone = 'UTC'")
+    connection.execute("CREATE SCHEMA interaction")
+    connection.execute(
+        f"CREATE VIEW interaction.user_movie_interactions AS SELECT * FROM read_parquet({path})"
+    )
+    return connection
+
+
+def measure_end_to_end(store: FeatureStore, repeats: int, log_path: Path) -> list[dict[str, Any]]:
+    connection = in_process_connection(store)
+    results = []
+    with running_server(store.root, log_path) as base_url, httpx.Client(base_url=base_url) as http:
+        for label, sql in END_TO_END_QUERIES.items():
+            post = functools.partial(post_sql, http, sql)
+            in_process = functools.partial(run_in_process, connection, sql)
+            for _ in range(5):
+                post()
+                in_process()
+            http_ms = median_ms(post, repeats, before=None)
+            duckdb_ms = median_ms(in_process, repeats, before=None)
+            results.append(
+                {
+                    "query": label,
+                    "sql": sql,
+                    "http_median_ms": http_ms,
+                    "duckdb_in_process_median_ms": duckdb_ms,
+                    "ratio": http_ms / duckdb_ms,
+                    "target_ratio": 1.5,
+                }
+            )
+    return results
+
+
+def post_sql(http: httpx.Client, sql: str) -> None:
+    """Send the query and decode the JSON rows, as a client would."""
+    response = http.post("/sql", json={"sql": sql})
+    response.raise_for_status()
+    response.json()
+
+
+def run_in_process(connection: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Run the query on a fresh cursor and turn the rows into Python values."""
+    cursor = connection.cursor()
+    cursor.sql(sql).to_arrow_table().to_pylist()
+    cursor.close()
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "duckdb": duckdb.__version__,
+        "sqlglot": metadata.version("sqlglot"),
+    }
+
+
+def print_tables(validation: dict[str, Any], end_to_end: list[dict[str, Any]]) -> None:
+    lines = [
+        f"Validation of a {validation['query_lines']}-line analyst query (median)",
+        "",
+        "| case | median ms | target ms |",
+        "| --- | ---: | ---: |",
+        f"| cold (caches cleared) | {validation['cold_median_ms']:.3f} | 1.0 |",
+        f"| warm (same text again) | {validation['warm_median_ms']:.3f} | 1.0 |",
+        "",
+        "End-to-end POST /sql against DuckDB in process (median)",
+        "",
+        "| query | /sql ms | DuckDB ms | ratio | target |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in end_to_end:
+        lines.append(
+            f"| {row['query']} | {row['http_median_ms']:.2f} | "
+            f"{row['duckdb_in_process_median_ms']:.2f} | {row['ratio']:.2f}x | 1.5x |"
+        )
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="sqlstore-bench-sql-") as work:
+        work_dir = Path(work)
+        root = args.root or work_dir / "store"
+        store = FeatureStore(root)
+        if not store.registry.list():
+            build_demo_store(store)
+
+        validation = measure_validation(store, args.repeats)
+        end_to_end = measure_end_to_end(store, args.repeats, work_dir / "server.log")
+
+    print_tables(validation, end_to_end)
+    result = {
+        "recorded_at": datetime.now(UTC).isoformat(),
+        "machine": machine(),
+        "repeats": args.repeats,
+        "validation": validation,
+        "end_to_end": end_to_end,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

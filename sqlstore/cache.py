@@ -1,0 +1,320 @@
+"""Result caches: an LRU in memory and a cache on disk shared by worker processes.
+
+Entries are encoded responses (body bytes, media type, headers), keyed by a digest of the
+normalised request and the version of every table the request reads. A write bumps the table's
+version, so no later lookup can find an entry computed from the old data, in any process.
+
+On disk, each value is an envelope of a magic prefix, a SHA-256 digest and the payload, stored
+by diskcache as raw bytes. Nothing read from disk is ever unpickled: `SafeDisk` rejects any row
+that diskcache would decode with pickle, and a value whose digest does not match is dropped,
+logged and recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cachetools
+import diskcache
+import diskcache.core
+import orjson
+
+logger = logging.getLogger(__name__)
+
+ENVELOPE_MAGIC = b"SQLSTORE-CACHE-1\n"
+DIGEST_BYTES = 32
+HEADER_LENGTH = struct.Struct(">I")
+MEMORY_TIER = "memory"
+DISK_TIER = "disk"
+
+
+class CorruptEntry(Exception):
+    """A disk cache value failed its integrity check."""
+
+
+class SafeDisk(diskcache.Disk):
+    """A diskcache serialiser that stores only bytes and string keys, and never unpickles."""
+
+    def put(self, key: Any) -> tuple[Any, bool]:
+        if not isinstance(key, str):
+            raise TypeError("cache keys must be strings")
+        return super().put(key)
+
+    def get(self, key: Any, raw: bool) -> Any:
+        if not raw:
+            raise CorruptEntry("a cache key was stored pickled")
+        return super().get(key, raw)
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if not isinstance(value, bytes):
+            raise TypeError("cache values must be bytes")
+        return super().store(value, read, key=key)
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
+            raise CorruptEntry(f"cache value has storage mode {mode}, not raw bytes")
+        return super().fetch(mode, filename, value, read)
+
+
+@dataclass(frozen=True)
+class CachedResponse:
+    """An encoded response: what a cache hit sends back unchanged."""
+
+    body: bytes
+    media_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + 256
+
+
+def encode_envelope(response: CachedResponse) -> bytes:
+    """Return the disk form of `response`: magic, SHA-256 of the rest, header length, header
+    JSON (media type and headers), body."""
+    header = orjson.dumps({"media_type": response.media_type, "headers": response.headers})
+    payload = HEADER_LENGTH.pack(len(header)) + header + response.body
+    return ENVELOPE_MAGIC + hashlib.sha256(payload).digest() + payload
+
+
+def decode_envelope(data: bytes) -> CachedResponse:
+    """Return the response stored in `data`, or raise CorruptEntry."""
+    if not data.startswith(ENVELOPE_MAGIC):
+        raise CorruptEntry("missing sqlstore cache header")
+    start = len(ENVELOPE_MAGIC)
+    digest = data[start : start + DIGEST_BYTES]
+    payload = data[start + DIGEST_BYTES :]
+    if hashlib.sha256(payload).digest() != digest:
+        raise CorruptEntry("checksum mismatch")
+    if len(payload) < HEADER_LENGTH.size:
+        raise CorruptEntry("truncated entry")
+
+    (header_length,) = HEADER_LENGTH.unpack_from(payload)
+    header_end = HEADER_LENGTH.size + header_length
+    try:
+        header = orjson.loads(payload[HEADER_LENGTH.size : header_end])
+        return CachedResponse(
+            body=payload[header_end:],
+            media_type=str(header["media_type"]),
+            headers={str(k): str(v) for k, v in header["headers"].items()},
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise CorruptEntry(f"unreadable entry header: {error}") from error
+
+
+def cache_key(kind: str, request: dict[str, Any], versions: dict[str, int]) -> str:
+    """Return the key of a request: a digest of its kind, canonical form and table versions."""
+    content = {"kind": kind, "request": request, "versions": versions}
+    try:
+        canonical = orjson.dumps(
+            content, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str
+        )
+    except orjson.JSONEncodeError:
+        # orjson rejects integers beyond 64 bits; the standard library writes them.
+        canonical = json.dumps(content, sort_keys=True, default=str).encode()
+    return hashlib.sha256(canonical).hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Bounds of the two tiers. A size of 0 turns a tier off."""
+
+    memory_entries: int = 1024
+    memory_bytes: int = 64 * 1024 * 1024
+    ttl_seconds: float = 300.0
+    memory_max_entry_bytes: int = 1024 * 1024
+    disk_bytes: int = 1024 * 1024 * 1024
+    disk_max_entry_bytes: int = 64 * 1024 * 1024
+    disk_dir: Path | None = None
+
+    @property
+    def memory_enabled(self) -> bool:
+        return self.memory_entries > 0 and self.memory_bytes > 0
+
+    @property
+    def disk_enabled(self) -> bool:
+        return self.disk_bytes > 0 and self.disk_dir is not None
+
+
+# Receives (tier, event) for every hit, miss, eviction and expiry, e.g. to count it in metrics.
+EventHook = Callable[[str, str], None]
+
+
+@dataclass
+class TierCounters:
+    """Counts kept by this process for one tier."""
+
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    expirations: int = 0
+
+
+class _MemoryTier(cachetools.TTLCache):
+    """A TTL cache bounded by bytes (cachetools' maxsize) that reports its evictions."""
+
+    def __init__(self, settings: CacheSettings, on_eviction: Callable[[], None]) -> None:
+        super().__init__(
+            maxsize=settings.memory_bytes,
+            ttl=settings.ttl_seconds,
+            getsizeof=lambda entry: entry[0].size,
+        )
+        self._on_eviction = on_eviction
+
+    def popitem(self) -> Any:
+        item = super().popitem()
+        self._on_eviction()
+        return item
+
+
+class ResultCache:
+    """Two-tier cache of encoded responses. Thread-safe; the disk tier is process-safe."""
+
+    def __init__(self, settings: CacheSettings, on_event: EventHook | None = None) -> None:
+        self.settings = settings
+        self.counters = {MEMORY_TIER: TierCounters(), DISK_TIER: TierCounters()}
+        self._on_event = on_event
+        self._lock = threading.Lock()
+        self._memory = _MemoryTier(settings, lambda: self._record(MEMORY_TIER, "eviction"))
+        self._disk: diskcache.Cache | None = None
+        if settings.disk_enabled:
+            self._disk = diskcache.Cache(
+                str(settings.disk_dir),
+                size_limit=settings.disk_bytes,
+                eviction_policy="least-recently-used",
+                disk=SafeDisk,
+                statistics=False,
+            )
+
+    def get(self, key: str) -> tuple[CachedResponse | None, str]:
+        """Return (response, where) with where "hit-memory", "hit-disk" or "miss"."""
+        if self.settings.memory_enabled:
+            with self._lock:
+                entry = self._memory.get(key)
+            if entry is not None:
+                self._record(MEMORY_TIER, "hit")
+                return entry[0], "hit-memory"
+            self._record(MEMORY_TIER, "miss")
+
+        response = self._get_disk(key)
+        if response is None:
+            return None, "miss"
+        self._put_memory(key, response)
+        return response, "hit-disk"
+
+    def put(self, key: str, response: CachedResponse) -> None:
+        """Store `response` in the tiers whose entry size limit it fits."""
+        self._put_memory(key, response)
+        if self._disk is None or len(response.body) > self.settings.disk_max_entry_bytes:
+            return
+        try:
+            self._disk.set(key, encode_envelope(response))
+        except (OSError, diskcache.Timeout) as error:
+            logger.warning("could not store cache entry %s on disk: %s", key[:12], error)
+
+    def clear(self) -> None:
+        """Empty both tiers."""
+        with self._lock:
+            self._memory.clear()
+        if self._disk is not None:
+            self._disk.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """Return this process's view of both tiers (counts here are this process's only)."""
+        now = time.monotonic()
+        with self._lock:
+            self._expire()
+            ages = [now - entry[1] for entry in self._memory.values()]
+            memory_bytes = self._memory.currsize
+        memory = {
+            "enabled": self.settings.memory_enabled,
+            "total_items": len(ages),
+            "max_size": self.settings.memory_entries,
+            "bytes_used": memory_bytes,
+            "max_bytes": self.settings.memory_bytes,
+            "ttl_seconds": self.settings.ttl_seconds,
+            "average_age_seconds": sum(ages) / len(ages) if ages else 0.0,
+        }
+        disk = {"enabled": self._disk is not None, "max_bytes": self.settings.disk_bytes}
+        if self._disk is not None:
+            disk["total_items"] = len(self._disk)
+            disk["bytes_used"] = self._disk.volume()
+        return {MEMORY_TIER: memory, DISK_TIER: disk}
+
+    def close(self) -> None:
+        if self._disk is not None:
+            self._disk.close()
+
+    def _put_memory(self, key: str, response: CachedResponse) -> None:
+        if not self.settings.memory_enabled:
+            return
+        if len(response.body) > self.settings.memory_max_entry_bytes:
+            return
+        with self._lock:
+            self._expire()
+            while len(self._memory) >= self.settings.memory_entries:
+                self._memory.popitem()
+            self._memory[key] = (response, time.monotonic())
+
+    def memory_usage(self) -> tuple[int, int, float]:
+        """Return this process's memory tier as (entries, bytes, sum of entry ages in seconds)."""
+        now = time.monotonic()
+        with self._lock:
+            ages = sum(now - entry[1] for entry in self._memory.values())
+            return len(self._memory), self._memory.currsize, ages
+
+    def _expire(self) -> None:
+        for _ in self._memory.expire():
+            self._record(MEMORY_TIER, "expiry")
+
+    def _record(self, tier: str, event: str) -> None:
+        counters = self.counters[tier]
+        if event == "hit":
+            counters.hits += 1
+        elif event == "miss":
+            counters.misses += 1
+        elif event == "eviction":
+            counters.evictions += 1
+        elif event == "expiry":
+            counters.expirations += 1
+        if self._on_event is not None:
+            self._on_event(tier, event)
+
+    def _get_disk(self, key: str) -> CachedResponse | None:
+        if self._disk is None:
+            return None
+        try:
+            data = self._disk.get(key)
+        except (CorruptEntry, OSError, diskcache.Timeout) as error:
+            logger.warning("dropping unreadable cache entry %s: %s", key[:12], error)
+            self._discard(key)
+            self._record(DISK_TIER, "miss")
+            return None
+        if data is None:
+            self._record(DISK_TIER, "miss")
+            return None
+
+        try:
+            response = decode_envelope(data)
+        except CorruptEntry as error:
+            logger.warning("dropping corrupt cache entry %s: %s", key[:12], error)
+            self._discard(key)
+            self._record(DISK_TIER, "miss")
+            return None
+        self._record(DISK_TIER, "hit")
+        return response
+
+    def _discard(self, key: str) -> None:
+        try:
+            self._disk.delete(key)
+        except (OSError, diskcache.Timeout, CorruptEntry) as error:
+            logger.warning("could not delete cache entry %s: %s", key[:12], error)

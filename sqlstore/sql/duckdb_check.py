@@ -1,0 +1,864 @@
+"""The second validation layer: DuckDB's own parser.
+
+`check_with_duckdb` splits the text with `extract_statements`, requires exactly one statement of
+type SELECT, and walks the syntax tree that `json_serialize_sql` returns. In that tree every
+function call carries the exact name DuckDB will resolve, so the function allow-list is applied
+here without guessing, and the literal sizes of functions that build large values are bounded.
+
+The worker process repeats these checks on its own connection and then runs the Statement object
+that `extract_statements` returned, so text that DuckDB would read as more than one statement,
+or as anything but a SELECT, is never run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import logging
+import math
+import re
+import threading
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+from sqlstore.errors import QueryRejected, QuerySyntaxError
+from sqlstore.sql.functions import is_allowed_function, is_allowed_table_function
+from sqlstore.sql.limits import SqlLimits
+
+logger = logging.getLogger(__name__)
+
+QUERY_NODE_TYPES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE"})
+TABLE_REF_TYPES = frozenset(
+    {
+        "BASE_TABLE",
+        "TABLE_FUNCTION",
+        "SUBQUERY",
+        "JOIN",
+        "EXPRESSION_LIST",
+        "EMPTY",
+        "PIVOT",
+        "SHOW_REF",
+    }
+)
+# Keys under which json_serialize_sql places table references (or, in a set operation, the
+# query nodes of both sides).
+TABLE_REF_KEYS = frozenset({"from_table", "left", "right", "source"})
+EXPRESSION_CLASSES = frozenset(
+    {
+        "FUNCTION",
+        "WINDOW",
+        "CONSTANT",
+        "COLUMN_REF",
+        "CAST",
+        "OPERATOR",
+        "COMPARISON",
+        "CONJUNCTION",
+        "CASE",
+        "BETWEEN",
+        "SUBQUERY",
+        "STAR",
+        "LAMBDA",
+        "LAMBDA_REF",
+        "PARAMETER",
+        "POSITIONAL_REFERENCE",
+        "COLLATE",
+        "TYPE",
+    }
+)
+SHOW_TYPES = frozenset({"DESCRIBE", "SUMMARY"})
+
+# Functions that build a value whose size is one of their arguments: that argument's index,
+# and its role as error messages name it.
+SIZE_ARGUMENTS: dict[str, tuple[int, str]] = {
+    "repeat": (1, "count"),
+    "lpad": (1, "length"),
+    "rpad": (1, "length"),
+    "list_resize": (1, "size"),
+    "array_resize": (1, "size"),
+    "to_base": (2, "minimum length"),
+    "bitstring": (1, "length"),
+    "equi_width_bins": (2, "bin count"),
+    "approx_top_k": (1, "k"),
+    "reservoir_quantile": (2, "sample size"),
+    "lttb": (2, "point count"),
+}
+SEQUENCE_FUNCTIONS = frozenset({"range", "generate_series"})
+FORMAT_FUNCTIONS = frozenset({"printf", "format"})
+# Functions whose result is about as large as the sum of their arguments, not the product.
+ADDITIVE_FUNCTIONS = frozenset(
+    {
+        "||",
+        "concat",
+        "concat_ws",
+        "list_concat",
+        "list_cat",
+        "array_concat",
+        "array_cat",
+        "list_value",
+        "list_pack",
+        "array_value",
+        "struct_pack",
+        "row",
+        "map",
+    }
+)
+
+# Functions evaluated when a size argument is a constant expression, such as INTERVAL 1 DAY,
+# which DuckDB parses as to_days(CAST(trunc(CAST(1 AS DOUBLE)) AS INTEGER)).
+INTERVAL_FUNCTIONS: dict[str, dt.timedelta] = {
+    "to_microseconds": dt.timedelta(microseconds=1),
+    "to_milliseconds": dt.timedelta(milliseconds=1),
+    "to_seconds": dt.timedelta(seconds=1),
+    "to_minutes": dt.timedelta(minutes=1),
+    "to_hours": dt.timedelta(hours=1),
+    "to_days": dt.timedelta(days=1),
+    "to_weeks": dt.timedelta(weeks=1),
+    # Months and years are estimated as 30 and 365 days: the result only bounds a size.
+    "to_months": dt.timedelta(days=30),
+    "to_quarters": dt.timedelta(days=91),
+    "to_years": dt.timedelta(days=365),
+    "to_decades": dt.timedelta(days=3650),
+    "to_centuries": dt.timedelta(days=36500),
+    "to_millennia": dt.timedelta(days=365000),
+}
+INTERVAL_UNITS: dict[str, dt.timedelta] = {
+    "microsecond": dt.timedelta(microseconds=1),
+    "millisecond": dt.timedelta(milliseconds=1),
+    "second": dt.timedelta(seconds=1),
+    "minute": dt.timedelta(minutes=1),
+    "hour": dt.timedelta(hours=1),
+    "day": dt.timedelta(days=1),
+    "week": dt.timedelta(weeks=1),
+    "month": dt.timedelta(days=30),
+    "year": dt.timedelta(days=365),
+}
+INTERVAL_TEXT_PATTERN = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*([a-z]+)\s*", re.IGNORECASE)
+INTEGER_TYPES = frozenset(
+    {
+        "TINYINT",
+        "SMALLINT",
+        "INTEGER",
+        "INT",
+        "INT1",
+        "INT2",
+        "INT4",
+        "INT8",
+        "BIGINT",
+        "HUGEINT",
+        "UTINYINT",
+        "USMALLINT",
+        "UINTEGER",
+        "UBIGINT",
+        "UHUGEINT",
+        "LONG",
+        "SHORT",
+    }
+)
+FLOAT_TYPES = frozenset({"DOUBLE", "FLOAT", "REAL", "DECIMAL", "NUMERIC", "FLOAT4", "FLOAT8"})
+TIMESTAMP_TYPES = frozenset(
+    {
+        "TIMESTAMP",
+        "DATETIME",
+        "TIMESTAMPTZ",
+        "TIMESTAMP WITH TIME ZONE",
+        "TIMESTAMP_S",
+        "TIMESTAMP_MS",
+        "TIMESTAMP_NS",
+        "TIMESTAMP_US",
+    }
+)
+# printf widths given by an argument ("%*d") and fmt widths given by a nested field ("{:{}}").
+DYNAMIC_WIDTH_PATTERN = re.compile(r"%[-+ #0]*\*|\{[^{}]*\{")
+DIGITS_PATTERN = re.compile(r"\d+")
+
+
+@dataclass
+class ParseConnection:
+    """A DuckDB connection used only to parse text: no data, no file access, settings locked."""
+
+    connection: duckdb.DuckDBPyConnection
+    lock: threading.RLock
+
+
+@functools.cache
+def parse_connection() -> ParseConnection:
+    """Return the process's parse-only connection, created on first use."""
+    connection = duckdb.connect(
+        ":memory:",
+        config={
+            "python_enable_replacements": False,
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "temp_directory": "",
+            "threads": 1,
+        },
+    )
+    connection.execute("SET GLOBAL enable_external_access = false")
+    connection.execute("SET GLOBAL lock_configuration = true")
+    return ParseConnection(connection=connection, lock=threading.RLock())
+
+
+def duckdb_statement_types(sql: str) -> list[str] | None:
+    """Return the types of the statements DuckDB's parser reads in `sql` (SELECT, COPY, ...),
+    or None when it reports a syntax error."""
+    connection = parse_connection()
+    with connection.lock:
+        try:
+            statements = connection.connection.extract_statements(sql)
+        except duckdb.Error:
+            return None
+    return [statement.type.name for statement in statements]
+
+
+def location_of_offset(sql: str, offset: int) -> tuple[int, int]:
+    """Return the 1-based line and column of the character at `offset`."""
+    line = sql.count("\n", 0, offset) + 1
+    line_start = sql.rfind("\n", 0, offset) + 1
+    return line, offset - line_start + 1
+
+
+@dataclass(frozen=True)
+class BaseTable:
+    """A `group.name` reference found in the syntax tree, with where it appears."""
+
+    group: str
+    name: str
+    details: dict[str, object]
+
+
+@dataclass(frozen=True)
+class TreeFacts:
+    """Findings of the walk over one syntax tree that later checks need."""
+
+    tables: tuple[BaseTable, ...]
+    parameter_names: frozenset[str]
+    depends_on_parameters: bool
+
+
+def check_with_duckdb(
+    sql: str,
+    views: Collection[tuple[str, str]],
+    parameters: Mapping[str, Any],
+    limits: SqlLimits,
+) -> None:
+    """Raise QuerySyntaxError or QueryRejected unless DuckDB parses `sql` as one SELECT that reads
+    only `views` and CTEs and calls only allowed functions with bounded sizes.
+
+    The walk over the syntax tree is cached by text and limits. Only a query whose size
+    arguments are $parameters is walked again, with the values of `parameters`.
+    """
+    _check_statement_type(sql)
+    facts = _analyse_tree(sql, limits)
+
+    missing = sorted(facts.parameter_names - set(parameters))
+    if missing:
+        raise QueryRejected(f"missing value for parameter ${missing[0]}: add it to params")
+
+    registered = set(views)
+    for table in facts.tables:
+        if (table.group, table.name) not in registered:
+            message = (
+                f"table {table.group}.{table.name} is not a registered feature view; read views "
+                "as group.name (GET /features lists them)"
+            )
+            raise QueryRejected(_with_location(message, table.details), details=[table.details])
+
+    if facts.depends_on_parameters:
+        _TreeChecker(sql, limits, parameters).check(_syntax_tree(sql))
+
+
+def select_statement(connection: duckdb.DuckDBPyConnection, sql: str) -> duckdb.Statement:
+    """Return the one SELECT statement that `connection`'s parser reads in `sql`, else raise."""
+    return _single_select(connection, sql)
+
+
+@functools.lru_cache(maxsize=512)
+def _check_statement_type(sql: str) -> None:
+    parser = parse_connection()
+    with parser.lock:
+        _single_select(parser.connection, sql)
+
+
+@functools.lru_cache(maxsize=512)
+def _analyse_tree(sql: str, limits: SqlLimits) -> TreeFacts:
+    checker = _TreeChecker(sql, limits, parameters=None)
+    checker.check(_syntax_tree(sql))
+    return TreeFacts(
+        tables=tuple(checker.tables),
+        parameter_names=frozenset(checker.parameter_names),
+        depends_on_parameters=checker.depends_on_parameters,
+    )
+
+
+def _single_select(connection: duckdb.DuckDBPyConnection, sql: str) -> duckdb.Statement:
+    try:
+        statements = connection.extract_statements(sql)
+    except duckdb.ParserException as error:
+        raise QuerySyntaxError(f"syntax error: {_first_line(error)}") from error
+    except duckdb.Error as error:
+        raise QueryRejected(f"DuckDB could not parse the query: {_first_line(error)}") from error
+
+    if len(statements) != 1:
+        raise QueryRejected(
+            f"DuckDB reads {len(statements)} statements in this text: send exactly one query",
+            details=[{"construct": "multiple statements"}],
+        )
+    statement = statements[0]
+    if statement.type != duckdb.StatementType.SELECT:
+        kind = statement.type.name
+        if kind == "MULTI":
+            raise QueryRejected(
+                "PIVOT without an IN list runs several statements: list the values to pivot "
+                "on, for example PIVOT content.movie_genres ON year IN (1995, 1996) USING "
+                "count(*)",
+                details=[{"construct": "PIVOT"}],
+            )
+        raise QueryRejected(
+            f"DuckDB reads this text as a {kind} statement: only SELECT queries may run",
+            details=[{"construct": kind}],
+        )
+    return statement
+
+
+def _syntax_tree(sql: str) -> dict[str, Any]:
+    """Return DuckDB's syntax tree of the one statement in `sql`; callers must not change it."""
+    text = _serialize(sql)
+    try:
+        serialized = json.loads(text)
+    except RecursionError as error:
+        raise QueryRejected("query is nested too deeply to validate") from error
+
+    if serialized.get("error"):
+        message = serialized.get("error_message", "unknown error")
+        raise QueryRejected(f"DuckDB could not describe the query: {message}")
+    return serialized["statements"][0]
+
+
+@functools.lru_cache(maxsize=512)
+def _serialize(sql: str) -> str:
+    """Return DuckDB's JSON syntax tree of `sql`, cached by text."""
+    parser = parse_connection()
+    try:
+        with parser.lock:
+            [(text,)] = parser.connection.execute("SELECT json_serialize_sql($1)", [sql]).fetchall()
+    except duckdb.Error as error:
+        raise QueryRejected(f"DuckDB could not describe the query: {_first_line(error)}") from error
+    return text
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0]
+
+
+class _Dynamic(Exception):
+    """A size argument depends on row values, so only the sandbox limits bound it."""
+
+
+class _NotConstant(Exception):
+    """A size argument is constant, but not in a form the bound check can evaluate."""
+
+
+class _TreeChecker:
+    """Walks one serialized statement, raising QueryRejected at the first rejected construct."""
+
+    def __init__(self, sql: str, limits: SqlLimits, parameters: Mapping[str, Any] | None) -> None:
+        """With `parameters` None, size arguments that are $parameters count as row-dependent
+        and `depends_on_parameters` records that a second walk with values is needed."""
+        self.sql = sql
+        self.limits = limits
+        self.parameters = parameters
+        self.cte_names: set[str] = set()
+        self.generated_rows = 1
+        self.tables: list[BaseTable] = []
+        self.parameter_names: set[str] = set()
+        self.depends_on_parameters = False
+
+    def check(self, statement: dict[str, Any]) -> None:
+        try:
+            self._collect_ctes(statement)
+            self._visit(statement, None)
+        except RecursionError as error:
+            raise QueryRejected("query is nested too deeply to validate") from error
+
+    def _collect_ctes(self, node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                self._collect_ctes(item)
+            return
+        if not isinstance(node, dict):
+            return
+        cte_map = node.get("cte_map")
+        entries = cte_map.get("map", []) if isinstance(cte_map, dict) else []
+        for entry in entries:
+            value = entry.get("value", {})
+            if value.get("key_targets"):
+                raise self._rejected("recursive CTEs with USING KEY are not allowed", value, "CTE")
+            self.cte_names.add(str(entry.get("key", "")).lower())
+        for value in node.values():
+            self._collect_ctes(value)
+
+    # Dispatch
+
+    def _visit(self, node: Any, key: str | None) -> int:
+        """Check `node` and return an estimate of its value's size in elements (1 if plain)."""
+        if isinstance(node, list):
+            return max((self._visit(item, key) for item in node), default=1)
+        if not isinstance(node, dict):
+            return 1
+
+        if "class" in node:
+            return self._visit_expression(node)
+        node_type = node.get("type")
+        if isinstance(node_type, str) and node_type.endswith("_NODE"):
+            self._visit_query_node(node)
+            return 1
+        if key in TABLE_REF_KEYS and isinstance(node_type, str):
+            self._visit_table_ref(node)
+            return 1
+        return self._visit_children(node)
+
+    def _visit_children(self, node: dict[str, Any]) -> int:
+        size = 1
+        for key, value in node.items():
+            if isinstance(value, dict | list):
+                size = max(size, self._visit(value, key))
+        return size
+
+    def _visit_query_node(self, node: dict[str, Any]) -> None:
+        node_type = node["type"]
+        if node_type == "RECURSIVE_CTE_NODE":
+            raise self._rejected(
+                "recursive CTEs are not allowed, because nothing bounds how long they run",
+                node,
+                "WITH RECURSIVE",
+            )
+        if node_type not in QUERY_NODE_TYPES:
+            raise self._rejected(f"query part {node_type} is not supported", node, node_type)
+        self._visit_children(node)
+
+    # Table references
+
+    def _visit_table_ref(self, node: dict[str, Any]) -> None:
+        ref_type = node["type"]
+        if ref_type not in TABLE_REF_TYPES:
+            raise self._rejected(f"table reference {ref_type} is not supported", node, ref_type)
+
+        if ref_type == "BASE_TABLE":
+            self._check_base_table(node)
+        elif ref_type == "TABLE_FUNCTION":
+            self._check_table_function(node)
+        elif ref_type == "SHOW_REF":
+            self._check_show(node)
+        else:
+            self._visit_children(node)
+
+    def _check_base_table(self, node: dict[str, Any]) -> None:
+        catalog = node.get("catalog_name") or ""
+        schema = (node.get("schema_name") or "").lower()
+        table = (node.get("table_name") or "").lower()
+        reference = ".".join(part for part in (catalog, schema, table) if part)
+
+        if catalog:
+            raise self._rejected(
+                f"table {reference} names a database: read feature views as group.name",
+                node,
+                reference,
+            )
+        if node.get("at_clause"):
+            raise self._rejected(f"AT clauses are not supported on {reference}", node, "AT")
+        if schema:
+            details = self._details(node, reference)
+            self.tables.append(BaseTable(group=schema, name=table, details=details))
+            return
+        if table in self.cte_names:
+            return
+        raise self._rejected(
+            f"table {reference} is not a CTE of this query: read feature views as group.name",
+            node,
+            reference,
+        )
+
+    def _check_table_function(self, node: dict[str, Any]) -> None:
+        function = node.get("function") or {}
+        name = str(function.get("function_name", "")).lower()
+        if function.get("class") != "FUNCTION" or not is_allowed_table_function(name):
+            raise self._rejected(
+                f"table function {name or '?'} is not allowed: queries read feature views "
+                "(group.name) and CTEs; the table functions allowed are range, "
+                "generate_series, unnest, json_each and json_tree",
+                node,
+                name,
+            )
+
+        arguments = _arguments(function)
+        sizes = [self._visit(argument, "argument") for argument in arguments]
+        rows = self._table_function_rows(name, arguments, sizes, function)
+        self.generated_rows *= max(rows, 1)
+        if self.generated_rows > self.limits.max_generated_rows:
+            raise self._rejected(
+                f"{name}(...) brings the rows that the table functions of this query generate "
+                f"together to about {self.generated_rows:,}, more than the maximum "
+                f"{self.limits.max_generated_rows:,} (SQLSTORE_SQL_MAX_GENERATED_ROWS); use "
+                "smaller ranges",
+                function,
+                name,
+            )
+        self._visit_children({k: v for k, v in node.items() if k != "function"})
+
+    def _table_function_rows(
+        self, name: str, arguments: list[Any], sizes: list[int], function: dict[str, Any]
+    ) -> int:
+        if name in SEQUENCE_FUNCTIONS:
+            return self._sequence_length(name, arguments, function) or 1
+        if name == "unnest":
+            return math.prod(sizes)
+        return 1
+
+    def _check_show(self, node: dict[str, Any]) -> None:
+        show_type = node.get("show_type")
+        query = node.get("query")
+        if show_type not in SHOW_TYPES or not isinstance(query, dict) or node.get("table_name"):
+            raise self._rejected(
+                "only DESCRIBE and SUMMARIZE of a feature view or a query are allowed",
+                node,
+                str(show_type or "SHOW"),
+            )
+        self._visit_query_node(query)
+
+    # Expressions
+
+    def _visit_expression(self, node: dict[str, Any]) -> int:
+        expression_class = node["class"]
+        if expression_class not in EXPRESSION_CLASSES:
+            raise self._rejected(
+                f"expression {expression_class} is not supported", node, expression_class
+            )
+        if expression_class == "FUNCTION":
+            return self._visit_function(node)
+        if expression_class == "WINDOW":
+            name = str(node.get("function_name", "")).lower()
+            if not is_allowed_function(name):
+                raise self._rejected(f"window function {name} is not allowed", node, name)
+        if expression_class == "PARAMETER":
+            self.parameter_names.add(str(node.get("identifier")))
+        return self._visit_children(node)
+
+    def _visit_function(self, node: dict[str, Any]) -> int:
+        name = str(node.get("function_name", "")).lower()
+        if not is_allowed_function(name):
+            raise self._rejected(
+                f"function {name} is not allowed; docs/sql.md describes the functions queries "
+                "may call",
+                node,
+                name,
+            )
+
+        arguments = _arguments(node)
+        sizes = [self._visit(argument, "argument") for argument in arguments]
+        for key in ("filter", "order_bys"):
+            if node.get(key):
+                self._visit(node[key], key)
+
+        combined = sum(sizes) if name in ADDITIVE_FUNCTIONS else math.prod(sizes)
+        size = self._builder_size(name, arguments, node) * max(combined, 1)
+        if size > self.limits.max_builder_size:
+            raise self._rejected(
+                f"{name}(...) would build a value of about {size:,} elements or characters, "
+                f"more than the maximum {self.limits.max_builder_size:,} "
+                "(SQLSTORE_SQL_MAX_BUILDER_SIZE)",
+                node,
+                name,
+            )
+        return size
+
+    # Size bounds
+
+    def _builder_size(self, name: str, arguments: list[Any], node: dict[str, Any]) -> int:
+        if name in SIZE_ARGUMENTS:
+            index, role = SIZE_ARGUMENTS[name]
+            if index >= len(arguments):
+                return 1
+            value = self._size_argument(name, role, arguments[index], node)
+            return 1 if value is None else max(int(value), 1)
+        if name in SEQUENCE_FUNCTIONS:
+            return self._sequence_length(name, arguments, node) or 1
+        if name in FORMAT_FUNCTIONS and arguments:
+            return self._format_width(name, arguments[0], node)
+        return 1
+
+    def _size_argument(self, name: str, role: str, argument: Any, node: dict[str, Any]) -> Any:
+        """Return the constant value of a size argument, or None when it depends on rows."""
+        try:
+            value = self._constant(argument)
+        except _Dynamic:
+            return None
+        except _NotConstant as error:
+            raise self._rejected(
+                f"the {role} argument of {name} must be a literal number, a $parameter or an "
+                f"expression over columns ({error})",
+                node,
+                name,
+            ) from error
+
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return None
+        if value > self.limits.max_builder_size:
+            raise self._rejected(
+                f"the {role} argument of {name} is {value:,}, more than the maximum "
+                f"{self.limits.max_builder_size:,} (SQLSTORE_SQL_MAX_BUILDER_SIZE)",
+                node,
+                name,
+            )
+        return value
+
+    def _sequence_length(self, name: str, arguments: list[Any], node: dict[str, Any]) -> int | None:
+        """Return how many values range() or generate_series() produce, None if row-dependent."""
+        try:
+            values = [self._constant(argument) for argument in arguments]
+        except _Dynamic:
+            return None
+        except _NotConstant as error:
+            raise self._rejected(
+                f"the arguments of {name} must be literals, $parameters or expressions over "
+                f"columns ({error})",
+                node,
+                name,
+            ) from error
+
+        length = _sequence_length(values, inclusive=name == "generate_series")
+        if length is None:
+            raise self._rejected(
+                f"cannot bound {name}(...): write its arguments as numbers, or as DATE or "
+                "TIMESTAMP literals with an INTERVAL step",
+                node,
+                name,
+            )
+        return length
+
+    def _format_width(self, name: str, argument: Any, node: dict[str, Any]) -> int:
+        try:
+            pattern = self._constant(argument)
+        except (_Dynamic, _NotConstant):
+            return 1
+        if not isinstance(pattern, str):
+            return 1
+
+        if DYNAMIC_WIDTH_PATTERN.search(pattern):
+            raise self._rejected(
+                f"{name} widths taken from arguments are not allowed: write the width in the "
+                "format string",
+                node,
+                name,
+            )
+        widths = [int(digits) for digits in DIGITS_PATTERN.findall(pattern)]
+        widest = max(widths, default=1)
+        if widest > self.limits.max_builder_size:
+            raise self._rejected(
+                f"the format string of {name} contains the number {widest:,}, more than the "
+                f"maximum width {self.limits.max_builder_size:,} (SQLSTORE_SQL_MAX_BUILDER_SIZE)",
+                node,
+                name,
+            )
+        return max(widest, 1)
+
+    def _constant(self, node: Any) -> Any:
+        """Evaluate a constant expression; raise _Dynamic when it reads row values."""
+        if _contains_class(node, "SUBQUERY"):
+            raise _NotConstant("it contains a subquery")
+        if _contains_class(node, "COLUMN_REF", "LAMBDA_REF", "POSITIONAL_REFERENCE", "STAR"):
+            raise _Dynamic()
+        if self.parameters is None and _contains_class(node, "PARAMETER"):
+            self.depends_on_parameters = True
+            raise _Dynamic()
+        return _evaluate(node, self.parameters or {})
+
+    def _details(self, node: dict[str, Any], construct: str) -> dict[str, object]:
+        """Return the rejected construct and, when DuckDB kept it, its line and column."""
+        details: dict[str, object] = {"construct": construct}
+        location = node.get("query_location")
+        encoded = self.sql.encode()
+        if isinstance(location, int) and 0 <= location < len(encoded):
+            # DuckDB reports byte offsets into the UTF-8 text.
+            prefix = encoded[:location].decode(errors="ignore")
+            line, column = location_of_offset(prefix, len(prefix))
+            details.update(line=line, column=column)
+        return details
+
+    def _rejected(self, message: str, node: dict[str, Any], construct: str) -> QueryRejected:
+        details = self._details(node, construct)
+        return QueryRejected(_with_location(message, details), details=[details])
+
+
+def _with_location(message: str, details: dict[str, object]) -> str:
+    if "line" not in details:
+        return message
+    return f"{message} (line {details['line']}, column {details['column']})"
+
+
+def _arguments(function: dict[str, Any]) -> list[Any]:
+    """Return the argument expressions of a serialized function call (DuckDB 1.x or 2.x)."""
+    if "arguments" in function:
+        return [argument.get("expression") for argument in function["arguments"]]
+    return list(function.get("children", []))
+
+
+def _contains_class(node: Any, *classes: str) -> bool:
+    if isinstance(node, list):
+        return any(_contains_class(item, *classes) for item in node)
+    if not isinstance(node, dict):
+        return False
+    if node.get("class") in classes:
+        return True
+    return any(_contains_class(value, *classes) for value in node.values())
+
+
+def _evaluate(node: Any, parameters: Mapping[str, Any]) -> Any:
+    """Evaluate the constant expressions DuckDB writes for literals, casts and intervals."""
+    if not isinstance(node, dict):
+        raise _NotConstant("unexpected expression")
+    expression_class = node.get("class")
+
+    if expression_class == "CONSTANT":
+        return _literal(node.get("literal", {}))
+    if expression_class == "PARAMETER":
+        return parameters.get(str(node.get("identifier")))
+    if expression_class == "CAST":
+        return _cast(_evaluate(node.get("child"), parameters), node.get("type_expr") or {})
+    if expression_class == "FUNCTION":
+        name = str(node.get("function_name", "")).lower()
+        values = [_evaluate(argument, parameters) for argument in _arguments(node)]
+        return _apply(name, values)
+    raise _NotConstant(f"{str(expression_class).lower()} expressions are not evaluated")
+
+
+def _literal(literal: dict[str, Any]) -> Any:
+    kind = str(literal.get("kind", "")).upper()
+    text = literal.get("text")
+    if kind == "NULL" or text is None:
+        return None
+    if kind == "STRING":
+        return str(text)
+    if kind == "BOOLEAN":
+        return str(text).lower() == "true"
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError as error:
+            raise _NotConstant(f"unreadable literal {text!r}") from error
+
+
+def _cast(value: Any, type_expression: dict[str, Any]) -> Any:
+    type_name = str(type_expression.get("type_name", "")).upper()
+    if value is None:
+        return None
+    try:
+        if type_name in INTEGER_TYPES:
+            return int(float(value))
+        if type_name in FLOAT_TYPES:
+            return float(value)
+        if type_name == "DATE":
+            return dt.date.fromisoformat(str(value))
+        if type_name in TIMESTAMP_TYPES:
+            return dt.datetime.fromisoformat(str(value))
+        if type_name == "INTERVAL":
+            return value if isinstance(value, dt.timedelta) else _interval(str(value))
+        if type_name in ("VARCHAR", "TEXT", "STRING"):
+            return str(value)
+    except (ValueError, TypeError, OverflowError) as error:
+        raise _NotConstant(f"cannot read {value!r} as {type_name}") from error
+    raise _NotConstant(f"casts to {type_name or 'this type'} are not evaluated")
+
+
+def _interval(text: str) -> dt.timedelta:
+    total = dt.timedelta()
+    position = 0
+    while position < len(text):
+        match = INTERVAL_TEXT_PATTERN.match(text, position)
+        if match is None or match.end() == position:
+            raise _NotConstant(f"unreadable interval {text!r}")
+        unit = INTERVAL_UNITS.get(match.group(2).lower().removesuffix("s"))
+        if unit is None:
+            raise _NotConstant(f"unknown interval unit {match.group(2)!r}")
+        total += unit * float(match.group(1))
+        position = match.end()
+    return total
+
+
+def _apply(name: str, values: list[Any]) -> Any:
+    if any(value is None for value in values):
+        return None
+    try:
+        if name in INTERVAL_FUNCTIONS and len(values) == 1:
+            return INTERVAL_FUNCTIONS[name] * values[0]
+        if name == "trunc" and len(values) == 1:
+            return math.trunc(values[0])
+        if name == "-" and len(values) == 1:
+            return -values[0]
+        if len(values) == 2:
+            return _arithmetic(name, values[0], values[1])
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError) as error:
+        raise _NotConstant(f"cannot evaluate {name}") from error
+    raise _NotConstant(f"function {name} is not evaluated")
+
+
+def _arithmetic(name: str, left: Any, right: Any) -> Any:
+    operations = {
+        "+": lambda: left + right,
+        "-": lambda: left - right,
+        "*": lambda: left * right,
+        "/": lambda: left / right,
+        "//": lambda: left // right,
+        "%": lambda: left % right,
+    }
+    if name not in operations:
+        raise _NotConstant(f"function {name} is not evaluated")
+    return operations[name]()
+
+
+def _sequence_length(values: list[Any], inclusive: bool) -> int | None:
+    """Return the number of values range/generate_series produce for constant arguments."""
+    if any(value is None for value in values):
+        return 0
+    if all(isinstance(value, int | float) and not isinstance(value, bool) for value in values):
+        if len(values) == 1:
+            start, stop, step = 0, values[0], 1
+        elif len(values) == 2:
+            start, stop, step = values[0], values[1], 1
+        elif len(values) == 3:
+            start, stop, step = values
+        else:
+            return None
+        return _count_steps(stop - start, step, inclusive)
+
+    if len(values) == 3 and isinstance(values[2], dt.timedelta):
+        start, stop = (_as_datetime(value) for value in values[:2])
+        if start is None or stop is None:
+            return None
+        microsecond = dt.timedelta(microseconds=1)
+        return _count_steps((stop - start) / microsecond, values[2] / microsecond, inclusive)
+    return None
+
+
+def _count_steps(span: float, step: float, inclusive: bool) -> int:
+    if step == 0:
+        return 0
+    if span != 0 and (span > 0) != (step > 0):
+        return 0
+    count = math.ceil(span / step)
+    if inclusive and span % step == 0:
+        count += 1
+    return max(int(count), 0)
+
+
+def _as_datetime(value: Any) -> dt.datetime | None:
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=None)
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day)
+    return None

@@ -1,0 +1,61 @@
+"""Limits of the SQL endpoint, taken from the server settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MEBIBYTE = 1024 * 1024
+GIBIBYTE = 1024 * MEBIBYTE
+
+
+@dataclass(frozen=True)
+class SqlLimits:
+    """What one query may use. The settings of the same name with a `sql_` prefix set them."""
+
+    max_rows: int = 10_000
+    max_result_bytes: int = 64 * MEBIBYTE
+    time_limit_seconds: float = 10.0
+    memory_limit_bytes: int = GIBIBYTE
+    worker_memory_bytes: int = 4 * GIBIBYTE
+    threads: int = 2
+    workers: int = 2
+    max_length: int = 100_000
+    max_builder_size: int = 1_000_000
+    max_generated_rows: int = 10_000_000
+
+    @classmethod
+    def from_settings(cls, settings: object) -> SqlLimits:
+        """Read the `sql_*` fields of `settings`; a field it lacks keeps the default."""
+        values = {}
+        for name in cls.__dataclass_fields__:
+            value = getattr(settings, f"sql_{name}", None)
+            if value is not None:
+                values[name] = value
+        return cls(**values)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the setting when a limit is out of range."""
+        positive = (
+            "max_rows",
+            "max_result_bytes",
+            "time_limit_seconds",
+            "memory_limit_bytes",
+            "worker_memory_bytes",
+            "threads",
+            "workers",
+            "max_length",
+            "max_builder_size",
+            "max_generated_rows",
+        )
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(
+                    f"invalid SQLSTORE_SQL_{name.upper()}={getattr(self, name)!r}: "
+                    "expected a number above 0"
+                )
+        if self.worker_memory_bytes < self.memory_limit_bytes + GIBIBYTE:
+            raise ValueError(
+                f"SQLSTORE_SQL_WORKER_MEMORY_BYTES={self.worker_memory_bytes} leaves less than "
+                f"1 GiB above SQLSTORE_SQL_MEMORY_LIMIT_BYTES={self.memory_limit_bytes}; a worker "
+                "needs that much address space for Python, DuckDB and its threads"
+            )

@@ -1,0 +1,259 @@
+"""Named queries: `.sql` files in the queries folder, run by name with typed parameters.
+
+A file `<name>.sql` starts with a header of comment lines, then holds one query:
+
+    -- title: Top-rated movies in a genre
+    -- description: Movies of one genre, ranked by mean rating.
+    -- param: genre VARCHAR = Drama | Genre name, as in content.movie_genres.genres
+    -- param: min_ratings INTEGER = 50 | Ratings a movie needs to be listed
+    SELECT ... WHERE genre = $genre ... HAVING count(*) >= $min_ratings
+
+`param` lines read `NAME TYPE [= DEFAULT] [| DESCRIPTION]`; a parameter without a default is
+required. TYPE is one of PARAMETER_TYPES. A VARCHAR default is the text after `=`, with
+surrounding single quotes removed when present. Other comment lines in the header are ignored,
+and several `description` lines are joined with spaces. DuckDB binds every value as `$NAME`;
+no value is ever pasted into the SQL text.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from sqlstore.errors import InvalidInput, NotFound, SqlstoreError
+from sqlstore.sql.validate import analyse_query
+from sqlstore.values import convert_value
+
+logger = logging.getLogger(__name__)
+
+QUERY_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,62}")
+HEADER_LINE_PATTERN = re.compile(r"--\s*(?P<key>[a-z_]+)\s*:\s*(?P<value>.*)")
+PARAMETER_PATTERN = re.compile(
+    r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s+(?P<type>[A-Za-z]+)"
+    r"(?:\s*=\s*(?P<default>[^|]*?))?\s*(?:\|\s*(?P<description>.*))?"
+)
+PARAMETER_TYPES: dict[str, pa.DataType] = {
+    "VARCHAR": pa.string(),
+    "INTEGER": pa.int64(),
+    "BIGINT": pa.int64(),
+    "DOUBLE": pa.float64(),
+    "BOOLEAN": pa.bool_(),
+    "DATE": pa.date32(),
+    "TIMESTAMP": pa.timestamp("us", tz="UTC"),
+}
+
+
+class NamedQueryInvalid(SqlstoreError):
+    """A named query file on the server has an invalid header or query."""
+
+    status = 500
+    code = "named_query_invalid"
+
+
+@dataclass(frozen=True)
+class NamedParameter:
+    """One declared parameter of a named query."""
+
+    name: str
+    type: str
+    default: Any
+    required: bool
+    description: str
+
+    def describe(self) -> dict[str, Any]:
+        """Return the parameter as the query list shows it."""
+        return {
+            "name": self.name,
+            "type": self.type,
+            "required": self.required,
+            "default": self.default,
+            "description": self.description,
+        }
+
+
+@dataclass(frozen=True)
+class NamedQuery:
+    """One query file: its header and SQL."""
+
+    name: str
+    title: str
+    description: str
+    parameters: tuple[NamedParameter, ...]
+    sql: str
+
+    def describe(self) -> dict[str, Any]:
+        """Return the query's header as the query list shows it."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "parameters": [parameter.describe() for parameter in self.parameters],
+        }
+
+    def bind(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Return every parameter's value: from `values`, converted to its type, else its
+        default. Raise InvalidInput for unknown names, missing required values and values of
+        the wrong type."""
+        declared = {parameter.name: parameter for parameter in self.parameters}
+        unknown = sorted(set(values) - set(declared))
+        if unknown:
+            known = ", ".join(declared) or "none"
+            raise InvalidInput(
+                f"unknown parameter {unknown[0]!r} for named query {self.name}; its parameters "
+                f"are: {known}"
+            )
+
+        bound: dict[str, Any] = {}
+        for name, parameter in declared.items():
+            if name in values:
+                what = f"parameter {name} of named query {self.name}"
+                bound[name] = convert_value(values[name], PARAMETER_TYPES[parameter.type], what)
+            elif parameter.required:
+                raise InvalidInput(
+                    f"missing parameter {name} ({parameter.type}) for named query {self.name}: "
+                    f"{parameter.description or 'it has no default'}"
+                )
+            else:
+                bound[name] = parameter.default
+        return bound
+
+
+def validate_query_name(name: object) -> str:
+    """Return `name` when it can name a query file, else raise InvalidInput."""
+    if not isinstance(name, str) or not QUERY_NAME_PATTERN.fullmatch(name):
+        raise InvalidInput(
+            f"invalid query name {name!r}: use lowercase letters, digits and underscores, "
+            "starting with a letter (GET /queries lists the names)"
+        )
+    return name
+
+
+def find_named_query(folder: Path, name: object) -> NamedQuery:
+    """Load the query `name` from `folder`; raise InvalidInput, NotFound or NamedQueryInvalid."""
+    validate_query_name(name)
+    path = folder / f"{name}.sql"
+    if not path.is_file() or path.resolve().parent != folder.resolve():
+        raise NotFound(f"named query {name} not found; GET /queries lists the named queries")
+    return load_named_query(path)
+
+
+def list_named_queries(folder: Path) -> list[NamedQuery]:
+    """Load every valid query file in `folder`, sorted by name; invalid files are logged."""
+    queries = []
+    if not folder.is_dir():
+        return queries
+    for path in sorted(folder.glob("*.sql")):
+        if not QUERY_NAME_PATTERN.fullmatch(path.stem):
+            logger.warning("skipping query file %s: its name is not a valid query name", path)
+            continue
+        try:
+            queries.append(load_named_query(path))
+        except NamedQueryInvalid as error:
+            logger.warning("skipping query file %s: %s", path, error.message)
+    return queries
+
+
+def load_named_query(path: Path) -> NamedQuery:
+    """Parse one query file; raise NamedQueryInvalid naming the file and the problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise NamedQueryInvalid(f"named query {path.stem} cannot be read: {error}") from error
+
+    header = _header_entries(text)
+    titles = [value for key, value in header if key == "title"]
+    if not titles:
+        raise NamedQueryInvalid(f"named query {path.stem} has no '-- title:' header line")
+    description = " ".join(value for key, value in header if key == "description")
+    parameters = tuple(
+        _parse_parameter(path.stem, value) for key, value in header if key == "param"
+    )
+
+    query = NamedQuery(
+        name=path.stem,
+        title=titles[0],
+        description=description,
+        parameters=parameters,
+        sql=text,
+    )
+    _check_parameters_used(query)
+    return query
+
+
+def _header_entries(text: str) -> list[tuple[str, str]]:
+    entries = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if not stripped.startswith("--"):
+            break
+        match = HEADER_LINE_PATTERN.fullmatch(stripped)
+        if match is not None:
+            entries.append((match["key"], match["value"].strip()))
+    return entries
+
+
+def _parse_parameter(query_name: str, text: str) -> NamedParameter:
+    match = PARAMETER_PATTERN.fullmatch(text)
+    if match is None:
+        raise NamedQueryInvalid(
+            f"named query {query_name}: invalid param line {text!r}; write "
+            "NAME TYPE [= DEFAULT] [| DESCRIPTION]"
+        )
+    type_name = match["type"].upper()
+    if type_name not in PARAMETER_TYPES:
+        known = ", ".join(PARAMETER_TYPES)
+        raise NamedQueryInvalid(
+            f"named query {query_name}: parameter {match['name']} has type {type_name}; use "
+            f"one of {known}"
+        )
+
+    default_text = match["default"]
+    default = None
+    if default_text is not None:
+        default = _parse_default(query_name, match["name"], type_name, default_text.strip())
+    return NamedParameter(
+        name=match["name"],
+        type=type_name,
+        default=default,
+        required=default_text is None,
+        description=(match["description"] or "").strip(),
+    )
+
+
+def _parse_default(query_name: str, name: str, type_name: str, text: str) -> Any:
+    if type_name == "VARCHAR":
+        if len(text) >= 2 and text.startswith("'") and text.endswith("'"):
+            return text[1:-1]
+        return text
+    try:
+        return convert_value(text, PARAMETER_TYPES[type_name], f"default of parameter {name}")
+    except InvalidInput as error:
+        raise NamedQueryInvalid(f"named query {query_name}: {error.message}") from error
+
+
+def _check_parameters_used(query: NamedQuery) -> None:
+    """Raise NamedQueryInvalid unless the SQL uses exactly the declared parameters."""
+    try:
+        used = analyse_query(query.sql).parameters
+    except InvalidInput as error:
+        raise NamedQueryInvalid(f"named query {query.name}: {error.message}") from error
+
+    declared = {parameter.name for parameter in query.parameters}
+    undeclared = sorted(used - declared)
+    if undeclared:
+        raise NamedQueryInvalid(
+            f"named query {query.name} uses ${undeclared[0]} without a '-- param:' line"
+        )
+    unused = sorted(declared - used)
+    if unused:
+        raise NamedQueryInvalid(
+            f"named query {query.name} declares parameter {unused[0]} but never uses it"
+        )

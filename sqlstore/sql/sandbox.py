@@ -1,0 +1,340 @@
+"""The SQL sandbox, seen from the server: a pool of worker processes that run queries.
+
+Each worker (`sqlstore.sql.worker`) is a separate Python process with its own DuckDB database,
+an address-space cap, and locked DuckDB limits. The server sends a validated query and waits for
+the response until the time limit plus a grace period. It kills the worker when none arrives,
+because DuckDB notices an interrupt only between vectors and some functions build a single
+value for tens of seconds. A killed or crashed worker is replaced by a new one on next use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.ipc as pa_ipc
+
+from sqlstore.errors import (
+    QueryFailed,
+    QueryOutOfMemory,
+    QueryRejected,
+    QueryTimeout,
+    QueryWorkersBusy,
+)
+from sqlstore.sql import protocol
+from sqlstore.sql.limits import SqlLimits
+from sqlstore.sql.validate import ValidatedQuery
+from sqlstore.sql.worker import ViewDefinition
+
+logger = logging.getLogger(__name__)
+
+# Seconds a worker may take past the time limit to respond before it is killed.
+KILL_GRACE_SECONDS = 2.0
+# Seconds a new worker may take to import DuckDB and report that it is ready.
+START_TIMEOUT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """Rows of one query, cut at the row or byte limit when `truncated_by` names one."""
+
+    table: pa.Table
+    truncated_by: str | None
+    execution_ms: float
+
+    @property
+    def truncated(self) -> bool:
+        return self.truncated_by is not None
+
+
+class _WorkerGone(Exception):
+    """A worker process ended while idle, so the request never reached it."""
+
+
+class _Worker:
+    """One worker process and the pipes to it."""
+
+    def __init__(self, root: Path, limits: SqlLimits) -> None:
+        requests_read, requests_write = os.pipe()
+        responses_read, responses_write = os.pipe()
+        settings = {
+            "threads": limits.threads,
+            "memory_limit_bytes": limits.memory_limit_bytes,
+            "time_limit_seconds": limits.time_limit_seconds,
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "sqlstore.sql.worker",
+            "--root",
+            str(root),
+            "--requests-fd",
+            str(requests_read),
+            "--responses-fd",
+            str(responses_write),
+            "--address-space-bytes",
+            str(limits.worker_memory_bytes),
+            "--settings",
+            json.dumps(settings),
+        ]
+        try:
+            self.process = subprocess.Popen(
+                command,
+                pass_fds=(requests_read, responses_write),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+            )
+        finally:
+            os.close(requests_read)
+            os.close(responses_write)
+        self.requests = Connection(requests_write, readable=False, writable=True)
+        self.responses = Connection(responses_read, readable=True, writable=False)
+        self._wait_until_ready()
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def _wait_until_ready(self) -> None:
+        if not self.responses.poll(START_TIMEOUT_SECONDS):
+            self.kill()
+            raise QueryWorkersBusy(
+                f"the SQL worker did not start within {START_TIMEOUT_SECONDS:g} s; see the "
+                "server log"
+            )
+        try:
+            protocol.receive_message(self.responses)
+        except (EOFError, OSError) as error:
+            self.kill()
+            raise QueryWorkersBusy(
+                f"the SQL worker exited while starting (exit code {self.process.poll()}); see "
+                "the server log"
+            ) from error
+        logger.info("started SQL worker process %d", self.process.pid)
+
+    def request(
+        self, message: dict[str, Any], timeout: float
+    ) -> tuple[dict[str, Any], bytes | None]:
+        """Send one request and return the response. Raise _WorkerGone when the process was
+        already gone before it got the request, TimeoutError, or EOFError."""
+        try:
+            protocol.send_message(self.requests, message)
+        except OSError as error:
+            raise _WorkerGone(str(error)) from error
+        if not self.responses.poll(timeout):
+            raise TimeoutError
+        header = protocol.receive_message(self.responses)
+        return header, protocol.receive_body(self.responses, header)
+
+    def kill(self) -> None:
+        """Kill the process and close the pipes; safe to call twice."""
+        if self.alive:
+            self.process.kill()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            logger.error("SQL worker process %d did not exit after SIGKILL", self.process.pid)
+        for connection in (getattr(self, "requests", None), getattr(self, "responses", None)):
+            if connection is not None and not connection.closed:
+                connection.close()
+
+    def stop(self) -> None:
+        """Ask the process to exit by closing its request pipe, then kill it if it lingers."""
+        if not self.requests.closed:
+            self.requests.close()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+
+
+class Sandbox:
+    """A pool of SQL worker processes for one store root. Thread-safe."""
+
+    def __init__(self, root: Path, limits: SqlLimits) -> None:
+        limits.validate()
+        self.root = Path(root).resolve()
+        self.limits = limits
+        self._idle: queue.LifoQueue[_Worker | None] = queue.LifoQueue()
+        for _ in range(limits.workers):
+            self._idle.put(None)
+        self._lock = threading.Lock()
+        self._workers: set[_Worker] = set()
+        self._closed = False
+
+    def run(
+        self,
+        query: ValidatedQuery,
+        views: list[ViewDefinition],
+        max_rows: int,
+        request_id: str = "-",
+    ) -> QueryResult:
+        """Run a validated query on a worker and return at most `max_rows` rows.
+
+        Raises QueryTimeout, QueryOutOfMemory, QueryFailed, QueryRejected (when the worker's
+        own DuckDB-parser check or DuckDB's file-access rules stop the query) and
+        QueryWorkersBusy.
+        """
+        message = {
+            "kind": "query",
+            "request_id": request_id,
+            "sql": query.sql,
+            "parameters": protocol.encode_parameters(query.parameters),
+            "views": [[v.group, v.name, v.path, v.version] for v in views],
+            "max_rows": max_rows,
+            "limits": asdict(self.limits),
+        }
+        header, body = self._request(message, request_id)
+        if not header.get("ok"):
+            raise _error_from_header(header, self.limits)
+
+        table = pa_ipc.open_stream(body).read_all() if body else pa.table({})
+        return QueryResult(
+            table=table,
+            truncated_by=header.get("truncated_by"),
+            execution_ms=float(header.get("elapsed_ms", 0.0)),
+        )
+
+    def worker_settings(self) -> dict[str, str]:
+        """Return the DuckDB settings of one worker's sandbox, for diagnostics and tests."""
+        header, _ = self._request({"kind": "settings"}, "-")
+        return header["settings"]
+
+    def close(self) -> None:
+        """Stop every worker. Queries still running are killed."""
+        with self._lock:
+            self._closed = True
+            workers = list(self._workers)
+            self._workers.clear()
+        for worker in workers:
+            worker.stop()
+
+    def _request(
+        self, message: dict[str, Any], request_id: str
+    ) -> tuple[dict[str, Any], bytes | None]:
+        worker = self._acquire()
+        timeout = self.limits.time_limit_seconds + KILL_GRACE_SECONDS
+        started = time.perf_counter()
+        try:
+            try:
+                header, body = worker.request(message, timeout)
+            except _WorkerGone as gone:
+                logger.warning(
+                    "request %s: SQL worker %d had exited while idle (%s); starting another",
+                    request_id,
+                    worker.process.pid,
+                    gone,
+                )
+                self._discard(worker)
+                worker = self._acquire()
+                header, body = worker.request(message, timeout)
+        except TimeoutError:
+            logger.warning(
+                "request %s: SQL worker %d sent no response within %.1f s; killing it",
+                request_id,
+                worker.process.pid,
+                time.perf_counter() - started,
+            )
+            self._discard(worker)
+            raise QueryTimeout(_timeout_message(self.limits)) from None
+        except (EOFError, OSError, _WorkerGone) as error:
+            # NOTE: a worker killed from outside between the liveness check in _acquire and
+            # this request is reported like a query that exhausted the worker's memory.
+            exit_code = worker.process.poll()
+            logger.warning(
+                "request %s: SQL worker %d exited with %s while running a query: %s",
+                request_id,
+                worker.process.pid,
+                exit_code,
+                error,
+            )
+            self._discard(worker)
+            if self._closed:
+                raise QueryWorkersBusy(
+                    "the SQL sandbox shut down while the query ran; retry on the new server"
+                ) from error
+            raise QueryOutOfMemory(
+                "the query stopped the SQL worker process (exit code "
+                f"{exit_code}), most likely by exceeding its memory cap of "
+                f"{self.limits.worker_memory_bytes:,} bytes (SQLSTORE_SQL_WORKER_MEMORY_BYTES); "
+                "reduce the data the query builds"
+            ) from error
+
+        if header.get("restart"):
+            self._discard(worker)
+        else:
+            self._release(worker)
+        return header, body
+
+    def _acquire(self) -> _Worker:
+        if self._closed:
+            raise QueryWorkersBusy("the SQL sandbox is shutting down; retry on the new server")
+        wait = self.limits.time_limit_seconds + KILL_GRACE_SECONDS
+        try:
+            worker = self._idle.get(timeout=wait)
+        except queue.Empty:
+            raise QueryWorkersBusy(
+                f"all {self.limits.workers} SQL workers stayed busy for {wait:g} s; retry "
+                "later, or raise SQLSTORE_SQL_WORKERS"
+            ) from None
+
+        if worker is not None and worker.alive:
+            return worker
+        if worker is not None:
+            self._discard(worker, replace=False)
+        try:
+            worker = _Worker(self.root, self.limits)
+        except Exception:
+            self._idle.put(None)
+            raise
+        with self._lock:
+            self._workers.add(worker)
+        return worker
+
+    def _release(self, worker: _Worker) -> None:
+        self._idle.put(worker)
+
+    def _discard(self, worker: _Worker, replace: bool = True) -> None:
+        """Kill `worker` and, when `replace` is true, free its slot for a new process."""
+        worker.kill()
+        with self._lock:
+            self._workers.discard(worker)
+        if replace:
+            self._idle.put(None)
+
+
+def _timeout_message(limits: SqlLimits) -> str:
+    return (
+        f"query ran longer than the time limit of {limits.time_limit_seconds:g} s "
+        "(SQLSTORE_SQL_TIME_LIMIT_SECONDS) and was stopped; add filters or a LIMIT, or "
+        "aggregate before joining"
+    )
+
+
+def _error_from_header(header: dict[str, Any], limits: SqlLimits) -> Exception:
+    kind = header.get("kind")
+    message = str(header.get("message", "")).strip()
+    if kind == "timeout":
+        return QueryTimeout(_timeout_message(limits))
+    if kind == "out_of_memory":
+        return QueryOutOfMemory(
+            f"query needed more memory than the limit of {limits.memory_limit_bytes:,} bytes "
+            f"(SQLSTORE_SQL_MEMORY_LIMIT_BYTES): {message}"
+        )
+    if kind == "rejected":
+        return QueryRejected(message)
+    if kind == "blocked":
+        return QueryRejected(f"the sandbox blocked file access: {message}")
+    return QueryFailed(f"query failed: {message}")

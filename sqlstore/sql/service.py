@@ -1,0 +1,123 @@
+"""SqlService: validates read-only queries and runs them in the sandbox, for the REST API and
+the command line alike."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from sqlstore.errors import InvalidInput
+from sqlstore.sql.limits import SqlLimits
+from sqlstore.sql.named import NamedQuery, find_named_query, list_named_queries
+from sqlstore.sql.results import with_unique_names
+from sqlstore.sql.sandbox import Sandbox
+from sqlstore.sql.validate import validate_query
+from sqlstore.sql.worker import ViewDefinition
+from sqlstore.store import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SqlResult:
+    """Rows of one query and how they were produced."""
+
+    table: pa.Table
+    limit: int
+    truncated_by: str | None
+    elapsed_ms: float
+
+    @property
+    def truncated(self) -> bool:
+        return self.truncated_by is not None
+
+
+class SqlService:
+    """Read-only SQL over the feature views of one store, and the named queries of a folder."""
+
+    def __init__(
+        self, store: FeatureStore, limits: SqlLimits, queries_dir: Path | None = None
+    ) -> None:
+        self.store = store
+        self.limits = limits
+        self.queries_dir = queries_dir
+        self.sandbox = Sandbox(store.root, limits)
+
+    def close(self) -> None:
+        self.sandbox.close()
+
+    def run(
+        self,
+        sql: object,
+        parameters: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        request_id: str = "-",
+    ) -> SqlResult:
+        """Validate `sql`, run it in the sandbox and return at most `limit` rows (default and
+        maximum: the max_rows limit). Raises the errors of validate_query and Sandbox.run."""
+        started = time.perf_counter()
+        row_limit = self._row_limit(limit)
+        entries = self.store.registry.list()
+        registered = [(entry.group, entry.name) for entry in entries]
+
+        query = validate_query(sql, registered, parameters, self.limits)
+        views = [ViewDefinition(e.group, e.name, e.path, e.version) for e in entries]
+        result = self.sandbox.run(query, views, row_limit, request_id)
+
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        logger.info(
+            "request %s: query returned %d rows%s in %.1f ms",
+            request_id,
+            result.table.num_rows,
+            f" (cut at the {result.truncated_by.replace('_', ' ')})" if result.truncated else "",
+            elapsed_ms,
+        )
+        return SqlResult(
+            table=with_unique_names(result.table),
+            limit=row_limit,
+            truncated_by=result.truncated_by,
+            elapsed_ms=elapsed_ms,
+        )
+
+    def named_queries(self) -> list[NamedQuery]:
+        """Return the valid named queries, sorted by name."""
+        if self.queries_dir is None:
+            return []
+        return list_named_queries(self.queries_dir)
+
+    def named_query(self, name: object) -> NamedQuery:
+        """Return one named query; raise InvalidInput, NotFound or NamedQueryInvalid."""
+        if self.queries_dir is None:
+            raise InvalidInput("no queries folder is configured; set SQLSTORE_QUERIES_DIR")
+        return find_named_query(self.queries_dir, name)
+
+    def run_named(
+        self,
+        name: object,
+        values: Mapping[str, Any],
+        limit: int | None = None,
+        request_id: str = "-",
+    ) -> tuple[NamedQuery, dict[str, Any], SqlResult]:
+        """Run a named query with `values` for its parameters (defaults fill the rest); return
+        the query, the bound parameter values and the result."""
+        query = self.named_query(name)
+        parameters = query.bind(values)
+        return query, parameters, self.run(query.sql, parameters, limit, request_id)
+
+    def _row_limit(self, limit: int | None) -> int:
+        if limit is None:
+            return self.limits.max_rows
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidInput(f"invalid limit {limit!r}: use a whole number of rows, 0 or more")
+        if limit > self.limits.max_rows:
+            raise InvalidInput(
+                f"limit {limit} is more than the maximum {self.limits.max_rows} rows "
+                "(SQLSTORE_SQL_MAX_ROWS); aggregate in SQL or page with LIMIT and OFFSET"
+            )
+        return limit

@@ -1,0 +1,490 @@
+"""Validation of read-only SQL before DuckDB runs it.
+
+Two parsers check every query, and a query runs only when both accept it:
+
+1. sqlglot (DuckDB dialect), in this module. The text has no invisible or control characters
+   and is exactly one statement, which is a query with no statement-like node inside it.
+   Every table is a registered feature view (`group.name`) or a CTE of the query, and CTEs
+   are not recursive. Parameters are named (`$name`), and functions that sqlglot does not
+   know are on the allow-list of `sqlstore.sql.functions`.
+2. DuckDB's own parser, in `sqlstore.sql.duckdb_check`: the same checks on DuckDB's syntax
+   tree, where every function carries its exact DuckDB name, plus bounds on the literal
+   arguments of functions that build large values.
+
+sqlglot turns many functions into typed nodes whose names differ from DuckDB's (`range` becomes
+GenerateSeries), so this layer rejects typed nodes only by a deny rule; the exact allow-list
+check is DuckDB's layer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import inspect
+import logging
+import re
+import unicodedata
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+
+from sqlstore.errors import QueryRejected, QuerySyntaxError
+from sqlstore.sql.duckdb_check import (
+    check_with_duckdb,
+    duckdb_statement_types,
+    location_of_offset,
+)
+from sqlstore.sql.functions import denial_reason, is_allowed_function, is_allowed_table_function
+from sqlstore.sql.limits import SqlLimits
+
+logger = logging.getLogger(__name__)
+
+# Characters allowed outside the visible ones. DuckDB 2.0 reads several invisible characters
+# (zero-width space, byte order mark, word joiner, no-break space) as whitespace, while sqlglot
+# reads them as part of a name, so the two parsers would see different queries.
+ALLOWED_INVISIBLE_CHARACTERS = frozenset({" ", "\t", "\n", "\r"})
+REJECTED_CHARACTER_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_PARAMETERS = 100
+
+# Statement forms a query may take, as sqlglot parses them.
+QUERY_STATEMENTS = (
+    exp.Select,
+    exp.SetOperation,
+    exp.Values,
+    exp.Subquery,
+    exp.Pivot,
+    exp.Describe,
+    exp.Summarize,
+)
+
+# Statement-like nodes that may not appear anywhere in a query, for example as a CTE body.
+# Names missing from the installed sqlglot are skipped.
+FORBIDDEN_NODE_NAMES = (
+    "DML",
+    "DDL",
+    "Command",
+    "Copy",
+    "Set",
+    "Pragma",
+    "Use",
+    "Attach",
+    "Detach",
+    "Install",
+    "TruncateTable",
+    "Alter",
+    "Transaction",
+    "Commit",
+    "Rollback",
+    "Into",
+    "Create",
+    "Drop",
+    "Insert",
+    "Update",
+    "Delete",
+    "Merge",
+    "Show",
+    "Export",
+    "Analyze",
+    "Kill",
+    "Refresh",
+    "Cache",
+    "Uncache",
+    "LoadData",
+)
+FORBIDDEN_NODES = tuple(
+    getattr(exp, name) for name in FORBIDDEN_NODE_NAMES if inspect.isclass(getattr(exp, name, None))
+)
+
+
+def _denied_sqlglot_functions() -> dict[type[exp.Func], str]:
+    """Map each sqlglot function class whose SQL name a deny rule covers to that name."""
+    denied: dict[type[exp.Func], str] = {}
+    for _, cls in inspect.getmembers(exp, inspect.isclass):
+        if not issubclass(cls, exp.Func) or cls in (exp.Func, exp.Anonymous):
+            continue
+        try:
+            names = [name.lower() for name in cls.sql_names()]
+        except (AttributeError, TypeError, ValueError):
+            continue
+        for name in names:
+            if denial_reason(name) is not None:
+                denied[cls] = name
+                break
+    return denied
+
+
+DENIED_SQLGLOT_FUNCTIONS = _denied_sqlglot_functions()
+
+
+@dataclass(frozen=True)
+class QueryShape:
+    """Feature views and parameter names that the sqlglot layer found in one SQL text."""
+
+    tables: frozenset[tuple[str, str]]
+    parameters: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ValidatedQuery:
+    """A query both parsers accepted, with the views it reads and its bound parameter values."""
+
+    sql: str
+    tables: frozenset[tuple[str, str]]
+    parameters: dict[str, Any]
+
+
+def validate_query(
+    sql: object,
+    views: Collection[tuple[str, str]],
+    parameters: Mapping[str, Any] | None = None,
+    limits: SqlLimits | None = None,
+) -> ValidatedQuery:
+    """Raise QuerySyntaxError or QueryRejected unless `sql` is one read-only query over `views`.
+
+    `views` lists the registered (group, name) pairs. `parameters` maps each `$name` of the
+    query to its value. The validator never runs the query. It does run DuckDB's parser on
+    the text, on a connection without file access that contains no data.
+    """
+    limits = limits or SqlLimits()
+    parameters = dict(parameters or {})
+    text = check_text(sql, limits)
+
+    shape = analyse_query(text)
+    check_tables(shape.tables, views)
+    check_parameters(shape.parameters, parameters)
+
+    check_with_duckdb(text, views, parameters, limits)
+    return ValidatedQuery(sql=text, tables=shape.tables, parameters=parameters)
+
+
+def check_text(sql: object, limits: SqlLimits) -> str:
+    """Return `sql` when it is a non-empty string of allowed characters within the length limit."""
+    if not isinstance(sql, str):
+        raise QueryRejected(f"invalid sql {sql!r}: expected the SQL text as a string")
+    if not sql.strip():
+        raise QuerySyntaxError("sql is empty: send one SELECT query")
+    if len(sql) > limits.max_length:
+        raise QueryRejected(
+            f"sql is {len(sql)} characters long, more than the maximum {limits.max_length} "
+            "(SQLSTORE_SQL_MAX_LENGTH); shorten the query"
+        )
+
+    for offset, character in enumerate(sql):
+        if character in ALLOWED_INVISIBLE_CHARACTERS:
+            continue
+        if unicodedata.category(character) in REJECTED_CHARACTER_CATEGORIES:
+            line, column = location_of_offset(sql, offset)
+            name = unicodedata.name(character, "unnamed character")
+            raise QueryRejected(
+                f"invalid character U+{ord(character):04X} ({name}) at line {line}, column "
+                f"{column}: SQL may contain only visible characters, spaces, tabs and line "
+                f"breaks; write it inside a string as chr({ord(character)})",
+                details=[{"construct": f"U+{ord(character):04X}", "line": line, "column": column}],
+            )
+    return sql
+
+
+@functools.lru_cache(maxsize=512)
+def analyse_query(sql: str) -> QueryShape:
+    """Parse `sql` with sqlglot and apply the checks that do not depend on the store.
+
+    Results are cached by text, so a repeated query costs one dictionary lookup; a rejected
+    text raises again on every call.
+    """
+    statement = _parse_one_statement(sql)
+    return _QueryWalker(sql).check(statement)
+
+
+def check_tables(tables: frozenset[tuple[str, str]], views: Collection[tuple[str, str]]) -> None:
+    """Raise QueryRejected naming the first table that is not a registered feature view."""
+    registered = set(views)
+    for group, name in sorted(tables):
+        if (group, name) not in registered:
+            raise QueryRejected(
+                f"table {group}.{name} is not a registered feature view; read views as "
+                "group.name (GET /features lists them)",
+                details=[{"construct": f"{group}.{name}"}],
+            )
+
+
+def check_parameters(names: frozenset[str], values: Mapping[str, Any]) -> None:
+    """Raise QueryRejected when a `$name` has no value, a value has no `$name`, or a value is
+    not a string, number, boolean, null, date, datetime or a list of these."""
+    if len(values) > MAX_PARAMETERS:
+        raise QueryRejected(f"{len(values)} parameters is more than the maximum {MAX_PARAMETERS}")
+
+    missing = sorted(names - set(values))
+    if missing:
+        listed = ", ".join(f"${name}" for name in missing)
+        raise QueryRejected(
+            f"missing value for parameter {listed}: add it to params",
+            details=[{"construct": f"${name}"} for name in missing],
+        )
+
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise QueryRejected(
+            f"parameter {unknown[0]!r} is not used by the query: remove it, or refer to it as "
+            f"${unknown[0]} in the SQL"
+        )
+
+    for name, value in values.items():
+        _check_parameter_value(name, value)
+
+
+def _check_parameter_value(name: str, value: Any) -> None:
+    # Dates and datetimes come from named-query parameters of type DATE and TIMESTAMP.
+    scalars = (str, int, float, bool, type(None), dt.date)
+    if isinstance(value, scalars):
+        return
+    if isinstance(value, list) and all(isinstance(item, scalars) for item in value):
+        return
+    raise QueryRejected(
+        f"invalid value for parameter ${name}: {type(value).__name__}; use a string, number, "
+        "boolean, null or a list of these"
+    )
+
+
+def _parse_one_statement(sql: str) -> exp.Expression:
+    try:
+        statements = sqlglot.parse(sql, read="duckdb")
+    except ParseError as error:
+        raise _syntax_error(sql, error) from error
+    except TokenError as error:
+        raise QuerySyntaxError(f"syntax error: {error}; check quotes and comments") from error
+    except RecursionError as error:
+        raise QueryRejected(
+            "query is nested too deeply to validate; flatten nested expressions or subqueries"
+        ) from error
+
+    # A comment after the last semicolon parses as a Semicolon node that contains it.
+    statements = [
+        statement
+        for statement in statements
+        if statement is not None and not isinstance(statement, exp.Semicolon)
+    ]
+    if not statements:
+        raise QuerySyntaxError("sql contains no statement: send one SELECT query")
+    if len(statements) > 1:
+        raise QueryRejected(
+            f"found {len(statements)} statements: send exactly one query, without ';' between "
+            "statements",
+            details=[{"construct": "multiple statements"}],
+        )
+    return statements[0]
+
+
+def _syntax_error(sql: str, error: ParseError) -> QuerySyntaxError | QueryRejected:
+    first = error.errors[0] if error.errors else {}
+    line = first.get("line")
+    column = first.get("col")
+    description = first.get("description") or str(error)
+    details = [{"line": line, "column": column}] if line is not None else None
+    where = f" at line {line}, column {column}" if line is not None else ""
+
+    kinds = duckdb_statement_types(sql)
+    if kinds is None:
+        return QuerySyntaxError(f"syntax error{where}: {description}", details=details)
+    if kinds != ["SELECT"]:
+        leading = " ".join(sql.split()[:2]).upper()
+        return QueryRejected(
+            f"{leading} is not allowed: DuckDB reads this text as {len(kinds)} statement(s) of "
+            f"type {', '.join(kinds)}, and only one SELECT query may run",
+            details=[{"construct": leading}],
+        )
+    # The two parsers disagree: running text that only one of them understood would let a
+    # construct pass unchecked, so the query is rejected like any other parse failure.
+    return QuerySyntaxError(
+        f"the validator cannot parse this query{where} ({description}), although DuckDB can; "
+        "it is not run. Rewrite that part, for example wrap a PIVOT statement in "
+        "SELECT * FROM (...)",
+        details=details,
+    )
+
+
+class _QueryWalker:
+    """One pass over a sqlglot tree, collecting views and parameters and raising on the first
+    rejected construct."""
+
+    def __init__(self, sql: str) -> None:
+        self.sql = sql
+        self.tables: set[tuple[str, str]] = set()
+        self.parameters: set[str] = set()
+        self.cte_names: set[str] = set()
+
+    def check(self, statement: exp.Expression) -> QueryShape:
+        self._check_statement_kind(statement)
+        try:
+            nodes = list(statement.walk())
+        except RecursionError as error:
+            raise QueryRejected(
+                "query is nested too deeply to validate; flatten nested expressions"
+            ) from error
+
+        for node in nodes:
+            if isinstance(node, exp.CTE):
+                self._add_cte(node)
+        for node in nodes:
+            self._check_node(node)
+        return QueryShape(tables=frozenset(self.tables), parameters=frozenset(self.parameters))
+
+    def _check_statement_kind(self, statement: exp.Expression) -> None:
+        if isinstance(statement, QUERY_STATEMENTS):
+            return
+        keyword = _statement_keyword(statement)
+        raise QueryRejected(
+            f"{keyword} statements are not allowed: send one read-only query (SELECT, WITH, "
+            "VALUES, FROM ..., PIVOT, UNPIVOT, DESCRIBE or SUMMARIZE of a feature view)",
+            details=[{"construct": keyword}],
+        )
+
+    def _add_cte(self, cte: exp.CTE) -> None:
+        name = cte.alias_or_name
+        if not NAME_PATTERN.fullmatch(name):
+            raise self._rejected(
+                f"invalid CTE name {name!r}: use letters, digits and underscores", cte, name
+            )
+        self.cte_names.add(name.lower())
+
+    def _check_node(self, node: exp.Expression) -> None:
+        if isinstance(node, FORBIDDEN_NODES):
+            keyword = _statement_keyword(node)
+            raise self._rejected(
+                f"{keyword} is not allowed inside a query: queries may only read", node, keyword
+            )
+        if isinstance(node, exp.With) and node.args.get("recursive"):
+            raise self._rejected(
+                "recursive CTEs are not allowed, because nothing bounds how long they run; use "
+                "range() or generate_series() for sequences",
+                node,
+                "WITH RECURSIVE",
+            )
+        if isinstance(node, exp.Table):
+            self._check_table(node)
+        elif isinstance(node, exp.Func):
+            self._check_function(node)
+        elif isinstance(node, exp.Placeholder):
+            self._check_placeholder(node)
+
+    def _check_table(self, table: exp.Table) -> None:
+        if isinstance(table.this, exp.Func):
+            return  # a table function, checked by _check_function
+
+        name = table.name
+        group = table.db
+        if table.catalog:
+            reference = ".".join(part for part in (table.catalog, group, name))
+            raise self._rejected(
+                f"table {reference} names a database: read feature views as group.name",
+                table,
+                reference,
+            )
+        if group:
+            self.tables.add((group.lower(), name.lower()))
+            return
+        if name.lower() in self.cte_names:
+            return
+        if not NAME_PATTERN.fullmatch(name):
+            raise self._rejected(
+                f"{name!r} in FROM is not a feature view: file paths and other strings cannot "
+                "be read; read feature views as group.name",
+                table,
+                name,
+            )
+        raise self._rejected(
+            f"table {name} is not a CTE of this query: read feature views as group.name, "
+            "for example content.movie_genres",
+            table,
+            name,
+        )
+
+    def _check_function(self, function: exp.Func) -> None:
+        in_from = isinstance(function.parent, exp.Table)
+        if isinstance(function, exp.Anonymous):
+            name = function.name.lower()
+            allowed = is_allowed_table_function(name) if in_from else is_allowed_function(name)
+            if not allowed:
+                raise self._rejected(_function_message(name, in_from), function, name)
+            return
+
+        denied_name = DENIED_SQLGLOT_FUNCTIONS.get(type(function))
+        if denied_name is not None:
+            raise self._rejected(_function_message(denied_name, in_from), function, denied_name)
+
+    def _check_placeholder(self, placeholder: exp.Placeholder) -> None:
+        name = placeholder.name
+        if not name or name == "?" or name.isdigit():
+            written = f"${name}" if name.isdigit() else "?"
+            raise self._rejected(
+                f"positional parameter {written} is not supported: name parameters, for "
+                "example $genre, and send their values in params",
+                placeholder,
+                written,
+            )
+        self.parameters.add(name)
+
+    def _rejected(self, message: str, node: exp.Expression, construct: str) -> QueryRejected:
+        offset = _start_offset(node)
+        details: dict[str, object] = {"construct": construct}
+        if offset is not None:
+            line, column = location_of_offset(self.sql, offset)
+            details.update(line=line, column=column)
+            message = f"{message} (line {line}, column {column})"
+        return QueryRejected(message, details=[details])
+
+
+def _function_message(name: str, in_from: bool) -> str:
+    if in_from:
+        return (
+            f"table function {name} is not allowed: queries read feature views (group.name) "
+            "and CTEs; the table functions allowed are range, generate_series, unnest, "
+            "json_each and json_tree"
+        )
+    reason = denial_reason(name)
+    because = f" because it {reason}" if reason else ""
+    return (
+        f"function {name} is not allowed{because}; docs/sql.md describes the functions "
+        "queries may call"
+    )
+
+
+def _statement_keyword(node: exp.Expression) -> str:
+    """Return the SQL keyword a reader would use for `node`, such as COPY or CHECKPOINT."""
+    if isinstance(node, exp.Command):
+        words = f"{node.this or ''} {node.expression or ''}".split()
+        if not words:
+            return "COMMAND"
+        # FORCE only modifies the statement that follows, as in FORCE CHECKPOINT.
+        return " ".join(words[:2] if words[0].upper() == "FORCE" else words[:1]).upper()
+    if isinstance(node, exp.Transaction):
+        return "BEGIN"
+    if isinstance(node, exp.Column):
+        return node.sql(dialect="duckdb").upper()
+    if isinstance(node, exp.TruncateTable):
+        return "TRUNCATE"
+    return node.key.upper()
+
+
+def _start_offset(node: exp.Expression) -> int | None:
+    """Return the character offset where `node` starts in the SQL text, when sqlglot kept it."""
+    for candidate in node.walk():
+        start = candidate.meta.get("start") if candidate.meta else None
+        if start is not None:
+            return start
+    return None
+
+
+def validate_store_query(store: Any, sql: object) -> ValidatedQuery:
+    """Validate `sql` against the tables registered in `store` (a FeatureStore).
+
+    For code that runs validated SQL itself: unlike /sql, such code does not get the sandbox's
+    memory, time and file limits.
+    """
+    views = [(entry.group, entry.name) for entry in store.registry.list()]
+    return validate_query(sql, views)

@@ -1,0 +1,131 @@
+"""Training sets: point-in-time joins run from a request or from a named definition file.
+
+A named definition is a TOML file `queries/training_sets/<name>.toml`:
+
+    title = "..."
+    description = "..."
+    entity_sql = "SELECT user_id, event_timestamp, ... FROM interaction.user_movie_interactions"
+    features = ["user/user_preferences", "content/movie_ratings:rating_mean"]
+    # optional: timestamp_column, full_feature_names, inclusive, created_before_event,
+    # [ttl_seconds] with one `"group/name" = seconds` line per table
+"""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from sqlstore.errors import InvalidInput, NotFound
+from sqlstore.identifiers import TABLE_NAME_PATTERN
+from sqlstore.pointintime import DEFAULT_TIMESTAMP_COLUMN, JoinOptions, get_historical_features
+from sqlstore.store import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+TRAINING_SETS_FOLDER = "training_sets"
+DEFINITION_KEYS = frozenset(
+    {
+        "title",
+        "description",
+        "entity_sql",
+        "features",
+        "timestamp_column",
+        "full_feature_names",
+        "inclusive",
+        "created_before_event",
+        "ttl_seconds",
+    }
+)
+
+
+@dataclass(frozen=True)
+class TrainingSetDefinition:
+    """A named, reproducible training set: an entity query, features and join options."""
+
+    name: str
+    entity_sql: str
+    features: list[str]
+    title: str = ""
+    description: str = ""
+    timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN
+    full_feature_names: bool = False
+    inclusive: bool = True
+    created_before_event: bool = False
+    ttl_seconds: dict[str, float] = field(default_factory=dict)
+
+    def join_options(self) -> JoinOptions:
+        return JoinOptions(
+            timestamp_column=self.timestamp_column,
+            full_feature_names=self.full_feature_names,
+            inclusive=self.inclusive,
+            ttl_seconds=dict(self.ttl_seconds),
+            created_before_event=self.created_before_event,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "features": self.features,
+            "timestamp_column": self.timestamp_column,
+            "full_feature_names": self.full_feature_names,
+        }
+
+
+def list_training_sets(queries_dir: Path) -> list[TrainingSetDefinition]:
+    """Return every valid definition under `queries_dir/training_sets`; invalid ones are logged."""
+    folder = queries_dir / TRAINING_SETS_FOLDER
+    definitions = []
+    for path in sorted(folder.glob("*.toml")):
+        try:
+            definitions.append(load_training_set(queries_dir, path.stem))
+        except InvalidInput as error:
+            logger.warning("skipping training set file %s: %s", path, error.message)
+    return definitions
+
+
+def load_training_set(queries_dir: Path, name: str) -> TrainingSetDefinition:
+    """Read the definition called `name`; the name is checked before it becomes a path."""
+    if not isinstance(name, str) or TABLE_NAME_PATTERN.fullmatch(name) is None:
+        raise InvalidInput(
+            f"invalid training set name {name!r}: use lowercase letters, digits and underscores"
+        )
+    path = queries_dir / TRAINING_SETS_FOLDER / f"{name}.toml"
+    try:
+        content = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        known = ", ".join(d.name for d in list_training_sets(queries_dir)) or "none"
+        raise NotFound(f"training set {name!r} not found; defined: {known}") from error
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise InvalidInput(f"training set file {path.name} is not valid TOML: {error}") from error
+    return _definition_from_mapping(name, content)
+
+
+def _definition_from_mapping(name: str, content: dict[str, Any]) -> TrainingSetDefinition:
+    unknown = set(content) - DEFINITION_KEYS
+    if unknown:
+        raise InvalidInput(f"training set {name!r} has unknown keys: {', '.join(sorted(unknown))}")
+    for required in ("entity_sql", "features"):
+        if required not in content:
+            raise InvalidInput(f"training set {name!r} lacks {required!r}")
+    try:
+        return TrainingSetDefinition(name=name, **content)
+    except TypeError as error:
+        raise InvalidInput(f"training set {name!r} is invalid: {error}") from error
+
+
+def build_training_set(store: FeatureStore, definition: TrainingSetDefinition) -> pa.Table:
+    """Run a named definition against `store`."""
+    return get_historical_features(
+        store,
+        None,
+        definition.features,
+        definition.join_options(),
+        entity_sql=definition.entity_sql,
+    )

