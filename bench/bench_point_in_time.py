@@ -887,20 +887,33 @@ def benchmark_size(
 def summarize_runs(
     size: Size, methods: list[Method], runs: dict[str, list[dict[str, Any]]]
 ) -> dict[str, dict[str, Any]]:
-    """Return per method the median seconds, rows/s, peak memory and ratio to raw DuckDB."""
-    reference = statistics.median(run["seconds"] for run in runs[REFERENCE_METHOD])
+    """Return per method the median seconds and CPU seconds, rows/s, peak memory and three
+    ratios to raw DuckDB.
+
+    `ratio_to_duckdb` divides the medians. `paired_ratio_to_duckdb` is the median over repeats
+    of (this method's run i) / (raw DuckDB's run i); run i of every method falls in the same
+    pass over the methods, so it sees similar load from other processes. `cpu_ratio_to_duckdb`
+    divides the median CPU seconds.
+    """
+    reference_seconds = [run["seconds"] for run in runs[REFERENCE_METHOD]]
+    reference_cpu = statistics.median(run["cpu_s"] for run in runs[REFERENCE_METHOD])
     summary = {}
     for method in methods:
         seconds = [run["seconds"] for run in runs[method.name]]
+        cpu_seconds = [run["cpu_s"] for run in runs[method.name]]
         median = statistics.median(seconds)
+        paired = [value / base for value, base in zip(seconds, reference_seconds, strict=True)]
         summary[method.name] = {
             "label": method.label,
             "experimental": method.experimental,
             "median_s": round(median, 3),
+            "median_cpu_s": round(statistics.median(cpu_seconds), 3),
             "runs_s": [round(value, 3) for value in seconds],
-            "median_cpu_s": round(statistics.median(run["cpu_s"] for run in runs[method.name]), 3),
+            "runs_cpu_s": [round(value, 3) for value in cpu_seconds],
             "rows_per_s": round(size.spine_rows / median),
-            "ratio_to_duckdb": round(median / reference, 3),
+            "ratio_to_duckdb": round(median / statistics.median(reference_seconds), 3),
+            "paired_ratio_to_duckdb": round(statistics.median(paired), 3),
+            "cpu_ratio_to_duckdb": round(statistics.median(cpu_seconds) / reference_cpu, 3),
             "peak_rss_mib": round(max(run["peak_rss_mib"] for run in runs[method.name]), 1),
             "load_average_1min": [
                 round(run["load_average_1min_before"], 2) for run in runs[method.name]
@@ -979,15 +992,17 @@ def format_size_table(result: dict[str, Any]) -> str:
         f"{size['feature_rows']:,} feature rows, {size['keys']:,} keys "
         f"({result['repeats']} runs each)",
         "",
-        "| method | median s | CPU s | spine rows/s | vs raw DuckDB | peak RSS MiB | identical |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| method | median s | median CPU s | spine rows/s | vs DuckDB, medians | "
+        "vs DuckDB, paired | vs DuckDB, CPU | peak RSS MiB | identical |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, row in result["methods"].items():
+        identical = "yes" if row["check"]["identical"] else "NO"
         lines.append(
             f"| {row['label']} (`{name}`) | {row['median_s']:.2f} | {row['median_cpu_s']:.2f} | "
-            f"{row['rows_per_s']:,} | "
-            f"{row['ratio_to_duckdb']:.2f}x | {row['peak_rss_mib']:,.0f} | "
-            f"{'yes' if row['check']['identical'] else 'NO'} |"
+            f"{row['rows_per_s']:,} | {row['ratio_to_duckdb']:.2f}x | "
+            f"{row['paired_ratio_to_duckdb']:.2f}x | {row['cpu_ratio_to_duckdb']:.2f}x | "
+            f"{row['peak_rss_mib']:,.0f} | {identical} |"
         )
     preparation = ", ".join(f"{name} {value:.2f}" for name, value in result["preparation"].items())
     lines += ["", f"Preparation (seconds): {preparation}."]

@@ -211,15 +211,31 @@ class ResultCache:
         self._put_memory(key, response)
         return response, "hit-disk"
 
-    def put(self, key: str, response: CachedResponse) -> None:
-        """Store `response` in the tiers whose entry size limit it fits."""
+    def put(self, key: str, response: CachedResponse, table: str | None = None) -> None:
+        """Store `response` in the tiers whose entry size limit it fits. `table` tags the disk
+        entry so that `reclaim_table` can delete it once that table changes."""
         self._put_memory(key, response)
         if self._disk is None or len(response.body) > self.settings.disk_max_entry_bytes:
             return
         try:
-            self._disk.set(key, encode_envelope(response))
+            self._disk.set(key, encode_envelope(response), tag=table)
         except (OSError, diskcache.Timeout) as error:
             logger.warning("could not store cache entry %s on disk: %s", key[:12], error)
+
+    def reclaim_table(self, table: str) -> int:
+        """Delete the disk entries tagged with `table`, which a write or delete has made
+        unreachable; return how many. Entries that read several tables carry the tag of the
+        first one only, so the others are left to the size bound's LRU eviction."""
+        if self._disk is None:
+            return 0
+        try:
+            removed = self._disk.evict(table)
+        except (OSError, diskcache.Timeout) as error:
+            logger.warning("could not reclaim cache entries of %s: %s", table, error)
+            return 0
+        if removed:
+            logger.info("reclaimed %d disk cache entries of %s", removed, table)
+        return removed
 
     def clear(self) -> None:
         """Empty both tiers."""

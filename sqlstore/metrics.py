@@ -12,6 +12,7 @@ import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,6 +24,9 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+if TYPE_CHECKING:
+    from sqlstore.registry import RegistryEntry
 
 MULTIPROCESS_ENVIRONMENT_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (
@@ -106,3 +110,10 @@ def sample_totals(metric_name: str) -> dict[tuple[tuple[str, str], ...], float]:
                 labels = tuple(sorted(sample.labels.items()))
                 totals[labels] += sample.value
     return dict(totals)
+
+
+def publish_tables(entries: list[RegistryEntry]) -> None:
+    """Set the table count and each table's version gauges."""
+    TABLES.set(len(entries))
+    for entry in entries:
+        TABLE_VERSION.labels(table=entry.reference).set(entry.version)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from pathlib import Path
 
 import orjson
 from pydantic import BaseModel, Field, ValidationError
@@ -76,6 +77,7 @@ class Registry:
 
     def __init__(self, layout: StoreLayout) -> None:
         self.layout = layout
+        self._parsed: dict[Path, tuple[tuple[int, int, int], RegistryEntry]] = {}
 
     def get(self, group: str, name: str) -> RegistryEntry:
         """Return the entry of one table, or raise NotFound."""
@@ -121,13 +123,29 @@ class Registry:
         self.layout.registry_path(group, name).unlink(missing_ok=True)
 
     def list(self) -> list[RegistryEntry]:
-        """Return every entry, sorted by group and name. Unreadable files are logged and skipped."""
+        """Return every entry, sorted by group and name. Unreadable files are logged and skipped.
+
+        A file is parsed again only when its inode, size or modification time changed since the
+        last call, so listing costs a stat per table. Callers must not modify the entries.
+        """
         entries = []
         if not self.layout.registry_dir.is_dir():
             return entries
+
+        parsed: dict[Path, tuple[tuple[int, int, int], RegistryEntry]] = {}
         for path in sorted(self.layout.registry_dir.glob("*/*.json")):
             try:
-                entries.append(RegistryEntry.model_validate_json(path.read_bytes()))
+                status = path.stat()
+                stamp = (status.st_ino, status.st_size, status.st_mtime_ns)
+                known = self._parsed.get(path)
+                if known is not None and known[0] == stamp:
+                    entry = known[1]
+                else:
+                    entry = RegistryEntry.model_validate_json(path.read_bytes())
             except (OSError, ValidationError) as error:
                 logger.warning("skipping unreadable registry file %s: %s", path, error)
+                continue
+            parsed[path] = (stamp, entry)
+            entries.append(entry)
+        self._parsed = parsed
         return entries

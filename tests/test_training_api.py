@@ -314,3 +314,36 @@ def test_training_sets_lists_liked(server: RunningServer) -> None:
     ]
     assert by_name["movielens_liked"]["full_feature_names"] is True
     assert by_name["movielens_liked"]["timestamp_column"] == "event_timestamp"
+
+
+def test_entity_sql_runs_in_sandbox(server: RunningServer) -> None:
+    entity_sql = (
+        "SELECT user_id, event_timestamp + INTERVAL 1 SECOND AS event_timestamp "
+        "FROM user.scores ORDER BY event_timestamp, user_id"
+    )
+    body = {"entity_sql": entity_sql, "features": ["user/scores"], "full_feature_names": True}
+    response = post(server, body)
+
+    assert response.status_code == 200, response.text
+    rows = response.json()["data"]
+    # The entities are the score rows one second later, so each sees its own score.
+    assert [row["user_id"] for row in rows] == [1, 2, 1]
+    assert [row["scores__score"] for row in rows] == [10, 30, 20]
+
+
+@pytest.mark.parametrize(
+    "entity_sql",
+    [
+        "SELECT * FROM read_parquet('/etc/passwd')",
+        "SELECT getenv('HOME') AS user_id",
+        "COPY (SELECT 1) TO '/tmp/sqlstore-canary.csv'",
+        "SELECT 1 AS user_id; DROP VIEW user.scores",
+    ],
+)
+def test_hostile_entity_sql_rejected(server: RunningServer, entity_sql: str) -> None:
+    body = {"entity_sql": entity_sql, "features": ["user/scores"]}
+    response = post(server, body)
+
+    assert response.status_code == 400, response.text
+    assert error_of(response)["code"] in ("query_rejected", "query_syntax_error")
+    assert not Path("/tmp/sqlstore-canary.csv").exists()

@@ -20,16 +20,10 @@ from sqlstore.api.middleware import (
     RequestIdMiddleware,
 )
 from sqlstore.cache import CacheSettings, ResultCache
-from sqlstore.errors import InvalidInput
 from sqlstore.settings import Settings
 from sqlstore.store import FeatureStore
 
 logger = logging.getLogger(__name__)
-
-
-def reject_sql(store: FeatureStore, sql: str) -> None:
-    # TODO: replace with the SQL validator.
-    raise InvalidInput("entity_sql is not accepted over REST yet; send entities")
 
 
 def build_cache(settings: Settings) -> ResultCache | None:
@@ -66,9 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tables = store.list_tables()
         app.state.store = store
         app.state.settings = settings
-        app.state.validate_sql = reject_sql
         app.state.cache = build_cache(settings)
-        metrics.TABLES.set(len(tables))
+        metrics.publish_tables(tables)
         logger.info(
             "serving store %s: %d tables; limits: page %d rows, body %d bytes, "
             "%d records per write, %d entity ids per lookup",

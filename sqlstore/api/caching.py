@@ -51,9 +51,11 @@ def serve_cached(
     canonical_request: dict[str, Any],
     versions: dict[str, str],
     compute: Callable[[], CachedResponse],
+    on_hit: Callable[[CachedResponse], CachedResponse] | None = None,
 ) -> Response:
     """Return the cached response for this request and these table versions, or compute,
-    cache and return it. The X-Cache header says hit-memory, hit-disk, miss or bypass."""
+    cache and return it. The X-Cache header says hit-memory, hit-disk, miss or bypass;
+    `on_hit` may adjust a response served from the cache."""
     cache: ResultCache | None = request.app.state.cache
     if cache is None:
         return _response(compute(), "bypass")
@@ -61,10 +63,10 @@ def serve_cached(
     key = cache_key(kind, canonical_request, versions)
     cached, where = cache.get(key)
     if cached is not None:
-        return _response(cached, where)
+        return _response(on_hit(cached) if on_hit else cached, where)
 
     response = compute()
-    cache.put(key, response)
+    cache.put(key, response, table=min(versions) if versions else None)
     _publish_memory_usage(cache)
     return _response(response, "miss")
 
@@ -72,6 +74,13 @@ def serve_cached(
 def serve_uncached(compute: Callable[[], CachedResponse]) -> Response:
     """Return a computed response that must not be cached."""
     return _response(compute(), "bypass")
+
+
+def reclaim_table(request: Request, group: str, name: str) -> None:
+    """Delete this worker's disk cache entries of a table that was just written or deleted."""
+    cache: ResultCache | None = request.app.state.cache
+    if cache is not None:
+        cache.reclaim_table(f"{group}/{name}")
 
 
 def _response(cached: CachedResponse, where: str) -> Response:
@@ -180,6 +189,7 @@ def invalidate_table(request: Request, group: str, name: str) -> Response:
     store: FeatureStore = request.app.state.store
     store.registry.write_stamp(validate_group(group), validate_table_name(name))
     bump_epoch(store, group, name)
+    reclaim_table(request, group, name)
     return JSONBytesResponse({"message": f"cache entries of {group}/{name} invalidated"})
 
 

@@ -10,7 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from sqlstore import metrics
 from sqlstore.api.encoding import JSONBytesResponse
+from sqlstore.api.middleware import route_template
 from sqlstore.errors import SqlstoreError
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ def error_response(
     }
     if details:
         body["error"]["details"] = details
+    metrics.ERRORS.labels(route=route_template(request.scope), code=code).inc()
     return JSONBytesResponse(body, status_code=status, headers=headers)
 
 

@@ -11,7 +11,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from sqlstore.api.caching import serve_cached, serve_uncached, table_versions
+from sqlstore import metrics
+from sqlstore.api.caching import reclaim_table, serve_cached, serve_uncached, table_versions
 from sqlstore.api.encoding import (
     FORMAT_MEDIA_TYPES,
     JSON_MEDIA_TYPE,
@@ -84,6 +85,7 @@ def require_json_body(request: Request) -> None:
 def list_tables(request: Request) -> Response:
     """List every feature table with its registry entry."""
     entries = _store(request).list_tables()
+    metrics.publish_tables(entries)
     tables = [entry.model_dump(mode="json") for entry in entries]
     return JSONBytesResponse({"count": len(tables), "tables": tables})
 
@@ -284,6 +286,8 @@ def write_table(request: Request, group: str, name: str, body: WriteRequest) -> 
         compression=body.compression,
     )
     entry = result.entry
+    reclaim_table(request, group, name)
+    metrics.TABLE_VERSION.labels(table=entry.reference).set(entry.version)
     response = {
         "message": f"saved {result.rows_written} rows to {entry.reference} ({body.mode})",
         "feature_group": group,
@@ -323,6 +327,7 @@ def _has_non_finite_number(value: Any) -> bool:
 def delete_table(request: Request, group: str, name: str) -> Response:
     """Delete a table's Parquet file and registry entry."""
     _store(request).delete(group, name)
+    reclaim_table(request, group, name)
     return JSONBytesResponse({"message": f"deleted {group}/{name}"})
 
 

@@ -1,8 +1,9 @@
 """Routes /sql and /queries: read-only SQL over the feature views, and named queries.
 
 Results have the shape of a feature page (`data` and `metadata`), or CSV, Parquet or Arrow IPC
-when the Accept header requests it. The metadata's `cached` is always false: results are not
-cached yet.
+when the Accept header requests it. Results go through the result cache, keyed by sqlglot's
+canonical form of the query, its parameters, the row limit, the format and the write stamp of
+every view it reads; the metadata's `cached` says whether this response came from it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapi import APIRouter, FastAPI, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
+from sqlstore.api.caching import serve_cached, table_versions
 from sqlstore.api.encoding import (
     FORMAT_MEDIA_TYPES,
     JSON_MEDIA_TYPE,
@@ -24,10 +26,11 @@ from sqlstore.api.encoding import (
 )
 from sqlstore.api.errors import request_id_of
 from sqlstore.api.models import ErrorResponse
+from sqlstore.cache import CachedResponse
 from sqlstore.settings import Settings
 from sqlstore.sql.limits import SqlLimits
 from sqlstore.sql.results import column_types, encode_json, portable_table
-from sqlstore.sql.service import SqlResult, SqlService
+from sqlstore.sql.service import PreparedQuery, SqlResult, SqlService
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +107,8 @@ def _service(request: Request) -> SqlService:
 def post_sql(request: Request, body: SqlRequest) -> Response:
     """Run one read-only query over the feature views (`group.name`)."""
     file_format = negotiate_format(request.headers.get("accept"))
-    result = _service(request).run(body.sql, body.params, body.limit, request_id_of(request))
-    return tabular_response(result, file_format)
+    prepared = _service(request).prepare(body.sql, body.params, body.limit)
+    return serve_query(request, prepared, file_format)
 
 
 @router.get("/sql", responses=TABULAR_CONTENT)
@@ -118,8 +121,8 @@ def get_sql(
     query-string key is a `$name` parameter, passed as a string."""
     file_format = negotiate_format(request.headers.get("accept"))
     parameters = _query_string_parameters(request, exclude={SQL_TEXT_KEY, ROW_LIMIT_KEY})
-    result = _service(request).run(sql, parameters, limit, request_id_of(request))
-    return tabular_response(result, file_format)
+    prepared = _service(request).prepare(sql, parameters, limit)
+    return serve_query(request, prepared, file_format)
 
 
 @router.get("/queries")
@@ -155,10 +158,11 @@ def post_named_query(request: Request, name: QueryName, body: NamedQueryRequest)
 def _run_named(
     request: Request, name: str, values: dict[str, Any], limit: int | None, file_format: str
 ) -> Response:
-    query, parameters, result = _service(request).run_named(
-        name, values, limit, request_id_of(request)
-    )
-    return tabular_response(result, file_format, {"query": query.name, "params": parameters})
+    service = _service(request)
+    query = service.named_query(name)
+    parameters = query.bind(values)
+    prepared = service.prepare(query.sql, parameters, limit)
+    return serve_query(request, prepared, file_format, {"query": query.name, "params": parameters})
 
 
 def _query_string_parameters(request: Request, exclude: set[str]) -> dict[str, str]:
@@ -166,20 +170,56 @@ def _query_string_parameters(request: Request, exclude: set[str]) -> dict[str, s
     return {key: value for key, value in request.query_params.multi_items() if key not in exclude}
 
 
+def serve_query(
+    request: Request,
+    prepared: PreparedQuery,
+    file_format: str,
+    extra: dict[str, Any] | None = None,
+) -> Response:
+    """Return the result of a prepared query, from the result cache when it holds it."""
+    query = prepared.query
+    canonical = {
+        "sql": query.canonical,
+        "params": query.parameters,
+        "limit": prepared.row_limit,
+        "format": file_format,
+        "extra": extra,
+    }
+    versions = table_versions(request.app.state.store, sorted(query.tables))
+
+    def compute() -> CachedResponse:
+        result = _service(request).execute(prepared, request_id_of(request))
+        return tabular_response(result, file_format, extra)
+
+    return serve_cached(request, "sql", canonical, versions, compute, on_hit=_mark_cached)
+
+
+def _mark_cached(response: CachedResponse) -> CachedResponse:
+    """Set the JSON metadata's `cached` to true. It is the last key of `metadata`, which is the
+    last key of the body, so its last occurrence in the bytes is the one to change."""
+    if response.media_type != JSON_MEDIA_TYPE:
+        return response
+    marker = b'"cached":false'
+    position = response.body.rfind(marker)
+    if position < 0:
+        return response
+    body = response.body[:position] + b'"cached":true' + response.body[position + len(marker) :]
+    return CachedResponse(body, response.media_type, response.headers)
+
+
 def tabular_response(
     result: SqlResult, file_format: str, extra: dict[str, Any] | None = None
-) -> Response:
-    """Return `result` as JSON (with metadata) or as the file format the client asked for."""
+) -> CachedResponse:
+    """Encode `result` as JSON (with metadata) or as the file format the client asked for."""
     headers = {
         "X-Row-Count": str(result.table.num_rows),
         "X-Truncated": "true" if result.truncated else "false",
         "X-Elapsed-Ms": f"{result.elapsed_ms:.1f}",
-        "X-Cached": "false",
     }
     if file_format != "json":
         table = portable_table(result.table, file_format)
         content = encode_table(table, file_format)
-        return Response(content, media_type=FORMAT_MEDIA_TYPES[file_format], headers=headers)
+        return CachedResponse(content, FORMAT_MEDIA_TYPES[file_format], headers)
 
     metadata = {
         "columns": result.table.column_names,
@@ -192,4 +232,4 @@ def tabular_response(
         "cached": False,
     }
     body = {**(extra or {}), "data": result.table.to_pylist(), "metadata": metadata}
-    return Response(encode_json(body), media_type=JSON_MEDIA_TYPE, headers=headers)
+    return CachedResponse(encode_json(body), JSON_MEDIA_TYPE, headers)

@@ -5,21 +5,30 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pyarrow as pa
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
+from sqlstore.api.caching import serve_cached, serve_uncached, table_versions
 from sqlstore.api.encoding import (
     FORMAT_MEDIA_TYPES,
+    JSON_MEDIA_TYPE,
     JSONBytesResponse,
+    dumps,
     encode_table,
     negotiate_format,
     table_records,
 )
+from sqlstore.api.errors import request_id_of
 from sqlstore.api.features import ERROR_RESPONSES
-from sqlstore.errors import InvalidInput
+from sqlstore.cache import CachedResponse
+from sqlstore.errors import InvalidInput, SqlstoreError
 from sqlstore.pointintime import DEFAULT_TIMESTAMP_COLUMN, JoinOptions, get_historical_features
 from sqlstore.records import records_to_table
+from sqlstore.references import resolve_reference
+from sqlstore.sql.validate import analyse_query
+from sqlstore.store import FeatureStore
 from sqlstore.training import list_training_sets, load_training_set
 from sqlstore.types import describe_type
 
@@ -69,19 +78,11 @@ def training_set(request: Request, body: TrainingSetRequest) -> Response:
     if body.name is not None:
         _reject_inline_fields(body)
         definition = load_training_set(request.app.state.settings.queries_dir, body.name)
-        entities, entity_sql = None, definition.entity_sql
+        entity_sql = definition.entity_sql
         features, options = definition.features, definition.join_options()
     else:
-        if body.features is None:
-            raise InvalidInput("features is required unless name is given")
-        if (body.entities is None) == (body.entity_sql is None):
-            raise InvalidInput("give exactly one of entities and entity_sql")
-        if body.entities == []:
-            raise InvalidInput("entities is empty: send at least one entity row")
-        entities = None if body.entities is None else records_to_table(body.entities)
+        _check_inline_fields(body)
         entity_sql = body.entity_sql
-        if entity_sql is not None:
-            request.app.state.validate_sql(store, entity_sql)
         features = body.features
         options = JoinOptions(
             timestamp_column=body.timestamp_column,
@@ -91,12 +92,62 @@ def training_set(request: Request, body: TrainingSetRequest) -> Response:
             created_before_event=body.created_before_event,
         )
 
-    table = get_historical_features(store, entities, features, options, entity_sql=entity_sql)
-    elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
+    def load_entities() -> tuple[pa.Table | None, str | None]:
+        """Return (entities, trusted entity SQL): a named definition's SQL runs as written,
+        a client's SQL runs in the sandbox."""
+        if body.name is not None:
+            return None, entity_sql
+        if body.entities is not None:
+            return records_to_table(body.entities), None
+        return _run_entity_sql(request, entity_sql), None
+
+    def compute() -> CachedResponse:
+        entities, trusted_sql = load_entities()
+        table = get_historical_features(store, entities, features, options, entity_sql=trusted_sql)
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
+        return _encode_training_set(table, features, elapsed_ms, file_format)
+
+    tables = _tables_read(store, features, entity_sql)
+    if tables is None:
+        return serve_uncached(compute)
+    canonical = {**body.model_dump(mode="json"), "format": file_format}
+    return serve_cached(request, "training-set", canonical, table_versions(store, tables), compute)
+
+
+def _check_inline_fields(body: TrainingSetRequest) -> None:
+    if body.features is None:
+        raise InvalidInput("features is required unless name is given")
+    if (body.entities is None) == (body.entity_sql is None):
+        raise InvalidInput("give exactly one of entities and entity_sql")
+    if body.entities == []:
+        raise InvalidInput("entities is empty: send at least one entity row")
+
+
+def _tables_read(
+    store: FeatureStore, features: list[str], entity_sql: str | None
+) -> list[tuple[str, str]] | None:
+    """Return every table the training set reads, or None when that cannot be told (an entity
+    query the validator's parser rejects, which then fails when it runs)."""
+    entries = store.list_tables()
+    tables = set()
+    for text in features:
+        entry = resolve_reference(text, entries).entry
+        tables.add((entry.group, entry.name))
+    if entity_sql is not None:
+        try:
+            tables |= analyse_query(entity_sql).tables
+        except SqlstoreError:
+            return None
+    return sorted(tables)
+
+
+def _encode_training_set(
+    table: pa.Table, features: list[str], elapsed_ms: float, file_format: str
+) -> CachedResponse:
     headers = {"X-Row-Count": str(table.num_rows), "X-Elapsed-Ms": str(elapsed_ms)}
     if file_format != "json":
         content = encode_table(table, file_format)
-        return Response(content, media_type=FORMAT_MEDIA_TYPES[file_format], headers=headers)
+        return CachedResponse(content, FORMAT_MEDIA_TYPES[file_format], headers)
 
     metadata = {
         "row_count": table.num_rows,
@@ -105,7 +156,21 @@ def training_set(request: Request, body: TrainingSetRequest) -> Response:
         "features": features,
         "elapsed_ms": elapsed_ms,
     }
-    return JSONBytesResponse({"data": table_records(table), "metadata": metadata}, headers=headers)
+    body = {"data": table_records(table), "metadata": metadata}
+    return CachedResponse(dumps(body), JSON_MEDIA_TYPE, headers)
+
+
+def _run_entity_sql(request: Request, sql: str) -> pa.Table:
+    """Run a client's entity query like any /sql query: validated, in the sandbox, with its
+    limits. A result cut at the row or byte limit would silently drop entities, so it is an
+    error instead."""
+    result = request.app.state.sql.run(sql, {}, None, request_id_of(request))
+    if result.truncated:
+        raise InvalidInput(
+            f"entity_sql returned more than {result.limit} rows (the SQL row or byte limit); "
+            "send the entities as records, or raise SQLSTORE_SQL_MAX_ROWS"
+        )
+    return result.table
 
 
 def _reject_inline_fields(body: TrainingSetRequest) -> None:

@@ -13,11 +13,12 @@ from typing import Any
 import pyarrow as pa
 
 from sqlstore.errors import InvalidInput
+from sqlstore.registry import RegistryEntry
 from sqlstore.sql.limits import SqlLimits
 from sqlstore.sql.named import NamedQuery, find_named_query, list_named_queries
 from sqlstore.sql.results import with_unique_names
 from sqlstore.sql.sandbox import Sandbox
-from sqlstore.sql.validate import validate_query
+from sqlstore.sql.validate import ValidatedQuery, validate_query
 from sqlstore.sql.worker import ViewDefinition
 from sqlstore.store import FeatureStore
 
@@ -36,6 +37,16 @@ class SqlResult:
     @property
     def truncated(self) -> bool:
         return self.truncated_by is not None
+
+
+@dataclass(frozen=True)
+class PreparedQuery:
+    """A validated query with its row limit and the registry it was validated against."""
+
+    query: ValidatedQuery
+    row_limit: int
+    entries: list[RegistryEntry]
+    started: float
 
 
 class SqlService:
@@ -61,16 +72,26 @@ class SqlService:
     ) -> SqlResult:
         """Validate `sql`, run it in the sandbox and return at most `limit` rows (default and
         maximum: the max_rows limit). Raises the errors of validate_query and Sandbox.run."""
+        prepared = self.prepare(sql, parameters, limit)
+        return self.execute(prepared, request_id)
+
+    def prepare(
+        self, sql: object, parameters: Mapping[str, Any] | None = None, limit: int | None = None
+    ) -> PreparedQuery:
+        """Validate `sql` and its parameters against the registered views, without running it."""
         started = time.perf_counter()
         row_limit = self._row_limit(limit)
         entries = self.store.registry.list()
         registered = [(entry.group, entry.name) for entry in entries]
-
         query = validate_query(sql, registered, parameters, self.limits)
-        views = [ViewDefinition(e.group, e.name, e.path, e.version) for e in entries]
-        result = self.sandbox.run(query, views, row_limit, request_id)
+        return PreparedQuery(query=query, row_limit=row_limit, entries=entries, started=started)
 
-        elapsed_ms = (time.perf_counter() - started) * 1000
+    def execute(self, prepared: PreparedQuery, request_id: str = "-") -> SqlResult:
+        """Run a prepared query in the sandbox."""
+        views = [ViewDefinition(e.group, e.name, e.path, e.version) for e in prepared.entries]
+        result = self.sandbox.run(prepared.query, views, prepared.row_limit, request_id)
+
+        elapsed_ms = (time.perf_counter() - prepared.started) * 1000
         logger.info(
             "request %s: query returned %d rows%s in %.1f ms",
             request_id,
@@ -80,7 +101,7 @@ class SqlService:
         )
         return SqlResult(
             table=with_unique_names(result.table),
-            limit=row_limit,
+            limit=prepared.row_limit,
             truncated_by=result.truncated_by,
             elapsed_ms=elapsed_ms,
         )

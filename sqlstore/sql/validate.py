@@ -128,15 +128,21 @@ class QueryShape:
 
     tables: frozenset[tuple[str, str]]
     parameters: frozenset[str]
+    canonical: str = ""
 
 
 @dataclass(frozen=True)
 class ValidatedQuery:
-    """A query both parsers accepted, with the views it reads and its bound parameter values."""
+    """A query both parsers accepted, with the views it reads and its bound parameter values.
+
+    `canonical` is sqlglot's rendering of the parsed query, the same for texts that differ
+    only in spacing, comments or keyword case; result caches key on it.
+    """
 
     sql: str
     tables: frozenset[tuple[str, str]]
     parameters: dict[str, Any]
+    canonical: str = ""
 
 
 def validate_query(
@@ -160,7 +166,9 @@ def validate_query(
     check_parameters(shape.parameters, parameters)
 
     check_with_duckdb(text, views, parameters, limits)
-    return ValidatedQuery(sql=text, tables=shape.tables, parameters=parameters)
+    return ValidatedQuery(
+        sql=text, tables=shape.tables, parameters=parameters, canonical=shape.canonical
+    )
 
 
 def check_text(sql: object, limits: SqlLimits) -> str:
@@ -198,7 +206,10 @@ def analyse_query(sql: str) -> QueryShape:
     text raises again on every call.
     """
     statement = _parse_one_statement(sql)
-    return _QueryWalker(sql).check(statement)
+    shape = _QueryWalker(sql).check(statement)
+    return QueryShape(
+        tables=shape.tables, parameters=shape.parameters, canonical=statement.sql(dialect="duckdb")
+    )
 
 
 def check_tables(tables: frozenset[tuple[str, str]], views: Collection[tuple[str, str]]) -> None:
