@@ -32,11 +32,11 @@ MEDIA_TYPE = "application/json"
 
 
 def load_bodies() -> dict[str, bytes]:
-    """Return {table reference: body} from the environment, or raise KeyError naming a
+    """Return {table reference: body} from the environment, or raise RuntimeError naming a
     missing variable."""
     for variable in (BODY_FILE_VARIABLE, TABLE_VARIABLE):
         if variable not in os.environ:
-            raise KeyError(f"missing environment variable {variable}; see bench/bare_app.py")
+            raise RuntimeError(f"missing environment variable {variable}; see bench/bare_app.py")
     body = Path(os.environ[BODY_FILE_VARIABLE]).read_bytes()
     return {os.environ[TABLE_VARIABLE]: body}
 

@@ -12,9 +12,10 @@ joined spine as Parquet:
 - experimental variants (`exp_` names) that test ways to make sqlstore faster, with SQL and
   Python written in this script.
 
-Each run of a method is its own child process, so the peak memory reported is the child's
-maximum resident set size (`ru_maxrss` from `os.wait4`), imports included. Every method's
-output is compared with the raw DuckDB output, row by row on `row_id`.
+Each run of a method is its own child process, which reports its wall seconds, CPU seconds
+(all threads) and peak resident set size (`VmHWM`, imports included). Every method's output is
+compared with the raw DuckDB output, row by row on `row_id`. The results, with machine details,
+go to a JSON file; docs/benchmarks-point-in-time.md discusses one run.
 
     .venv/bin/python bench/bench_point_in_time.py [--size small|large|both] [--repeats N]
         [--output bench/results/point_in_time.json]
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -178,7 +180,7 @@ def prepare_data(size: Size, files: DataFiles) -> dict[str, Any]:
             logger.info("%s: reusing the data in %s", size.name, files.folder)
             return manifest["preparation"]
         raise RuntimeError(
-            f"{files.folder} holds data of another size or seed; pass an empty --work-dir"
+            f"{files.folder} contains data of another size or seed; pass a new or empty --work-dir"
         )
 
     files.folder.mkdir(parents=True, exist_ok=True)
@@ -210,7 +212,7 @@ def prepare_data(size: Size, files: DataFiles) -> dict[str, Any]:
 
 
 def write_sorted_copies(files: DataFiles) -> dict[str, float]:
-    """Write the stored file's rows sorted by (key, time) and by time; time the sorts.
+    """Write the stored file's rows sorted by (key, time) and by time, and time the sorts.
 
     The copies keep the stored column types, snappy compression and no dictionary encoding,
     which is how `FeatureStore.write` writes a table without string columns. The timings
@@ -305,7 +307,7 @@ def run_duckdb(files: DataFiles, output: Path) -> int:
 
 
 def merge_asof_frames(spine: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
-    """Join with pandas `merge_asof`; both frames must be sorted by the timestamp column."""
+    """Join with pandas `merge_asof`. Both frames must be sorted by the timestamp column."""
     features[KEY] = features[KEY].astype("int64")
     return pd.merge_asof(
         spine, features, on=TIMESTAMP, by=KEY, direction="backward", allow_exact_matches=True
@@ -313,7 +315,7 @@ def merge_asof_frames(spine: pd.DataFrame, features: pd.DataFrame) -> pd.DataFra
 
 
 def run_pandas_sort(files: DataFiles, output: Path) -> int:
-    # merge_asof needs both inputs sorted by the `on` column only; `by` groups by key itself.
+    # merge_asof needs both inputs sorted by the `on` column only, because `by` groups by key.
     spine = pq.read_table(files.spine).to_pandas()
     features = pq.read_table(files.features).to_pandas()
     spine = spine.sort_values(TIMESTAMP, kind="stable", ignore_index=True)
@@ -340,7 +342,7 @@ def run_polars(files: DataFiles, output: Path) -> int:
     features = pl.read_parquet(files.features)
     features = features.with_columns(pl.col(KEY).cast(pl.Int64)).sort(TIMESTAMP)
 
-    # Both frames are sorted above; polars cannot check sortedness within `by` groups and
+    # Both frames are sorted above. polars cannot check sortedness within `by` groups and
     # warns when asked to.
     joined = spine.join_asof(
         features, on=TIMESTAMP, by=KEY, strategy="backward", check_sortedness=False
@@ -359,7 +361,7 @@ def spine_with_row_numbers(path: Path) -> pa.Table:
 
 
 def query_spine(spine: pa.Table, sql: str) -> pa.Table:
-    """Run `sql` with `spine` registered as the view `__spine`; return Arrow."""
+    """Run `sql` with `spine` registered as the view `__spine` and return the result as Arrow."""
     connection = duckdb.connect()
     connection.register("__spine", spine)
     result = connection.sql(sql).to_arrow_table()
@@ -507,8 +509,9 @@ def match_sorted_rows(
         high = np.where(active & ~at_or_before, middle, high)
         active = low < high
 
-    matched = low - 1
-    return matched, matched >= first
+    # With ties on time, the last row of the tie is the one returned.
+    last_row = low - 1
+    return last_row, last_row >= first
 
 
 def match_sorted_rows_packed(
@@ -516,9 +519,9 @@ def match_sorted_rows_packed(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Do what `match_sorted_rows` does with one `np.searchsorted` call.
 
-    Each feature row's (run number, time offset) is packed into one int64, which is sorted
-    because the rows are; spine rows are packed the same way and searched in it. Falls back to
-    the bisection when the packed values would overflow int64.
+    Each feature row's (run number, time offset) is packed into one int64. The packed values are
+    sorted because the rows are, and spine rows are packed the same way and searched in them.
+    Falls back to the bisection when the packed values would overflow int64.
     """
     run_starts = np.flatnonzero(keys[1:] != keys[:-1]) + 1
     boundaries = np.concatenate(([0], run_starts, [len(keys)]))
@@ -581,9 +584,9 @@ def search_by_row_group(files: DataFiles, output: Path, match: MatchFunction) ->
     rows, matched = match(keys, times, spine_keys, spine_times)
     del index, keys, times
 
-    taken = take_by_row_group(parquet, FEATURES, rows, matched)
+    matched_features = take_by_row_group(parquet, FEATURES, rows, matched)
     joined = pa.Table.from_arrays(
-        [*spine.columns, *taken.columns], names=[*spine.column_names, *FEATURES]
+        [*spine.columns, *matched_features.columns], names=[*spine.column_names, *FEATURES]
     )
     pq.write_table(joined, output)
     return joined.num_rows
@@ -608,9 +611,9 @@ def run_exp_bisect_full_read(files: DataFiles, output: Path) -> int:
     rows, matched = match_sorted_rows(keys, times, spine_keys, spine_times)
 
     indices = pa.array(np.where(matched, rows, 0), mask=~matched)
-    taken = features.select(FEATURES).take(indices)
+    matched_features = features.select(FEATURES).take(indices)
     joined = pa.Table.from_arrays(
-        [*spine.columns, *taken.columns], names=[*spine.column_names, *FEATURES]
+        [*spine.columns, *matched_features.columns], names=[*spine.column_names, *FEATURES]
     )
     pq.write_table(joined, output)
     return joined.num_rows
@@ -771,7 +774,8 @@ def run_child(method_name: str, data_dir: Path, result_path: Path) -> None:
 
 
 def measure_once(method_name: str, files: DataFiles) -> dict[str, Any]:
-    """Run a method once in a child process; return its seconds, CPU seconds and peak memory.
+    """Run a method once in a child process and return its seconds, CPU seconds and peak
+    memory.
 
     CPU seconds (user + system, all threads) are reported next to wall seconds because other
     processes on a shared machine stretch wall time more than CPU time.
@@ -887,13 +891,14 @@ def benchmark_size(
 def summarize_runs(
     size: Size, methods: list[Method], runs: dict[str, list[dict[str, Any]]]
 ) -> dict[str, dict[str, Any]]:
-    """Return per method the median seconds and CPU seconds, rows/s, peak memory and three
+    """Return per method the median seconds and CPU seconds, rows/s, peak memory and four
     ratios to raw DuckDB.
 
-    `ratio_to_duckdb` divides the medians. `paired_ratio_to_duckdb` is the median over repeats
-    of (this method's run i) / (raw DuckDB's run i); run i of every method falls in the same
-    pass over the methods, so it sees similar load from other processes. `cpu_ratio_to_duckdb`
-    divides the median CPU seconds.
+    `ratio_to_duckdb` divides the medians and `min_ratio_to_duckdb` the fastest runs.
+    `paired_ratio_to_duckdb` is the median over repeats of (this method's run i) / (raw
+    DuckDB's run i). Run i of every method falls in the same pass over the methods, so it runs
+    under similar load from other processes. `cpu_ratio_to_duckdb` divides the median CPU
+    seconds.
     """
     reference_seconds = [run["seconds"] for run in runs[REFERENCE_METHOD]]
     reference_cpu = statistics.median(run["cpu_s"] for run in runs[REFERENCE_METHOD])
@@ -911,7 +916,9 @@ def summarize_runs(
             "runs_s": [round(value, 3) for value in seconds],
             "runs_cpu_s": [round(value, 3) for value in cpu_seconds],
             "rows_per_s": round(size.spine_rows / median),
+            "min_s": round(min(seconds), 3),
             "ratio_to_duckdb": round(median / statistics.median(reference_seconds), 3),
+            "min_ratio_to_duckdb": round(min(seconds) / min(reference_seconds), 3),
             "paired_ratio_to_duckdb": round(statistics.median(paired), 3),
             "cpu_ratio_to_duckdb": round(statistics.median(cpu_seconds) / reference_cpu, 3),
             "peak_rss_mib": round(max(run["peak_rss_mib"] for run in runs[method.name]), 1),
@@ -926,7 +933,7 @@ def summarize_runs(
 def check_methods(
     files: DataFiles, methods: list[Method], summary: dict[str, dict[str, Any]]
 ) -> None:
-    """Compare each method's last output with the raw DuckDB output; log any mismatch."""
+    """Compare each method's last output with the raw DuckDB output and log any mismatch."""
     reference = files.output(REFERENCE_METHOD)
     for method in methods:
         check = compare_outputs(reference, files.output(method.name))
@@ -992,16 +999,17 @@ def format_size_table(result: dict[str, Any]) -> str:
         f"{size['feature_rows']:,} feature rows, {size['keys']:,} keys "
         f"({result['repeats']} runs each)",
         "",
-        "| method | median s | median CPU s | spine rows/s | vs DuckDB, medians | "
-        "vs DuckDB, paired | vs DuckDB, CPU | peak RSS MiB | identical |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| method | median s | min s | median CPU s | spine rows/s | vs DuckDB, medians | "
+        "paired | min | CPU | peak RSS MiB | identical |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, row in result["methods"].items():
         identical = "yes" if row["check"]["identical"] else "NO"
         lines.append(
-            f"| {row['label']} (`{name}`) | {row['median_s']:.2f} | {row['median_cpu_s']:.2f} | "
-            f"{row['rows_per_s']:,} | {row['ratio_to_duckdb']:.2f}x | "
-            f"{row['paired_ratio_to_duckdb']:.2f}x | {row['cpu_ratio_to_duckdb']:.2f}x | "
+            f"| {row['label']} (`{name}`) | {row['median_s']:.2f} | {row['min_s']:.2f} | "
+            f"{row['median_cpu_s']:.2f} | {row['rows_per_s']:,} | "
+            f"{row['ratio_to_duckdb']:.2f}x | {row['paired_ratio_to_duckdb']:.2f}x | "
+            f"{row['min_ratio_to_duckdb']:.2f}x | {row['cpu_ratio_to_duckdb']:.2f}x | "
             f"{row['peak_rss_mib']:,.0f} | {identical} |"
         )
     preparation = ", ".join(f"{name} {value:.2f}" for name, value in result["preparation"].items())
@@ -1015,13 +1023,20 @@ def format_size_table(result: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--size", choices=("small", "large", "both"), default="both", help="data size to run"
+        "--size",
+        choices=("small", "large", "both"),
+        default="both",
+        help="data sizes to run (default both)",
     )
+
     parser.add_argument(
         "--repeats", type=int, default=3, help="runs per method and size (default 3); min 1"
     )
     parser.add_argument(
-        "--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file to write"
+        "--output",
+        type=Path,
+        default=DEFAULT_OUTPUT,
+        help="JSON results file to write (default bench/results/point_in_time.json)",
     )
     parser.add_argument(
         "--methods",
@@ -1034,9 +1049,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="folder for the generated data, kept afterwards and reused by later runs; "
         "default: a temporary folder under $TMPDIR, deleted at the end",
     )
+
+    # Internal: the parent starts each measured run as a child with these options.
     parser.add_argument("--run-method", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -1044,14 +1062,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def selected_methods(names: str | None) -> list[Method]:
-    if not names:
-        return list(METHODS)
-    wanted = {name.strip() for name in names.split(",") if name.strip()}
-    unknown = wanted - METHODS_BY_NAME.keys()
+    """Return the methods named in `names` (all when None) plus the reference. polars is left
+    out, with a warning, when it is not installed."""
+    requested = set(METHODS_BY_NAME)
+    if names:
+        requested = {name.strip() for name in names.split(",") if name.strip()}
+    unknown = requested - METHODS_BY_NAME.keys()
     if unknown:
         raise SystemExit(f"unknown method {', '.join(sorted(unknown))}; see --help for names")
-    wanted.add(REFERENCE_METHOD)
-    return [method for method in METHODS if method.name in wanted]
+    requested.add(REFERENCE_METHOD)
+
+    if "polars" in requested and importlib.util.find_spec("polars") is None:
+        logger.warning("polars is not installed, so the polars method is skipped")
+        requested.discard("polars")
+    return [method for method in METHODS if method.name in requested]
 
 
 def run_benchmark(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import struct
 import threading
 import time
@@ -42,7 +43,8 @@ class CorruptEntry(Exception):
 
 
 class SafeDisk(diskcache.Disk):
-    """A diskcache serialiser that stores only bytes and string keys, and never unpickles."""
+    """A diskcache serialiser that stores only bytes and string keys, never unpickles, and
+    never reads or deletes a file outside the cache folder."""
 
     def put(self, key: Any) -> tuple[Any, bool]:
         if not isinstance(key, str):
@@ -62,7 +64,25 @@ class SafeDisk(diskcache.Disk):
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
         if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
             raise CorruptEntry(f"cache value has storage mode {mode}, not raw bytes")
-        return super().fetch(mode, filename, value, read)
+        if filename is not None and not self._inside(filename):
+            raise CorruptEntry(f"cache value file {filename!r} is outside the cache folder")
+        data = super().fetch(mode, filename, value, read)
+        if not isinstance(data, bytes):
+            # diskcache stores small str, int and float values of other writers as raw rows.
+            raise CorruptEntry(f"cache value is a {type(data).__name__}, not bytes")
+        return data
+
+    def remove(self, file_path: str) -> None:
+        # A foreign or corrupt row may name any path, so deletion stays inside the folder.
+        if not self._inside(file_path):
+            logger.warning("skipped deleting %r: it is outside the cache folder", file_path)
+            return
+        super().remove(file_path)
+
+    def _inside(self, filename: str) -> bool:
+        folder = os.path.realpath(self._directory)
+        path = os.path.realpath(os.path.join(folder, filename))
+        return os.path.commonpath([folder, path]) == folder and path != folder
 
 
 @dataclass(frozen=True)
@@ -100,6 +120,8 @@ def decode_envelope(data: bytes) -> CachedResponse:
 
     (header_length,) = HEADER_LENGTH.unpack_from(payload)
     header_end = HEADER_LENGTH.size + header_length
+    if header_end > len(payload):
+        raise CorruptEntry("header length runs past the end of the entry")
     try:
         header = orjson.loads(payload[HEADER_LENGTH.size : header_end])
         return CachedResponse(
@@ -145,6 +167,16 @@ class CacheSettings:
         return self.disk_bytes > 0 and self.disk_dir is not None
 
 
+def usage_ratio(items: int, max_items: int | None, used_bytes: int, max_bytes: int) -> float:
+    """Return how full a tier is: the larger of its entry and byte fractions, 0 when unbounded."""
+    fractions = [0.0]
+    if max_items:
+        fractions.append(items / max_items)
+    if max_bytes:
+        fractions.append(used_bytes / max_bytes)
+    return max(fractions)
+
+
 # Receives (tier, event) for every hit, miss, eviction and expiry, e.g. to count it in metrics.
 EventHook = Callable[[str, str], None]
 
@@ -160,20 +192,35 @@ class TierCounters:
 
 
 class _MemoryTier(cachetools.TTLCache):
-    """A TTL cache bounded by bytes (cachetools' maxsize) that reports its evictions."""
+    """A TTL cache bounded by bytes (cachetools' maxsize) that reports its evictions and
+    expirations."""
 
-    def __init__(self, settings: CacheSettings, on_eviction: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        settings: CacheSettings,
+        on_eviction: Callable[[], None],
+        on_expiry: Callable[[], None],
+    ) -> None:
         super().__init__(
             maxsize=settings.memory_bytes,
             ttl=settings.ttl_seconds,
             getsizeof=lambda entry: entry[0].size,
         )
         self._on_eviction = on_eviction
+        self._on_expiry = on_expiry
 
     def popitem(self) -> Any:
         item = super().popitem()
         self._on_eviction()
         return item
+
+    def expire(self, time: float | None = None) -> list[tuple[Any, Any]]:
+        # cachetools expires entries inside len(), currsize, setting and popitem() too, so
+        # expirations are counted here rather than by the callers.
+        expired = super().expire(time)
+        for _ in expired:
+            self._on_expiry()
+        return expired
 
 
 class ResultCache:
@@ -184,13 +231,20 @@ class ResultCache:
         self.counters = {MEMORY_TIER: TierCounters(), DISK_TIER: TierCounters()}
         self._on_event = on_event
         self._lock = threading.Lock()
-        self._memory = _MemoryTier(settings, lambda: self._record(MEMORY_TIER, "eviction"))
+        self._memory = _MemoryTier(
+            settings,
+            on_eviction=lambda: self._record(MEMORY_TIER, "eviction"),
+            on_expiry=lambda: self._record(MEMORY_TIER, "expiry"),
+        )
         self._disk: diskcache.Cache | None = None
         if settings.disk_enabled:
+            # cull_limit=0: diskcache's own culling deletes ten entries at a time, which can
+            # empty a small cache and drop the entry just stored, so `_evict_disk` does it.
             self._disk = diskcache.Cache(
                 str(settings.disk_dir),
                 size_limit=settings.disk_bytes,
                 eviction_policy="least-recently-used",
+                cull_limit=0,
                 disk=SafeDisk,
                 statistics=False,
             )
@@ -212,15 +266,35 @@ class ResultCache:
         return response, "hit-disk"
 
     def put(self, key: str, response: CachedResponse, table: str | None = None) -> None:
-        """Store `response` in the tiers whose entry size limit it fits. `table` tags the disk
-        entry so that `reclaim_table` can delete it once that table changes."""
+        """Store `response` in the tiers whose entry size limit it fits; a body larger than
+        `disk_max_entry_bytes` is not cached at all. `table` tags the disk entry so that
+        `reclaim_table` can delete it once that table changes."""
+        if len(response.body) > self.settings.disk_max_entry_bytes:
+            return
         self._put_memory(key, response)
-        if self._disk is None or len(response.body) > self.settings.disk_max_entry_bytes:
+        if self._disk is None:
             return
         try:
             self._disk.set(key, encode_envelope(response), tag=table)
+            self._evict_disk()
         except (OSError, diskcache.Timeout) as error:
             logger.warning("could not store cache entry %s on disk: %s", key[:12], error)
+
+    def _evict_disk(self) -> None:
+        """Delete least recently used disk entries, one at a time, until the tier fits its
+        byte bound."""
+        while self._disk.volume() > self._disk.size_limit:
+            # NOTE: `_sql` is diskcache's private statement helper (diskcache 5.6), because
+            # the public cull() deletes ten entries per step. Rows of other writers whose keys
+            # are not strings are skipped here, and DELETE /cache removes them.
+            rows = self._disk._sql(
+                "SELECT key FROM Cache WHERE raw = 1 AND typeof(key) = 'text'"
+                " ORDER BY access_time LIMIT 1"
+            ).fetchall()
+            if not rows:
+                return
+            if self._disk.delete(rows[0][0]):
+                self._record(DISK_TIER, "eviction")
 
     def reclaim_table(self, table: str) -> int:
         """Delete the disk entries tagged with `table`, which a write or delete has made
@@ -260,11 +334,36 @@ class ResultCache:
             "ttl_seconds": self.settings.ttl_seconds,
             "average_age_seconds": sum(ages) / len(ages) if ages else 0.0,
         }
-        disk = {"enabled": self._disk is not None, "max_bytes": self.settings.disk_bytes}
-        if self._disk is not None:
-            disk["total_items"] = len(self._disk)
-            disk["bytes_used"] = self._disk.volume()
-        return {MEMORY_TIER: memory, DISK_TIER: disk}
+        memory["cache_usage_ratio"] = usage_ratio(
+            len(ages), self.settings.memory_entries, memory_bytes, self.settings.memory_bytes
+        )
+        return {MEMORY_TIER: memory, DISK_TIER: self._disk_stats()}
+
+    def _disk_stats(self) -> dict[str, Any]:
+        # The disk tier has no entry-count bound, so its max_size is None.
+        disk: dict[str, Any] = {
+            "enabled": self._disk is not None,
+            "total_items": 0,
+            "max_size": None,
+            "bytes_used": 0,
+            "max_bytes": self.settings.disk_bytes,
+            "average_age_seconds": 0.0,
+            "cache_usage_ratio": 0.0,
+        }
+        if self._disk is None:
+            return disk
+        # NOTE: reads diskcache's Cache table through its private `_sql` (diskcache 5.6).
+        count, mean_store_time = self._disk._sql(
+            "SELECT COUNT(*), AVG(store_time) FROM Cache"
+        ).fetchone()
+        disk["total_items"] = count
+        disk["bytes_used"] = self._disk.volume()
+        if count:
+            disk["average_age_seconds"] = max(time.time() - mean_store_time, 0.0)
+        disk["cache_usage_ratio"] = usage_ratio(
+            count, None, disk["bytes_used"], self.settings.disk_bytes
+        )
+        return disk
 
     def close(self) -> None:
         if self._disk is not None:
@@ -275,8 +374,13 @@ class ResultCache:
             return
         if len(response.body) > self.settings.memory_max_entry_bytes:
             return
+        if response.size > self.settings.memory_bytes:
+            # cachetools raises ValueError for a value larger than the whole cache.
+            return
         with self._lock:
             self._expire()
+            # Replacing an entry does not add one, so it must not evict another.
+            self._memory.pop(key, None)
             while len(self._memory) >= self.settings.memory_entries:
                 self._memory.popitem()
             self._memory[key] = (response, time.monotonic())
@@ -289,8 +393,8 @@ class ResultCache:
             return len(self._memory), self._memory.currsize, ages
 
     def _expire(self) -> None:
-        for _ in self._memory.expire():
-            self._record(MEMORY_TIER, "expiry")
+        # _MemoryTier.expire counts what it drops.
+        self._memory.expire()
 
     def _record(self, tier: str, event: str) -> None:
         counters = self.counters[tier]

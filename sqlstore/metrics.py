@@ -3,7 +3,8 @@
 When PROMETHEUS_MULTIPROC_DIR is set (`sqlstore serve` sets it to a fresh folder under the
 store's `cache/` before it starts workers), prometheus-client writes each process's samples to
 memory-mapped files there, and every reading (`/metrics`, `/cache/stats`, `/performance`)
-aggregates all workers. Without it, the samples are this process's.
+aggregates all workers. Without it, or when prometheus-client was imported before it was set (a
+single-worker server runs in the process that sets it), the samples are this process's.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
 
 if TYPE_CHECKING:
@@ -63,9 +65,21 @@ CACHE_MEMORY_AGE_SUM = Gauge(
     "Sum of the ages of memory-tier entries when last measured",
     multiprocess_mode="livesum",
 )
-TABLES = Gauge("sqlstore_tables", "Registered feature tables", multiprocess_mode="max")
+CACHE_MEMORY_MAX_ENTRIES = Gauge(
+    "sqlstore_cache_memory_max_entries",
+    "Entry bound of the memory tier",
+    multiprocess_mode="livesum",
+)
+CACHE_MEMORY_MAX_BYTES = Gauge(
+    "sqlstore_cache_memory_max_bytes", "Byte bound of the memory tier", multiprocess_mode="livesum"
+)
+# The table gauges can go down (a delete), so the value set last by any worker is the current one.
+TABLES = Gauge("sqlstore_tables", "Registered feature tables", multiprocess_mode="mostrecent")
 TABLE_VERSION = Gauge(
-    "sqlstore_table_version", "Version of each feature table", ["table"], multiprocess_mode="max"
+    "sqlstore_table_version",
+    "Version of each feature table",
+    ["table"],
+    multiprocess_mode="mostrecent",
 )
 
 
@@ -90,6 +104,10 @@ def mark_process_dead(pid: int) -> None:
 def collecting_registry() -> CollectorRegistry:
     """Return a registry whose collection covers every worker when multiprocess mode is on."""
     if not os.environ.get(MULTIPROCESS_ENVIRONMENT_VARIABLE):
+        return REGISTRY
+    if values.ValueClass is values.MutexValue:
+        # prometheus-client chose in-process values at import, before the variable was set,
+        # so this process's samples are in REGISTRY and none are in the folder.
         return REGISTRY
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)

@@ -35,6 +35,11 @@ DEFAULT_ENTITY_KEY = "entity_id"
 DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
 KEY_FAMILIES = ("integer", "string", "date")
 MAX_COLUMNS = 1000
+# pyarrow's C data interface fails on lists nested about 50 deep; stay far below that.
+MAX_LIST_DEPTH = 8
+# Days from 1970-01-01 to 0001-01-01 and to 9999-12-31: the range of Python's datetime.
+FIRST_SUPPORTED_DAY = -719162
+LAST_SUPPORTED_DAY = 2932896
 # The lookup reads Parquet with DuckDB's file_row_number option, which adds this column.
 RESERVED_COLUMNS = frozenset({"file_row_number"})
 # Key of the Parquet footer metadata that holds a copy of the table's registry entry, so that a
@@ -418,11 +423,20 @@ def _prepare_columns(data: pa.Table, definition: TableDefinition) -> pa.Table:
                 "are not supported; flatten them into separate columns"
             )
 
+    for field in data.schema:
+        depth = _list_depth(field.type)
+        if depth > MAX_LIST_DEPTH:
+            raise InvalidInput(
+                f"column {field.name!r} nests lists {depth} deep; at most {MAX_LIST_DEPTH} levels "
+                "are supported, so flatten the values"
+            )
+
     for column in definition.entity_key or []:
         validate_column(column)
     for column in (definition.timestamp_column, definition.created_timestamp_column):
         if column is not None and column in data.column_names:
             data = normalize_timestamp_column(data, validate_column(column))
+    _check_time_range(data)
     return data
 
 
@@ -442,6 +456,31 @@ def _check_column_names(names: list[str]) -> None:
 
     if len(names) > MAX_COLUMNS:
         raise InvalidInput(f"{len(names)} columns is more than the maximum {MAX_COLUMNS}")
+
+
+def _list_depth(arrow_type: pa.DataType) -> int:
+    if pa.types.is_dictionary(arrow_type):
+        return _list_depth(arrow_type.value_type)
+    if type_family(arrow_type) == "list":
+        return 1 + _list_depth(arrow_type.value_type)
+    return 0
+
+
+def _check_time_range(data: pa.Table) -> None:
+    """Reject timestamps and dates outside the years 1 to 9999, which Python, and so every JSON
+    response, cannot represent."""
+    for field, column in zip(data.schema, data.columns, strict=True):
+        family = type_family(field.type)
+        if family not in ("timestamp", "date") or column.null_count == len(column):
+            continue
+        as_date = column.cast(pa.date32())
+        bounds = pc.min_max(as_date.cast(pa.int32()))
+        low, high = bounds["min"].as_py(), bounds["max"].as_py()
+        if low < FIRST_SUPPORTED_DAY or high > LAST_SUPPORTED_DAY:
+            raise InvalidInput(
+                f"column {field.name!r} has a time outside the years 1 to 9999, which sqlstore "
+                "cannot return in JSON; send times within that range"
+            )
 
 
 def _has_nested_object(arrow_type: pa.DataType) -> bool:

@@ -69,10 +69,12 @@ def raw_request(
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """Map every file and folder under `folder` to its size and modification time."""
+    """Map every file and folder under `folder` to its size and modification time, except the
+    store root's `cache/` folder, which the server writes on every request (metrics, results)."""
     return {
         str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
         for path in sorted(folder.rglob("*"))
+        if "cache" not in path.relative_to(folder).parts[1:2]
     }
 
 

@@ -188,10 +188,20 @@ def test_info_lists_tables(tmp_path: Path) -> None:
 
 
 def test_info_empty_store(tmp_path: Path) -> None:
+    FeatureStore(tmp_path / "empty")
     result = CliRunner().invoke(app, ["info", "--root", str(tmp_path / "empty")])
 
     assert result.exit_code == 0
     assert "0 tables in 0 groups" in result.output
+
+
+def test_info_missing_root(tmp_path: Path) -> None:
+    # A mistyped root once reported an empty store and created its folders.
+    result = CliRunner().invoke(app, ["info", "--root", str(tmp_path / "typo")])
+
+    assert result.exit_code == 1
+    assert "no sqlstore store at" in result.output
+    assert not (tmp_path / "typo").exists()
 
 
 # Errors: exit code 1, a message naming the problem, no traceback

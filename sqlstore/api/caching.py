@@ -5,15 +5,23 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 
 from sqlstore import metrics
 from sqlstore.api.encoding import JSONBytesResponse
-from sqlstore.cache import DISK_TIER, MEMORY_TIER, CachedResponse, ResultCache, cache_key
+from sqlstore.cache import (
+    DISK_TIER,
+    MEMORY_TIER,
+    CachedResponse,
+    ResultCache,
+    cache_key,
+    usage_ratio,
+)
 from sqlstore.identifiers import validate_group, validate_table_name
 from sqlstore.store import FeatureStore
 
@@ -22,7 +30,17 @@ logger = logging.getLogger(__name__)
 CACHE_HEADER = "X-Cache"
 EPOCHS_FOLDER = "epochs"
 
-router = APIRouter(tags=["cache and metrics"])
+
+@asynccontextmanager
+async def cache_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Publish this worker's memory tier gauges at startup, so that the statistics count the
+    bounds of every worker, including workers that have not cached anything yet."""
+    if app.state.cache is not None:
+        _publish_memory_usage(app.state.cache)
+    yield
+
+
+router = APIRouter(tags=["cache and metrics"], lifespan=cache_lifespan)
 
 
 def record_cache_event(tier: str, event: str) -> None:
@@ -63,6 +81,9 @@ def serve_cached(
     key = cache_key(kind, canonical_request, versions)
     cached, where = cache.get(key)
     if cached is not None:
+        if where == "hit-disk":
+            # The entry was copied into the memory tier.
+            _publish_memory_usage(cache)
         return _response(on_hit(cached) if on_hit else cached, where)
 
     response = compute()
@@ -93,6 +114,9 @@ def _publish_memory_usage(cache: ResultCache) -> None:
     metrics.CACHE_MEMORY_ENTRIES.set(entries)
     metrics.CACHE_MEMORY_BYTES.set(size)
     metrics.CACHE_MEMORY_AGE_SUM.set(ages)
+    enabled = cache.settings.memory_enabled
+    metrics.CACHE_MEMORY_MAX_ENTRIES.set(cache.settings.memory_entries if enabled else 0)
+    metrics.CACHE_MEMORY_MAX_BYTES.set(cache.settings.memory_bytes if enabled else 0)
 
 
 def _epoch_path(store: FeatureStore, group: str, name: str) -> Any:
@@ -115,12 +139,18 @@ def bump_epoch(store: FeatureStore, group: str, name: str) -> None:
 
 
 def cache_statistics(request: Request) -> dict[str, Any]:
-    """Return per-tier and total statistics, with counts summed over every worker."""
+    """Return per-tier and total statistics. Counts, and the memory tier's entries, bytes and
+    bounds, are summed over every worker process; the disk tier is shared by all of them."""
     cache: ResultCache | None = request.app.state.cache
+    if cache is not None:
+        _publish_memory_usage(cache)
     lookups = metrics.sample_totals("sqlstore_cache_lookups_total")
     evictions = metrics.sample_totals("sqlstore_cache_evictions_total")
     expirations = metrics.sample_totals("sqlstore_cache_expirations_total")
-    local = cache.stats() if cache is not None else {MEMORY_TIER: {}, DISK_TIER: {}}
+    if cache is not None:
+        local = cache.stats()
+    else:
+        local = {MEMORY_TIER: {"enabled": False}, DISK_TIER: {"enabled": False}}
 
     tiers = {}
     for tier in (MEMORY_TIER, DISK_TIER):
@@ -141,20 +171,45 @@ def cache_statistics(request: Request) -> dict[str, Any]:
         memory = tiers[MEMORY_TIER]
         memory["total_items"] = int(memory_entries)
         memory["bytes_used"] = int(_total("sqlstore_cache_memory_bytes") or 0)
+        memory["max_size"] = int(_total("sqlstore_cache_memory_max_entries") or 0)
+        memory["max_bytes"] = int(_total("sqlstore_cache_memory_max_bytes") or 0)
         age_sum = _total("sqlstore_cache_memory_age_seconds_sum") or 0.0
         memory["average_age_seconds"] = age_sum / memory_entries if memory_entries else 0.0
-        memory["cache_usage_ratio"] = memory_entries / max(memory.get("max_size") or 1, 1)
+        memory["cache_usage_ratio"] = usage_ratio(
+            memory["total_items"], memory["max_size"], memory["bytes_used"], memory["max_bytes"]
+        )
+    return {"enabled": cache is not None, "tiers": tiers, "total": _total_statistics(tiers)}
 
-    hits = sum(tier["cache_hits"] for tier in tiers.values())
-    memory_requests = tiers[MEMORY_TIER]["total_requests"]
-    disk_misses = tiers[DISK_TIER]["cache_misses"]
-    total = {
+
+def _total_statistics(tiers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Combine the tiers. A lookup tries the memory tier first when it is on and reaches the
+    disk tier only on a memory miss, so the lookups are the first tier's and the misses the
+    last tier's. Sizes and counts add up; `max_size` is the memory tier's, because the disk
+    tier has no entry bound, and `cache_usage_ratio` is the fuller tier's."""
+    memory, disk = tiers[MEMORY_TIER], tiers[DISK_TIER]
+    first = memory if memory.get("enabled") else disk
+    last = disk if disk.get("enabled") else memory
+    both = (memory, disk)
+    hits = memory["cache_hits"] + disk["cache_hits"]
+    requests = first["total_requests"]
+    items = sum(tier.get("total_items", 0) for tier in both)
+    age_sum = sum(
+        tier.get("average_age_seconds", 0.0) * tier.get("total_items", 0) for tier in both
+    )
+    return {
+        "total_items": items,
+        "max_size": sum(tier.get("max_size") or 0 for tier in both),
+        "bytes_used": sum(tier.get("bytes_used", 0) for tier in both),
+        "max_bytes": sum(tier.get("max_bytes", 0) for tier in both),
+        "expired_items": sum(tier["expired_items"] for tier in both),
+        "evictions": sum(tier["evictions"] for tier in both),
+        "average_age_seconds": age_sum / items if items else 0.0,
+        "cache_usage_ratio": max(tier.get("cache_usage_ratio", 0.0) for tier in both),
         "cache_hits": hits,
-        "cache_misses": disk_misses if disk_misses else tiers[MEMORY_TIER]["cache_misses"],
-        "total_requests": memory_requests or tiers[DISK_TIER]["total_requests"],
+        "cache_misses": last["cache_misses"],
+        "total_requests": requests,
+        "hit_rate": hits / requests if requests else 0.0,
     }
-    total["hit_rate"] = hits / total["total_requests"] if total["total_requests"] else 0.0
-    return {"enabled": cache is not None, "tiers": tiers, "total": total}
 
 
 def _total(metric_name: str) -> float | None:
@@ -177,6 +232,7 @@ def clear_cache(request: Request) -> Response:
     cache: ResultCache | None = request.app.state.cache
     if cache is not None:
         cache.clear()
+        _publish_memory_usage(cache)
     for entry in store.registry.list():
         bump_epoch(store, entry.group, entry.name)
     logger.info("cache cleared (request %s)", getattr(request.state, "request_id", "-"))
@@ -194,8 +250,10 @@ def invalidate_table(request: Request, group: str, name: str) -> Response:
 
 
 @router.get("/metrics", response_class=Response)
-def get_metrics() -> Response:
+def get_metrics(request: Request) -> Response:
     """Return Prometheus metrics of all worker processes in the text exposition format."""
+    # Another worker may have created or deleted tables since this one last counted them.
+    metrics.publish_tables(request.app.state.store.list_tables())
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)
 

@@ -57,7 +57,23 @@ class JSONBytesResponse(Response):
 
 def table_records(table: pa.Table) -> list[dict[str, Any]]:
     """Return the rows of `table` as dictionaries."""
-    return table.to_pylist()
+    try:
+        return table.to_pylist()
+    except (OverflowError, ValueError, pa.ArrowException) as error:
+        raise InvalidInput(
+            f"column {_first_unconvertible_column(table)!r} has values that JSON cannot represent "
+            f"({error}); request CSV, Parquet or Arrow with the Accept header, or cast the "
+            "column to text in SQL"
+        ) from error
+
+
+def _first_unconvertible_column(table: pa.Table) -> str:
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        try:
+            column.to_pylist()
+        except (OverflowError, ValueError, pa.ArrowException):
+            return name
+    return "?"
 
 
 def negotiate_format(accept: str | None) -> str:

@@ -26,6 +26,12 @@ HTTP_CODES = {
 }
 
 
+def loggable_path(request: Request) -> str:
+    """Return the request path with control characters escaped, so a client cannot write
+    terminal escapes or NUL bytes into the log."""
+    return request.url.path.encode("unicode_escape").decode("ascii")
+
+
 def request_id_of(request: Request) -> str:
     return getattr(request.state, "request_id", "-")
 
@@ -51,7 +57,7 @@ async def handle_sqlstore_error(request: Request, error: SqlstoreError) -> Respo
     logger.warning(
         "%s %s failed with %d (request %s): %s",
         request.method,
-        request.url.path,
+        loggable_path(request),
         error.status,
         request_id_of(request),
         error.message,
@@ -74,7 +80,10 @@ async def handle_validation_error(request: Request, error: RequestValidationErro
     ]
     summary = "; ".join(f"{d['location']}: {d['message']}" for d in details[:5])
     logger.info(
-        "invalid request %s (request %s): %s", request.url.path, request_id_of(request), summary
+        "invalid request %s (request %s): %s",
+        loggable_path(request),
+        request_id_of(request),
+        summary,
     )
     return error_response(
         request, 422, "validation_error", f"invalid request: {summary}", details=details
@@ -93,7 +102,7 @@ async def handle_unexpected_error(request: Request, error: Exception) -> Respons
     logger.exception(
         "unexpected error in %s %s (request %s)",
         request.method,
-        request.url.path,
+        loggable_path(request),
         request_id_of(request),
     )
     # Starlette runs this handler outside RequestIdMiddleware, which therefore cannot add the

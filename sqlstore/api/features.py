@@ -253,7 +253,16 @@ def _encode_page(
     "/{group}/{name}", response_model=WriteResponse, dependencies=[Depends(require_json_body)]
 )
 def write_table(request: Request, group: str, name: str, body: WriteRequest) -> Response:
-    """Write records to a table: replace it (mode=overwrite, the default) or append to it."""
+    """Write records to a table: replace it (mode=overwrite, the default) or append to it.
+
+    Every option is a field of the JSON body; a query string is rejected so that `?mode=append`
+    cannot silently overwrite the table."""
+    if request.query_params:
+        keys = ", ".join(sorted(set(request.query_params.keys())))
+        raise InvalidInput(
+            f"unexpected query parameters {keys}: send mode and the other write options as "
+            'fields of the JSON body, for example {"mode": "append", "records": [...]}'
+        )
     settings = _settings(request)
     if len(body.records) > settings.max_records_per_write:
         raise PayloadTooLarge(

@@ -17,12 +17,13 @@ from fastapi import APIRouter, FastAPI, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from sqlstore.api.caching import serve_cached, table_versions
+from sqlstore.api.caching import serve_cached, serve_uncached, table_versions
 from sqlstore.api.encoding import (
     FORMAT_MEDIA_TYPES,
     JSON_MEDIA_TYPE,
     encode_table,
     negotiate_format,
+    table_records,
 )
 from sqlstore.api.errors import request_id_of
 from sqlstore.api.models import ErrorResponse
@@ -191,6 +192,8 @@ def serve_query(
         result = _service(request).execute(prepared, request_id_of(request))
         return tabular_response(result, file_format, extra)
 
+    if query.volatile:
+        return serve_uncached(compute)
     return serve_cached(request, "sql", canonical, versions, compute, on_hit=_mark_cached)
 
 
@@ -231,5 +234,5 @@ def tabular_response(
         "elapsed_ms": round(result.elapsed_ms, 3),
         "cached": False,
     }
-    body = {**(extra or {}), "data": result.table.to_pylist(), "metadata": metadata}
+    body = {**(extra or {}), "data": table_records(result.table), "metadata": metadata}
     return CachedResponse(encode_json(body), JSON_MEDIA_TYPE, headers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -111,6 +112,9 @@ def training_set(request: Request, body: TrainingSetRequest) -> Response:
     if tables is None:
         return serve_uncached(compute)
     canonical = {**body.model_dump(mode="json"), "format": file_format}
+    if body.name is not None:
+        # The definition file can change while its name stays the same.
+        canonical["definition"] = dataclasses.asdict(definition)
     return serve_cached(request, "training-set", canonical, table_versions(store, tables), compute)
 
 

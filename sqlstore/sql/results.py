@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
 from typing import Any
 
 import orjson
@@ -54,7 +55,11 @@ def column_types(table: pa.Table) -> dict[str, str]:
 
 def encode_json(content: Any) -> bytes:
     """Encode a response body that may hold any value a query returns."""
-    return orjson.dumps(content, default=json_value, option=orjson.OPT_NON_STR_KEYS)
+    try:
+        return orjson.dumps(content, default=json_value, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        # orjson rejects integers beyond 64 bits (HUGEINT); the standard library writes them.
+        return json.dumps(content, default=json_value, separators=(",", ":")).encode()
 
 
 def json_value(value: Any) -> Any:

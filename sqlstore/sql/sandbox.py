@@ -325,7 +325,7 @@ def _timeout_message(limits: SqlLimits) -> str:
 
 def _error_from_header(header: dict[str, Any], limits: SqlLimits) -> Exception:
     kind = header.get("kind")
-    message = str(header.get("message", "")).strip()
+    message = _without_stack_trace(str(header.get("message", "")))
     if kind == "timeout":
         return QueryTimeout(_timeout_message(limits))
     if kind == "out_of_memory":
@@ -338,3 +338,12 @@ def _error_from_header(header: dict[str, Any], limits: SqlLimits) -> Exception:
     if kind == "blocked":
         return QueryRejected(f"the sandbox blocked file access: {message}")
     return QueryFailed(f"query failed: {message}")
+
+
+def _without_stack_trace(message: str) -> str:
+    """Cut the C++ stack trace that DuckDB appends to internal errors: it names files of the
+    server's installation and tells the client nothing it can act on."""
+    position = message.find("Stack Trace")
+    if position >= 0:
+        message = message[:position]
+    return message.strip().rstrip("-").strip()

@@ -120,6 +120,32 @@ def _denied_sqlglot_functions() -> dict[type[exp.Func], str]:
 
 
 DENIED_SQLGLOT_FUNCTIONS = _denied_sqlglot_functions()
+# Functions whose result differs between runs of the same query, by sqlglot or DuckDB name.
+VOLATILE_FUNCTIONS = frozenset(
+    {
+        "random",
+        "rand",
+        "setseed",
+        "uuid",
+        "gen_random_uuid",
+        "uuidv4",
+        "uuidv7",
+        "now",
+        "current_timestamp",
+        "current_date",
+        "current_time",
+        "current_localtime",
+        "current_localtimestamp",
+        "get_current_time",
+        "get_current_timestamp",
+        "localtime",
+        "localtimestamp",
+        "today",
+        "transaction_timestamp",
+        "nextval",
+        "currval",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -129,6 +155,7 @@ class QueryShape:
     tables: frozenset[tuple[str, str]]
     parameters: frozenset[str]
     canonical: str = ""
+    volatile: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +170,7 @@ class ValidatedQuery:
     tables: frozenset[tuple[str, str]]
     parameters: dict[str, Any]
     canonical: str = ""
+    volatile: bool = False
 
 
 def validate_query(
@@ -167,7 +195,11 @@ def validate_query(
 
     check_with_duckdb(text, views, parameters, limits)
     return ValidatedQuery(
-        sql=text, tables=shape.tables, parameters=parameters, canonical=shape.canonical
+        sql=text,
+        tables=shape.tables,
+        parameters=parameters,
+        canonical=shape.canonical,
+        volatile=shape.volatile,
     )
 
 
@@ -208,8 +240,21 @@ def analyse_query(sql: str) -> QueryShape:
     statement = _parse_one_statement(sql)
     shape = _QueryWalker(sql).check(statement)
     return QueryShape(
-        tables=shape.tables, parameters=shape.parameters, canonical=statement.sql(dialect="duckdb")
+        tables=shape.tables,
+        parameters=shape.parameters,
+        canonical=statement.sql(dialect="duckdb", comments=False),
+        volatile=_calls_volatile_function(statement),
     )
+
+
+def _calls_volatile_function(statement: exp.Expression) -> bool:
+    """Return True when the query calls a function whose result changes between runs (random
+    numbers, UUIDs, the current time), so its result must not be cached."""
+    for node in statement.find_all(exp.Func):
+        name = node.name if isinstance(node, exp.Anonymous) else node.sql_name()
+        if name.lower() in VOLATILE_FUNCTIONS:
+            return True
+    return False
 
 
 def check_tables(tables: frozenset[tuple[str, str]], views: Collection[tuple[str, str]]) -> None:
