@@ -15,7 +15,7 @@ joined spine as Parquet:
 Each run of a method is its own child process, which reports its wall seconds, CPU seconds
 (all threads) and peak resident set size (`VmHWM`, imports included). Every method's output is
 compared with the raw DuckDB output, row by row on `row_id`. The results, with machine details,
-go to a JSON file; docs/benchmarks-point-in-time.md discusses one run.
+go to a JSON file. docs/benchmarks.md discusses one run.
 
     .venv/bin/python bench/bench_point_in_time.py [--size small|large|both] [--repeats N]
         [--output bench/results/point_in_time.json]
@@ -274,7 +274,7 @@ def time_sorted_append(sorted_table: pa.Table) -> float:
     return time.perf_counter() - started
 
 
-# Methods. Each takes the data files and writes files.output(name); it returns the row count.
+# Methods. Each takes the data files, writes files.output(name) and returns the row count.
 
 
 def run_sqlstore(files: DataFiles, output: Path) -> int:
@@ -1028,7 +1028,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="both",
         help="data sizes to run (default both)",
     )
-
     parser.add_argument(
         "--repeats", type=int, default=3, help="runs per method and size (default 3); min 1"
     )

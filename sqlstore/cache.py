@@ -1,8 +1,8 @@
 """Result caches: an LRU in memory and a cache on disk shared by worker processes.
 
 Entries are encoded responses (body bytes, media type, headers), keyed by a digest of the
-normalised request and the version of every table the request reads. A write bumps the table's
-version, so no later lookup can find an entry computed from the old data, in any process.
+normalised request and the write stamp of every table the request reads. A write changes the
+table's stamp, so no later lookup can find an entry computed from the old data, in any process.
 
 On disk, each value is an envelope of a magic prefix, a SHA-256 digest and the payload, stored
 by diskcache as raw bytes. Nothing read from disk is ever unpickled: `SafeDisk` rejects any row

@@ -158,7 +158,11 @@ def serve(
             os.environ[f"SQLSTORE_{name}"] = str(value)
     _prepare_metrics_directory(resolved)
     logging.getLogger(__name__).info(
-        "starting server for %s on http://%s:%d with %d workers", resolved, host, port, workers
+        "starting server for %s on http://%s:%d with %d worker process(es)",
+        resolved,
+        host,
+        port,
+        workers,
     )
     uvicorn.run(
         "sqlstore.api.app:create_app",

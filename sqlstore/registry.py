@@ -29,7 +29,10 @@ class StorageStats(BaseModel):
 
     bytes_on_disk: int
     arrow_bytes: int = Field(description="Size of the table in memory as uncompressed Arrow")
-    csv_bytes: int = Field(description="Size of the table written as CSV with a header")
+    csv_bytes: int = Field(
+        description="Size of the table written as CSV with a header; estimated from 100,000 "
+        "evenly spaced rows for larger tables"
+    )
     compression: str
 
 

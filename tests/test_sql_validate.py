@@ -107,6 +107,20 @@ def test_parameter_sized_builder_is_bounded_by_its_value() -> None:
         validate_query("SELECT repeat('x', $n)", VIEWS, {"n": 1_000_000_000})
 
 
+@pytest.mark.parametrize(
+    ("sql", "parameters"),
+    [
+        ("SELECT length(repeat($s, $n)) AS v", {"s": "x", "n": "100000000"}),
+        ("SELECT list_resize([2], $n) AS v", {"n": " 50000000 "}),
+        ("SELECT length(lpad('x', $n, 'y')) AS v", {"n": "2e7"}),
+    ],
+)
+def test_text_sized_builder_is_bounded(sql: str, parameters: dict[str, str]) -> None:
+    # Sizes sent as text were once let through, and DuckDB cast them to numbers.
+    with pytest.raises(QueryRejected, match="SQLSTORE_SQL_MAX_BUILDER_SIZE"):
+        validate_query(sql, [], parameters)
+
+
 def test_builder_bound_follows_limits() -> None:
     limits = SqlLimits(max_builder_size=10)
     validate_query("SELECT repeat('x', 10)", VIEWS, limits=limits)

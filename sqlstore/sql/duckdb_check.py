@@ -604,6 +604,9 @@ class _TreeChecker:
                 name,
             ) from error
 
+        if isinstance(value, str):
+            # DuckDB casts a text argument to the size's integer type, so '100000000' counts.
+            value = _number_from_text(value)
         if not isinstance(value, int | float) or isinstance(value, bool):
             return None
         if value > self.limits.max_builder_size:
@@ -733,6 +736,17 @@ def _evaluate(node: Any, parameters: Mapping[str, Any]) -> Any:
         values = [_evaluate(argument, parameters) for argument in _arguments(node)]
         return _apply(name, values)
     raise _NotConstant(f"{str(expression_class).lower()} expressions are not evaluated")
+
+
+def _number_from_text(text: str) -> int | float | None:
+    """Return the number a text spells, as DuckDB would cast it, or None when it spells none."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        try:
+            return float(text.strip())
+        except ValueError:
+            return None
 
 
 def _literal(literal: dict[str, Any]) -> Any:
