@@ -33,7 +33,7 @@ from sqlstore.store import FeatureStore
 from sqlstore.types import type_family
 from sqlstore.values import convert_value
 
-# The lookup's spine holds the as-of time in this column, which no user column can be named.
+# The lookup's spine stores the as-of time in this column, which no user column can be named.
 AS_OF_COLUMN = "__as_of"
 MAX_ENTITY_IDS = 10_000
 

@@ -44,7 +44,7 @@ FIRST_SUPPORTED_DAY = -719162
 LAST_SUPPORTED_DAY = 2932896
 # The lookup reads Parquet with DuckDB's file_row_number option, which adds this column.
 RESERVED_COLUMNS = frozenset({"file_row_number"})
-# Key of the Parquet footer metadata that holds a copy of the table's registry entry, so that a
+# Key of the Parquet footer metadata that stores a copy of the table's registry entry, so that a
 # crash between renaming the file and updating the registry can be repaired on the next start.
 ENTRY_METADATA_KEY = b"sqlstore.entry"
 
@@ -332,7 +332,7 @@ class FeatureStore:
         try:
             self.registry.put(entry)
         except StorageError as error:
-            # The data file already holds the new version; recover() restores the registry
+            # The data file already contains the new version; recover() restores the registry
             # entry from the copy in its footer on the next start.
             raise StorageError(
                 f"{group}/{name} version {entry.version} was written, but its registry entry "

@@ -211,9 +211,9 @@ def _common_type(name: str, existing: pa.ChunkedArray, incoming: pa.ChunkedArray
         return pa.list_(value_type)
 
     raise SchemaMismatch(
-        f"column {name!r} holds {old_family} values ({describe_type(old_type)}) but the appended "
-        f"data has {new_family} values ({describe_type(new_type)}); send {old_family} values, or "
-        "overwrite the table to change the column's type"
+        f"column {name!r} contains {old_family} values ({describe_type(old_type)}) but the "
+        f"appended data has {new_family} values ({describe_type(new_type)}); send {old_family} "
+        "values, or overwrite the table to change the column's type"
     )
 
 

@@ -3,7 +3,7 @@
 Results have the shape of a feature page (`data` and `metadata`), or CSV, Parquet or Arrow IPC
 when the Accept header requests it. Results go through the result cache, keyed by sqlglot's
 canonical form of the query, its parameters, the row limit, the format and the write stamp of
-every view it reads; the metadata's `cached` says whether this response came from it.
+every view it reads; the metadata's `cached` is true when this response came from it.
 """
 
 from __future__ import annotations
