@@ -42,6 +42,8 @@ MAX_LIST_DEPTH = 8
 # Days from 1970-01-01 to 0001-01-01 and to 9999-12-31: the range of Python's datetime.
 FIRST_SUPPORTED_DAY = -719162
 LAST_SUPPORTED_DAY = 2932896
+SECONDS_PER_DAY = 86_400
+UNITS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 # The lookup reads Parquet with DuckDB's file_row_number option, which adds this column.
 RESERVED_COLUMNS = frozenset({"file_row_number"})
 # Key of the Parquet footer metadata that stores a copy of the table's registry entry, so that a
@@ -469,16 +471,24 @@ def _list_depth(arrow_type: pa.DataType) -> int:
 
 
 def _check_time_range(data: pa.Table) -> None:
-    """Reject timestamps and dates outside the years 1 to 9999, which Python, and so every JSON
-    response, cannot represent."""
+    """Reject timestamps and dates outside the years 1 to 9999 (UTC), which Python, and so
+    every JSON response, cannot represent."""
     for field, column in zip(data.schema, data.columns, strict=True):
         family = type_family(field.type)
         if family not in ("timestamp", "date") or column.null_count == len(column):
             continue
-        as_date = column.cast(pa.date32())
-        bounds = pc.min_max(as_date.cast(pa.int32()))
-        low, high = bounds["min"].as_py(), bounds["max"].as_py()
-        if low < FIRST_SUPPORTED_DAY or high > LAST_SUPPORTED_DAY:
+
+        if family == "timestamp":
+            # The stored integers count units since 1970 in UTC, whatever the time zone label.
+            per_day = SECONDS_PER_DAY * UNITS_PER_SECOND[field.type.unit]
+            values = column.cast(pa.int64())
+            first, last = FIRST_SUPPORTED_DAY * per_day, (LAST_SUPPORTED_DAY + 1) * per_day - 1
+        else:
+            values = column.cast(pa.date32()).cast(pa.int32())
+            first, last = FIRST_SUPPORTED_DAY, LAST_SUPPORTED_DAY
+
+        bounds = pc.min_max(values)
+        if bounds["min"].as_py() < first or bounds["max"].as_py() > last:
             raise InvalidInput(
                 f"column {field.name!r} has a time outside the years 1 to 9999, which sqlstore "
                 "cannot return in JSON; send times within that range"

@@ -138,9 +138,19 @@ def test_string_values_survive_exactly(store: FeatureStore, values: list[str | N
     assert stored.schema.field("v").type == pa.string()
 
 
+# Microseconds since 1970 of 0001-01-01T00:00:00 and of the last microsecond of 9999-12-31:
+# the times sqlstore stores, because JSON responses go through Python's datetime.
+FIRST_SUPPORTED_MICROSECOND = -62_135_596_800_000_000
+LAST_SUPPORTED_MICROSECOND = 253_402_300_799_999_999
+
+
 @PROPERTY_SETTINGS
 @given(
-    values=st.lists(st.none() | st.integers(INT64_MIN + 1, INT64_MAX), min_size=1, max_size=40),
+    values=st.lists(
+        st.none() | st.integers(FIRST_SUPPORTED_MICROSECOND, LAST_SUPPORTED_MICROSECOND),
+        min_size=1,
+        max_size=40,
+    ),
     unit=st.sampled_from(["us", "ns"]),
     zone=st.sampled_from([None, "UTC", "America/New_York"]),
 )
@@ -152,6 +162,16 @@ def test_timestamp_values_survive_exactly(
 
     assert stored.schema.field("v").type == pa.timestamp(unit, tz=zone)
     assert stored["v"].cast(pa.int64()).to_pylist() == values
+
+
+@pytest.mark.parametrize(
+    "microseconds", [FIRST_SUPPORTED_MICROSECOND - 1, LAST_SUPPORTED_MICROSECOND + 1]
+)
+def test_timestamp_outside_years_rejected(store: FeatureStore, microseconds: int) -> None:
+    table = pa.table({"v": pa.array([microseconds], pa.int64()).cast(pa.timestamp("us"))})
+
+    with pytest.raises(InvalidInput, match="outside the years 1 to 9999"):
+        store.write("types", "far_times", table)
 
 
 @PROPERTY_SETTINGS
