@@ -17,7 +17,7 @@ DEFAULT_TIMEOUT_SECONDS = 30.0
 
 
 class FeatureStoreError(Exception):
-    """The server answered with an error, or could not be reached.
+    """The server returned an error, or could not be reached.
 
     `status_code` is None when no response arrived. `code` and `request_id` come from the
     server's error body when it sent one.
@@ -168,9 +168,10 @@ class FeatureStoreClient:
         limit: int | None = None,
         as_frame: bool = False,
     ) -> dict[str, Any] | pd.DataFrame:
-        """Run one read-only query over the feature views (`group.name`); `params` holds the
-        values of its `$name` parameters. Return the response body, or its rows as a
-        DataFrame. `metadata.truncated` in the body tells whether rows were cut at the limit."""
+        """Run one read-only query over the feature views (`group.name`).
+
+        `params` contains the values of its `$name` parameters. Return the response body, or its
+        rows as a DataFrame. `metadata.truncated` in the body is true when rows were cut."""
         payload: dict[str, Any] = {"sql": sql, "params": dict(params or {})}
         if limit is not None:
             payload["limit"] = limit

@@ -69,7 +69,7 @@ class TableBusy(SqlstoreError):
 
 
 class QuerySyntaxError(InvalidInput):
-    """SQL text could not be parsed. `details` holds the line and column when they are known."""
+    """SQL text could not be parsed. `details` contains the line and column when they are known."""
 
     code = "query_syntax_error"
 

@@ -1,9 +1,9 @@
 """Entity lookups: the latest row per entity of feature tables, as of a point in time.
 
 A lookup is a point-in-time join whose entity table has one row per requested entity, all at the
-same time `as_of`, so it follows the rules of `sqlstore.pointintime`: the latest row at or
-before `as_of`, ties broken by created timestamp and then write order, and a match older than
-the table's TTL counts as not found.
+same time `as_of`, so it follows the rules of `sqlstore.pointintime`. The match is the latest row
+at or before `as_of`, with ties broken by created timestamp and then write order. A match older
+than the table's TTL counts as not found.
 """
 
 from __future__ import annotations

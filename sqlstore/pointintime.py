@@ -359,9 +359,9 @@ def _static_join_sql(
         f"FROM (SELECT s.{ROW_COLUMN}, {', '.join(spine_keys)} FROM {SPINE_VIEW} AS s) AS sp "
         f"JOIN {source} AS f ON {key_match}{conditions}"
     )
-    # Always ranked, even when the registry says keys are unique: an append that lands between
-    # reading the entry and reading the file could add a duplicate, and a plain join would then
-    # return two rows for one entity row.
+    # Always ranked, even when the registry records unique keys, because an append that lands
+    # between reading the entry and reading the file could add a duplicate. A plain join would
+    # then return two rows for one entity row.
     return f"{sql} QUALIFY row_number() OVER (PARTITION BY sp.{ROW_COLUMN} ORDER BY {ranking}) = 1"
 
 

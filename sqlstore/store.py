@@ -53,7 +53,7 @@ ENTRY_METADATA_KEY = b"sqlstore.entry"
 
 @dataclass(frozen=True)
 class TableDefinition:
-    """What a write may declare about a table besides its data; None keeps the stored value."""
+    """Table metadata a write may declare besides its data; None keeps the stored value."""
 
     entity_key: list[str] | None = None
     timestamp_column: str | None = None
@@ -178,8 +178,8 @@ class FeatureStore:
     ) -> WriteResult:
         """Write `data` as the new version of a table, replacing it or appending to it.
 
-        The file is replaced atomically under the table's lock, then the registry entry is
-        updated; concurrent writers to one table are serialised, other tables are not blocked.
+        The file is replaced atomically under the table's lock, and then the registry entry is
+        updated. Concurrent writers to one table are serialised; other tables are not blocked.
         """
         validate_group(group)
         validate_table_name(name)

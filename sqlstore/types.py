@@ -25,7 +25,7 @@ PARQUET_UNIT_TYPES = {
     pa.date64(): pa.date32(),
 }
 
-# float64 holds every integer of magnitude up to 2**53 exactly.
+# float64 represents every integer of magnitude up to 2**53 exactly.
 FLOAT64_EXACT_INTEGER_LIMIT = 2**53
 
 

@@ -43,9 +43,14 @@ def free_port() -> int:
 
 
 def start_server(
-    root: Path, log_path: Path, workers: int = 1, env: dict[str, str] | None = None
+    root: Path,
+    log_path: Path,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    options: tuple[str, ...] = (),
 ) -> RunningServer:
-    """Start `python -m sqlstore serve` on a free port and wait until /health answers."""
+    """Start `python -m sqlstore serve [options]` on a free port and wait until /health
+    returns 200."""
     port = free_port()
     command = [
         sys.executable,
@@ -58,6 +63,7 @@ def start_server(
         str(port),
         "--workers",
         str(workers),
+        *options,
     ]
     log_file = log_path.open("wb")
     process = subprocess.Popen(

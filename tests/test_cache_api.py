@@ -9,10 +9,7 @@ requests over both workers. A repeated request served by the worker that compute
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,9 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import (
-    SERVER_START_TIMEOUT_SECONDS,
     RunningServer,
-    free_port,
     start_server,
     stop_server,
 )
@@ -764,33 +759,10 @@ def test_config_file_and_env(server_factory: Callable[..., RunningServer], tmp_p
     assert expirations == 2
 
 
-def start_server_with_options(root: Path, log_path: Path, *options: str) -> RunningServer:
-    """Start `python -m sqlstore serve` with extra options and wait until /health returns 200."""
-    port = free_port()
-    command = [sys.executable, "-m", "sqlstore", "serve", "--root", str(root)]
-    command += ["--port", str(port), *options]
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **ONE_SQL_WORKER}
-        )
-    server = RunningServer(root, f"http://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.base_url}/health", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    stop_server(server)
-    raise RuntimeError(f"server did not answer within {SERVER_START_TIMEOUT_SECONDS} s")
-
-
 def test_serve_no_cache_bypass(tmp_path: Path) -> None:
     root = tmp_path / "uncached"
-    server = start_server_with_options(root, tmp_path / "server.log", "--no-cache")
+    log_path = tmp_path / "server.log"
+    server = start_server(root, log_path, env=ONE_SQL_WORKER, options=("--no-cache",))
     try:
         with httpx.Client(base_url=server.base_url, timeout=30) as session:
             write(session, "nocache/t", records([1]))

@@ -1,4 +1,4 @@
-"""A first end-to-end check: the demo server answers with MovieLens features."""
+"""A first end-to-end check: the demo server returns the MovieLens feature tables."""
 
 from sqlstore.client import FeatureStoreClient
 

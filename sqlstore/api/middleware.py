@@ -68,8 +68,8 @@ class BodySizeLimitMiddleware:
         received = 0
 
         async def limited_receive() -> Message:
-            # A body without Content-Length is counted as it arrives; the HTTPException raised
-            # here reaches the route's exception handlers, which answer 413.
+            # A body without Content-Length is counted as it arrives. The HTTPException raised
+            # here reaches the route's exception handlers, which return 413.
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":

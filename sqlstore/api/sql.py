@@ -3,7 +3,7 @@
 Results have the shape of a feature page (`data` and `metadata`), or CSV, Parquet or Arrow IPC
 when the Accept header requests it. Results go through the result cache, keyed by sqlglot's
 canonical form of the query, its parameters, the row limit, the format and the write stamp of
-every view it reads; the metadata's `cached` is true when this response came from it.
+every view it reads. The metadata's `cached` is true when this response came from the cache.
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def serve_query(
     file_format: str,
     extra: dict[str, Any] | None = None,
 ) -> Response:
-    """Return the result of a prepared query, from the result cache when it holds it."""
+    """Return the result of a prepared query, from the result cache when it contains it."""
     query = prepared.query
     canonical = {
         "sql": query.canonical,

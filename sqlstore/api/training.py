@@ -130,8 +130,8 @@ def _check_inline_fields(body: TrainingSetRequest) -> None:
 def _tables_read(
     store: FeatureStore, features: list[str], entity_sql: str | None
 ) -> list[tuple[str, str]] | None:
-    """Return every table the training set reads, or None when that cannot be told (an entity
-    query the validator's parser rejects, which then fails when it runs)."""
+    """Return every table the training set reads, or None when that is unknown because the
+    validator's parser rejects the entity query, which then fails when it runs."""
     entries = store.list_tables()
     tables = set()
     for text in features:

@@ -10,7 +10,7 @@ GIBIBYTE = 1024 * MEBIBYTE
 
 @dataclass(frozen=True)
 class SqlLimits:
-    """What one query may use. The settings of the same name with a `sql_` prefix set them."""
+    """Resource limits of one query, set by the settings of the same name with a `sql_` prefix."""
 
     max_rows: int = 10_000
     max_result_bytes: int = 64 * MEBIBYTE

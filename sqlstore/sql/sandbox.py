@@ -342,7 +342,7 @@ def _error_from_header(header: dict[str, Any], limits: SqlLimits) -> Exception:
 
 def _without_stack_trace(message: str) -> str:
     """Cut the C++ stack trace that DuckDB appends to internal errors: it names files of the
-    server's installation and tells the client nothing it can act on."""
+    server's installation and gives the client nothing it can act on."""
     position = message.find("Stack Trace")
     if position >= 0:
         message = message[:position]
