@@ -1,15 +1,20 @@
 """Benchmark of point-in-time joins: sqlstore against raw DuckDB, pandas and polars.
 
 One run generates, for each size, a feature table (int64 key, UTC microsecond event timestamps
-in random order, 5 float64 features) written through `FeatureStore.write`, and a spine of
-(row_id, key, timestamp, label) written as Parquet. Every method reads Parquet and writes the
+in random order, 5 float64 features) written through `FeatureStore.write`, which stores it
+sorted by (key, timestamp), and a spine of (row_id, key, timestamp, label) written as Parquet.
+A copy of the feature table in generation (write) order, with the stored column types, stands
+for a file written before sqlstore sorted tables. Every method reads Parquet and writes the
 joined spine as Parquet:
 
-- sqlstore: `FeatureStore(root).get_historical_features(spine_path, ["g/t"])`, then pyarrow,
-- raw DuckDB: `COPY (... ASOF LEFT JOIN ...) TO` over the same files (the reference),
+- sqlstore: `FeatureStore(root).get_historical_features(spine_path, ["g/t"])`, then pyarrow;
+  once with the default join method (the numpy search of the sorted file) and once with
+  `join_method="duckdb"`,
+- raw DuckDB: `COPY (... ASOF LEFT JOIN ...) TO` over the stored file (the reference), and over
+  the write-order copy,
 - pandas `merge_asof`, once including its sort and once on files already sorted by time,
 - polars `join_asof`, including its sort,
-- experimental variants (`exp_` names) that test ways to make sqlstore faster, with SQL and
+- experimental variants (`exp_` names) that tested ways to make sqlstore faster, with SQL and
   Python written in this script.
 
 Each run of a method is its own child process, which reports its wall seconds, CPU seconds
@@ -50,6 +55,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sqlstore.ordering import sort_table
 from sqlstore.store import FeatureStore, TableDefinition
 
 logger = logging.getLogger("bench_point_in_time")
@@ -68,7 +74,13 @@ START = np.datetime64("2024-01-01T00:00:00", "us").astype(np.int64)
 SPAN_MICROSECONDS = 365 * 86_400 * 1_000_000
 MICROSECOND_UTC = pa.timestamp("us", tz="UTC")
 VERSIONED_PACKAGES = ("duckdb", "pyarrow", "pandas", "numpy", "polars")
-HASHED_SOURCES = ("sqlstore/pointintime.py", "sqlstore/store.py", "sqlstore/registry.py")
+HASHED_SOURCES = (
+    "sqlstore/pointintime.py",
+    "sqlstore/sortedjoin.py",
+    "sqlstore/ordering.py",
+    "sqlstore/store.py",
+    "sqlstore/registry.py",
+)
 REFERENCE_METHOD = "duckdb"
 IMPORTS_ONLY = "imports_only"
 # Free memory each size needs before it starts: an estimate from the peaks of one run of every
@@ -104,13 +116,14 @@ class DataFiles:
 
     @property
     def features(self) -> Path:
-        """The feature table's Parquet file as `FeatureStore.write` stored it."""
+        """The feature table's Parquet file as `FeatureStore.write` stored it: sorted by
+        (key, timestamp)."""
         return self.store_root / "features" / GROUP / f"{TABLE}.parquet"
 
     @property
-    def features_by_key_time(self) -> Path:
-        """The stored file's rows sorted by (key, timestamp), same types and compression."""
-        return self.folder / "features_by_key_time.parquet"
+    def features_write_order(self) -> Path:
+        """The stored file's rows in generation order, same types, no footer entry."""
+        return self.folder / "features_write_order.parquet"
 
     @property
     def features_by_time(self) -> Path:
@@ -199,11 +212,10 @@ def prepare_data(size: Size, files: DataFiles) -> dict[str, Any]:
     store.write(GROUP, TABLE, features, definition=definition)
     store.catalog.close()
     timings["feature_store_write_s"] = time.perf_counter() - started
-    del features
 
     pq.write_table(spine, files.spine)
     pq.write_table(spine.sort_by(TIMESTAMP), files.spine_by_time)
-    timings.update(write_sorted_copies(files))
+    timings.update(write_copies(files, features))
 
     rounded = {name: round(seconds, 3) for name, seconds in timings.items()}
     manifest = {"size": asdict(size), "seed": SEED, "preparation": rounded}
@@ -211,42 +223,48 @@ def prepare_data(size: Size, files: DataFiles) -> dict[str, Any]:
     return rounded
 
 
-def write_sorted_copies(files: DataFiles) -> dict[str, float]:
-    """Write the stored file's rows sorted by (key, time) and by time, and time the sorts.
+def write_copies(files: DataFiles, generated: pa.Table) -> dict[str, float]:
+    """Write the generated rows with the stored column types in write order and sorted by time,
+    and time the sorts that sorting on write needs.
 
-    The copies keep the stored column types, snappy compression and no dictionary encoding,
-    which is how `FeatureStore.write` writes a table without string columns. The timings
-    estimate what sorting on write would add to `FeatureStore.write`.
+    The copies keep snappy compression and no dictionary encoding, which is how
+    `FeatureStore.write` writes a table without string columns.
     """
-    stored = pq.read_table(files.features)
-    stored = stored.replace_schema_metadata(None)
+    stored_schema = pq.read_schema(files.features).remove_metadata()
+    write_order = generated.cast(stored_schema)
+    pq.write_table(write_order, files.features_write_order, use_dictionary=False)
     timings = {}
 
     started = time.perf_counter()
-    by_key_time = stored.sort_by([(KEY, "ascending"), (TIMESTAMP, "ascending")])
+    by_key_time = write_order.sort_by([(KEY, "ascending"), (TIMESTAMP, "ascending")])
     timings["pyarrow_sort_by_key_time_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    order = key_time_order(stored[KEY], stored[TIMESTAMP])
-    numpy_sorted = stored.take(order)
-    timings["numpy_sort_by_key_time_s"] = time.perf_counter() - started
-    if not numpy_sorted.equals(by_key_time):
-        raise RuntimeError("numpy and pyarrow sorted the feature table differently")
-    del numpy_sorted
-    timings["numpy_sort_append_s"] = time_sorted_append(by_key_time)
+    sorted_by_sqlstore = sort_table(write_order, [KEY, TIMESTAMP])
+    timings["sqlstore_sort_table_s"] = time.perf_counter() - started
+    if not sorted_by_sqlstore.equals(by_key_time):
+        raise RuntimeError("sqlstore and pyarrow sorted the feature table differently")
+    del sorted_by_sqlstore
 
-    pq.write_table(by_key_time, files.features_by_key_time, use_dictionary=False)
+    started = time.perf_counter()
+    sorted_by_numpy = write_order.take(packed_argsort(write_order[KEY], write_order[TIMESTAMP]))
+    timings["numpy_packed_argsort_s"] = time.perf_counter() - started
+    if not sorted_by_numpy.equals(by_key_time):
+        raise RuntimeError("numpy and pyarrow sorted the feature table differently")
+    del sorted_by_numpy
+    timings["sqlstore_sort_after_append_s"] = time_sorted_append(by_key_time)
     del by_key_time
 
     started = time.perf_counter()
-    by_time = stored.sort_by(TIMESTAMP)
+    by_time = write_order.sort_by(TIMESTAMP)
     timings["pyarrow_sort_by_time_s"] = time.perf_counter() - started
     pq.write_table(by_time, files.features_by_time, use_dictionary=False)
     return timings
 
 
-def key_time_order(keys: pa.ChunkedArray, times: pa.ChunkedArray) -> np.ndarray:
-    """Return the stable order by (integer key, timestamp) from one int64 argsort.
+def packed_argsort(keys: pa.ChunkedArray, times: pa.ChunkedArray) -> np.ndarray:
+    """Return the stable order by (integer key, timestamp) from one int64 argsort, the
+    alternative to Arrow's sort that sqlstore does not use.
 
     Key and time offset are packed into one int64, which needs their ranges to fit.
     """
@@ -256,12 +274,12 @@ def key_time_order(keys: pa.ChunkedArray, times: pa.ChunkedArray) -> np.ndarray:
     time_offsets = time_values - time_values.min()
     width = int(time_offsets.max()) + 1
     if (int(key_offsets.max()) + 1) * width >= 2**63:
-        raise RuntimeError("key and time ranges do not fit one int64; sort with pyarrow")
+        raise RuntimeError("key and time ranges do not fit one int64")
     return np.argsort(key_offsets * width + time_offsets, kind="stable")
 
 
 def time_sorted_append(sorted_table: pa.Table) -> float:
-    """Time re-sorting after an append: the first 90% of rows stay sorted, the last 10% are
+    """Time `sort_table` after an append: the first 90% of rows stay sorted, the last 10% are
     shuffled, as when a new unsorted batch is appended to a sorted table."""
     rows = sorted_table.num_rows
     existing = np.arange(rows * 9 // 10)
@@ -269,8 +287,7 @@ def time_sorted_append(sorted_table: pa.Table) -> float:
     appended = sorted_table.take(np.concatenate([existing, incoming]))
 
     started = time.perf_counter()
-    order = key_time_order(appended[KEY], appended[TIMESTAMP])
-    appended.take(order)
+    sort_table(appended, [KEY, TIMESTAMP])
     return time.perf_counter() - started
 
 
@@ -280,6 +297,15 @@ def time_sorted_append(sorted_table: pa.Table) -> float:
 def run_sqlstore(files: DataFiles, output: Path) -> int:
     store = FeatureStore(files.store_root)
     joined = store.get_historical_features(str(files.spine), [f"{GROUP}/{TABLE}"])
+    pq.write_table(joined, output)
+    return joined.num_rows
+
+
+def run_sqlstore_duckdb(files: DataFiles, output: Path) -> int:
+    store = FeatureStore(files.store_root)
+    joined = store.get_historical_features(
+        str(files.spine), [f"{GROUP}/{TABLE}"], join_method="duckdb"
+    )
     pq.write_table(joined, output)
     return joined.num_rows
 
@@ -306,6 +332,10 @@ def run_duckdb(files: DataFiles, output: Path) -> int:
     return copy_with_duckdb(raw_asof_sql(files.spine, files.features), output)
 
 
+def run_duckdb_write_order(files: DataFiles, output: Path) -> int:
+    return copy_with_duckdb(raw_asof_sql(files.spine, files.features_write_order), output)
+
+
 def merge_asof_frames(spine: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
     """Join with pandas `merge_asof`. Both frames must be sorted by the timestamp column."""
     features[KEY] = features[KEY].astype("int64")
@@ -317,7 +347,7 @@ def merge_asof_frames(spine: pd.DataFrame, features: pd.DataFrame) -> pd.DataFra
 def run_pandas_sort(files: DataFiles, output: Path) -> int:
     # merge_asof needs both inputs sorted by the `on` column only, because `by` groups by key.
     spine = pq.read_table(files.spine).to_pandas()
-    features = pq.read_table(files.features).to_pandas()
+    features = pq.read_table(files.features_write_order).to_pandas()
     spine = spine.sort_values(TIMESTAMP, kind="stable", ignore_index=True)
     features = features.sort_values(TIMESTAMP, kind="stable", ignore_index=True)
 
@@ -339,7 +369,7 @@ def run_polars(files: DataFiles, output: Path) -> int:
     import polars as pl
 
     spine = pl.read_parquet(files.spine).sort(TIMESTAMP)
-    features = pl.read_parquet(files.features)
+    features = pl.read_parquet(files.features_write_order)
     features = features.with_columns(pl.col(KEY).cast(pl.Int64)).sort(TIMESTAMP)
 
     # Both frames are sorted above. polars cannot check sortedness within `by` groups and
@@ -351,134 +381,8 @@ def run_polars(files: DataFiles, output: Path) -> int:
     return joined.height
 
 
-# Experimental methods: candidate changes to sqlstore, prototyped outside the package.
-
-
-def spine_with_row_numbers(path: Path) -> pa.Table:
-    """Read the spine and number its rows, as sqlstore's `prepare_spine` does."""
-    spine = pq.read_table(path)
-    return spine.append_column("__row", pa.array(np.arange(spine.num_rows, dtype=np.int64)))
-
-
-def query_spine(spine: pa.Table, sql: str) -> pa.Table:
-    """Run `sql` with `spine` registered as the view `__spine` and return the result as Arrow."""
-    connection = duckdb.connect()
-    connection.register("__spine", spine)
-    result = connection.sql(sql).to_arrow_table()
-    connection.close()
-    return result
-
-
-def feature_rows_sql(features: Path, dedupe: bool, semi_join: bool) -> str:
-    """Return the feature rows an ASOF JOIN in sqlstore's query shape reads.
-
-    With `dedupe`, one row per (key, timestamp) is kept, the last one written, through QUALIFY
-    row_number() as sqlstore ranks ties. With `semi_join`, only rows whose key occurs in the
-    spine `sp` are kept, as sqlstore does when the registry records unique (key, timestamp)
-    pairs.
-    """
-    if dedupe and semi_join:
-        raise ValueError("sqlstore's query shape has either the dedupe or the semi join")
-    source = f"read_parquet('{features}', file_row_number = {str(dedupe).lower()})"
-    rows = f"SELECT candidate.*, {TIMESTAMP} AS __feature_ts FROM {source} AS candidate"
-    if semi_join:
-        return f"{rows} SEMI JOIN sp ON candidate.{KEY} = sp.{KEY}"
-    if dedupe:
-        return (
-            f"{rows} QUALIFY row_number() OVER "
-            f"(PARTITION BY {KEY}, __feature_ts ORDER BY file_row_number DESC) = 1"
-        )
-    return rows
-
-
-def sqlstore_shape_sql(features: Path, dedupe: bool, semi_join: bool = False) -> str:
-    """Return sqlstore's query shape: an inner ASOF JOIN from the numbered spine, joined back
-    to the spine on the row number and ordered by it."""
-    feature_rows = feature_rows_sql(features, dedupe, semi_join)
-    feature_list = ", ".join(f"f.{name}" for name in FEATURES)
-    joined_list = ", ".join(f"t0.{name}" for name in FEATURES)
-    return (
-        f"WITH sp AS (SELECT __row, {KEY}, {TIMESTAMP} AS __spine_ts FROM __spine), "
-        f"t0 AS (SELECT sp.__row, {feature_list} FROM sp ASOF JOIN ({feature_rows}) AS f "
-        f"ON sp.{KEY} = f.{KEY} AND sp.__spine_ts >= f.__feature_ts) "
-        f"SELECT s.* EXCLUDE (__row), {joined_list} FROM __spine AS s "
-        f"LEFT JOIN t0 ON t0.__row = s.__row ORDER BY s.__row"
-    )
-
-
-def run_exp_shape_dedupe(files: DataFiles, output: Path) -> int:
-    spine = spine_with_row_numbers(files.spine)
-    joined = query_spine(spine, sqlstore_shape_sql(files.features, dedupe=True))
-    pq.write_table(joined, output)
-    return joined.num_rows
-
-
-def run_exp_shape_no_dedupe(files: DataFiles, output: Path) -> int:
-    spine = spine_with_row_numbers(files.spine)
-    joined = query_spine(spine, sqlstore_shape_sql(files.features, dedupe=False))
-    pq.write_table(joined, output)
-    return joined.num_rows
-
-
-def run_exp_shape_semi_join(files: DataFiles, output: Path) -> int:
-    spine = spine_with_row_numbers(files.spine)
-    sql = sqlstore_shape_sql(files.features, dedupe=False, semi_join=True)
-    joined = query_spine(spine, sql)
-    pq.write_table(joined, output)
-    return joined.num_rows
-
-
-def single_asof_sql(features: Path, ordered: bool) -> str:
-    """Return one ASOF LEFT JOIN from the numbered spine, without the join back."""
-    feature_list = ", ".join(f"f.{name}" for name in FEATURES)
-    sql = (
-        f"SELECT s.*, {feature_list} FROM __spine AS s "
-        f"ASOF LEFT JOIN read_parquet('{features}') AS f "
-        f"ON s.{KEY} = f.{KEY} AND s.{TIMESTAMP} >= f.{TIMESTAMP}"
-    )
-    if ordered:
-        sql += " ORDER BY s.__row"
-    return sql
-
-
-def run_exp_single_asof_ordered(files: DataFiles, output: Path) -> int:
-    spine = spine_with_row_numbers(files.spine)
-    joined = query_spine(spine, single_asof_sql(files.features, ordered=True))
-    pq.write_table(joined.drop_columns(["__row"]), output)
-    return joined.num_rows
-
-
-def restore_spine_order(joined: pa.Table) -> pa.Table:
-    """Put rows back in spine order in O(n): `__row` is a permutation of 0..n-1."""
-    rows = joined["__row"].to_numpy()
-    positions = np.empty(len(rows), dtype=np.int64)
-    positions[rows] = np.arange(len(rows), dtype=np.int64)
-    return joined.take(positions).drop_columns(["__row"])
-
-
-def run_exp_single_asof_reorder(files: DataFiles, output: Path) -> int:
-    spine = spine_with_row_numbers(files.spine)
-    joined = query_spine(spine, single_asof_sql(files.features, ordered=False))
-    joined = restore_spine_order(joined)
-    pq.write_table(joined, output)
-    return joined.num_rows
-
-
-def run_exp_duckdb_sorted_file(files: DataFiles, output: Path) -> int:
-    return copy_with_duckdb(raw_asof_sql(files.spine, files.features_by_key_time), output)
-
-
-def run_exp_duckdb_threads_1(files: DataFiles, output: Path) -> int:
-    return copy_with_duckdb(raw_asof_sql(files.spine, files.features), output, threads=1)
-
-
-def run_exp_duckdb_threads_4(files: DataFiles, output: Path) -> int:
-    return copy_with_duckdb(raw_asof_sql(files.spine, files.features), output, threads=4)
-
-
-MatchFunction = Callable[
-    [np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]
-]
+# Experimental method: the prototype of the numpy search, outside the package. The script at
+# commit 8629ecf has the other experiments that docs/benchmarks.md cites.
 
 
 def match_sorted_rows(
@@ -514,36 +418,6 @@ def match_sorted_rows(
     return last_row, last_row >= first
 
 
-def match_sorted_rows_packed(
-    keys: np.ndarray, times: np.ndarray, spine_keys: np.ndarray, spine_times: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Do what `match_sorted_rows` does with one `np.searchsorted` call.
-
-    Each feature row's (run number, time offset) is packed into one int64. The packed values are
-    sorted because the rows are, and spine rows are packed the same way and searched in them.
-    Falls back to the bisection when the packed values would overflow int64.
-    """
-    run_starts = np.flatnonzero(keys[1:] != keys[:-1]) + 1
-    boundaries = np.concatenate(([0], run_starts, [len(keys)]))
-    run_keys = keys[boundaries[:-1]].astype(np.int64)
-    base = int(times.min())
-    width = int(times.max()) - base + 2
-    if len(run_keys) * width >= 2**63:
-        return match_sorted_rows(keys, times, spine_keys, spine_times)
-
-    run = np.searchsorted(run_keys, spine_keys)
-    run = np.minimum(run, len(run_keys) - 1)
-    found = run_keys[run] == spine_keys
-
-    # Offset 0 is before every feature row and width - 1 after every one, so spine times
-    # outside the table's range still land in their own run.
-    run_of_row = np.repeat(np.arange(len(run_keys), dtype=np.int64), np.diff(boundaries))
-    packed = run_of_row * width + (times - base + 1)
-    spine_offsets = np.clip(spine_times - base + 1, 0, width - 1)
-    position = np.searchsorted(packed, run * width + spine_offsets, side="right") - 1
-    return position, found & (position >= boundaries[run])
-
-
 def take_by_row_group(
     parquet: pq.ParquetFile, columns: list[str], rows: np.ndarray, matched: np.ndarray
 ) -> pa.Table:
@@ -570,10 +444,10 @@ def take_by_row_group(
     return gathered.select(columns).take(pa.array(order, mask=~matched))
 
 
-def search_by_row_group(files: DataFiles, output: Path, match: MatchFunction) -> int:
-    """Match with `match` on the key and time columns of the (key, time)-sorted file, then
-    read the feature columns one row group at a time."""
-    parquet = pq.ParquetFile(files.features_by_key_time)
+def run_exp_bisect_row_groups(files: DataFiles, output: Path) -> int:
+    """Match on the key and time columns of the (key, time)-sorted file, then read the
+    feature columns one row group at a time."""
+    parquet = pq.ParquetFile(files.features)
     index = parquet.read([KEY, TIMESTAMP])
     spine = pq.read_table(files.spine)
 
@@ -581,7 +455,7 @@ def search_by_row_group(files: DataFiles, output: Path, match: MatchFunction) ->
     times = index[TIMESTAMP].cast(pa.int64()).to_numpy()
     spine_keys = spine[KEY].to_numpy()
     spine_times = spine[TIMESTAMP].cast(pa.int64()).to_numpy()
-    rows, matched = match(keys, times, spine_keys, spine_times)
+    rows, matched = match_sorted_rows(keys, times, spine_keys, spine_times)
     del index, keys, times
 
     matched_features = take_by_row_group(parquet, FEATURES, rows, matched)
@@ -590,49 +464,6 @@ def search_by_row_group(files: DataFiles, output: Path, match: MatchFunction) ->
     )
     pq.write_table(joined, output)
     return joined.num_rows
-
-
-def run_exp_bisect_row_groups(files: DataFiles, output: Path) -> int:
-    return search_by_row_group(files, output, match_sorted_rows)
-
-
-def run_exp_packed_row_groups(files: DataFiles, output: Path) -> int:
-    return search_by_row_group(files, output, match_sorted_rows_packed)
-
-
-def run_exp_bisect_full_read(files: DataFiles, output: Path) -> int:
-    features = pq.read_table(files.features_by_key_time)
-    spine = pq.read_table(files.spine)
-
-    keys = features[KEY].to_numpy()
-    times = features[TIMESTAMP].cast(pa.int64()).to_numpy()
-    spine_keys = spine[KEY].to_numpy()
-    spine_times = spine[TIMESTAMP].cast(pa.int64()).to_numpy()
-    rows, matched = match_sorted_rows(keys, times, spine_keys, spine_times)
-
-    indices = pa.array(np.where(matched, rows, 0), mask=~matched)
-    matched_features = features.select(FEATURES).take(indices)
-    joined = pa.Table.from_arrays(
-        [*spine.columns, *matched_features.columns], names=[*spine.column_names, *FEATURES]
-    )
-    pq.write_table(joined, output)
-    return joined.num_rows
-
-
-def run_exp_time_sorted_merge_asof(files: DataFiles, output: Path) -> int:
-    """Join as a sqlstore fast path over time-sorted storage would: the stored file is
-    already sorted by time, the spine is sorted here and the result put back in spine order."""
-    spine = pq.read_table(files.spine).to_pandas()
-    features = pq.read_table(files.features_by_time).to_pandas()
-    spine["__row"] = np.arange(len(spine), dtype=np.int64)
-    spine = spine.sort_values(TIMESTAMP, kind="stable", ignore_index=True)
-
-    joined = merge_asof_frames(spine, features)
-    positions = np.empty(len(joined), dtype=np.int64)
-    positions[joined["__row"].to_numpy()] = np.arange(len(joined), dtype=np.int64)
-    joined = joined.take(positions).drop(columns="__row")
-    pq.write_table(pa.Table.from_pandas(joined, preserve_index=False), output)
-    return len(joined)
 
 
 @dataclass(frozen=True)
@@ -647,80 +478,18 @@ class Method:
 
 METHODS = [
     Method("sqlstore", "sqlstore get_historical_features", run_sqlstore),
+    Method("sqlstore_duckdb", "sqlstore, join_method duckdb", run_sqlstore_duckdb),
     Method("duckdb", "raw DuckDB ASOF LEFT JOIN (COPY)", run_duckdb),
+    Method(
+        "duckdb_write_order", "raw DuckDB ASOF LEFT JOIN, write-order file", run_duckdb_write_order
+    ),
     Method("pandas_sort", "pandas merge_asof incl. sort", run_pandas_sort),
     Method("pandas_presorted", "pandas merge_asof, presorted files", run_pandas_presorted),
     Method("polars", "polars join_asof incl. sort", run_polars),
     Method(
-        "exp_shape_dedupe",
-        "sqlstore query shape with QUALIFY dedupe",
-        run_exp_shape_dedupe,
-        experimental=True,
-    ),
-    Method(
-        "exp_shape_no_dedupe",
-        "sqlstore query shape without dedupe",
-        run_exp_shape_no_dedupe,
-        experimental=True,
-    ),
-    Method(
-        "exp_shape_semi_join",
-        "sqlstore query shape, SEMI JOIN on spine keys, no dedupe",
-        run_exp_shape_semi_join,
-        experimental=True,
-    ),
-    Method(
-        "exp_single_asof_ordered",
-        "one ASOF LEFT JOIN from Arrow spine, ORDER BY row",
-        run_exp_single_asof_ordered,
-        experimental=True,
-    ),
-    Method(
-        "exp_single_asof_reorder",
-        "one ASOF LEFT JOIN, reorder in numpy",
-        run_exp_single_asof_reorder,
-        experimental=True,
-    ),
-    Method(
-        "exp_duckdb_sorted_file",
-        "raw DuckDB on file sorted by (key, time)",
-        run_exp_duckdb_sorted_file,
-        experimental=True,
-    ),
-    Method(
-        "exp_duckdb_threads_1",
-        "raw DuckDB, SET threads = 1",
-        run_exp_duckdb_threads_1,
-        experimental=True,
-    ),
-    Method(
-        "exp_duckdb_threads_4",
-        "raw DuckDB, SET threads = 4",
-        run_exp_duckdb_threads_4,
-        experimental=True,
-    ),
-    Method(
-        "exp_bisect_full_read",
-        "numpy bisection, (key, time)-sorted file read whole",
-        run_exp_bisect_full_read,
-        experimental=True,
-    ),
-    Method(
         "exp_bisect_row_groups",
         "numpy bisection, (key, time)-sorted file, features read per row group",
         run_exp_bisect_row_groups,
-        experimental=True,
-    ),
-    Method(
-        "exp_packed_row_groups",
-        "np.searchsorted on packed int64, (key, time)-sorted file, per row group",
-        run_exp_packed_row_groups,
-        experimental=True,
-    ),
-    Method(
-        "exp_time_sorted_merge_asof",
-        "pandas merge_asof on time-sorted file, spine sorted and restored",
-        run_exp_time_sorted_merge_asof,
         experimental=True,
     ),
 ]

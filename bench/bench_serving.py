@@ -288,8 +288,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(root: Path, workers: int, log_dir: Path) -> Iterator[ServerProcess]:
-    """Start `python -m sqlstore serve` on a free loopback port; stop it on exit."""
+def running_server(
+    root: Path, workers: int, log_dir: Path, options: tuple[str, ...] = (), log_name: str = "server"
+) -> Iterator[ServerProcess]:
+    """Start `python -m sqlstore serve [options]` on a free loopback port; stop it on exit."""
     port = free_port()
     command = [
         sys.executable,
@@ -304,8 +306,9 @@ def running_server(root: Path, workers: int, log_dir: Path) -> Iterator[ServerPr
         str(port),
         "--workers",
         str(workers),
+        *options,
     ]
-    log_path = log_dir / "server.log"
+    log_path = log_dir / f"{log_name}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     server = ServerProcess(base_url=f"http://{HOST}:{port}", process=process, log_path=log_path)

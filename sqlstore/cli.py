@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import shutil
@@ -22,47 +23,65 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from sqlstore.api.encoding import csv_ready_table as _csv_ready
+from sqlstore.cli_options import RootOption
 from sqlstore.errors import NotFound, SqlstoreError
 from sqlstore.layout import ROOT_ENVIRONMENT_VARIABLE, resolve_root
+from sqlstore.logs import (
+    LOG_FORMAT_VARIABLE,
+    LOG_LEVEL_VARIABLE,
+    LogFormat,
+    LogLevel,
+    configure_logging,
+    logging_config,
+)
 from sqlstore.records import read_input_file
 from sqlstore.store import FeatureStore, TableDefinition
+from sqlstore.token_cli import token_app
 
 if TYPE_CHECKING:
     from sqlstore.sql.service import SqlResult, SqlService
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"
 # prometheus-client reads this variable when it is imported.
 METRICS_DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+# uvicorn kills and replaces a worker that does not answer its supervisor's ping within this
+# time, and with it every request in flight. Its default of 5 s killed busy workers of a
+# 2-worker server on a loaded 2-core machine during the load test.
+WORKER_HEALTHCHECK_SECONDS = 60
 
 app = typer.Typer(
     help="sqlstore: a feature store on Parquet files, DuckDB views and a REST API.",
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(token_app, name="token")
 console = Console()
 error_console = Console(stderr=True)
 
-RootOption = Annotated[
-    Path | None,
+
+LogLevelOption = Annotated[
+    LogLevel,
+    typer.Option(help="Logging level", envvar=LOG_LEVEL_VARIABLE, case_sensitive=False),
+]
+LogFormatOption = Annotated[
+    LogFormat,
     typer.Option(
-        "--root",
-        help=f"Store root folder; default ${ROOT_ENVIRONMENT_VARIABLE}, else ./feature_store",
-        show_default=False,
+        help="Log line format: text, or json with one object per line",
+        envvar=LOG_FORMAT_VARIABLE,
+        case_sensitive=False,
     ),
 ]
 
 
+# The global logging options, which `serve` passes on to its worker processes.
+_logging_choice: dict[str, Any] = {"level": LogLevel.info, "format": LogFormat.text}
+
+
 @app.callback()
 def main(
-    log_level: Annotated[
-        str, typer.Option(help="Logging level: debug, info, warning or error")
-    ] = "info",
+    log_level: LogLevelOption = LogLevel.info, log_format: LogFormatOption = LogFormat.text
 ) -> None:
-    logging.basicConfig(
-        level=log_level.upper(),
-        format=LOG_FORMAT,
-        stream=sys.stderr,
-    )
+    _logging_choice.update(level=log_level, format=log_format)
+    configure_logging(log_level, log_format)
 
 
 def _open_existing_store(root: Path | None) -> FeatureStore:
@@ -138,24 +157,54 @@ def serve(
         int | None, typer.Option(help="Bytes of the disk cache; 0 turns it off")
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Turn both caches off")] = False,
+    access_log: Annotated[
+        bool | None,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="Log one line per request (default: on, or SQLSTORE_ACCESS_LOG)",
+            show_default=False,
+        ),
+    ] = None,
+    allow_unauthenticated_remote: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unauthenticated-remote",
+            help="Bind a non-loopback address even though the store has no token file",
+        ),
+    ] = False,
+    log_level: Annotated[
+        LogLevel | None,
+        typer.Option(help="Logging level; overrides the global --log-level", show_default=False),
+    ] = None,
+    log_format: Annotated[
+        LogFormat | None,
+        typer.Option(help="text or json; overrides the global --log-format", show_default=False),
+    ] = None,
 ) -> None:
     """Serve the REST API (OpenAPI documentation at /docs)."""
     import uvicorn
 
     resolved = resolve_root(root)
+    log_level = log_level or _logging_choice["level"]
+    log_format = log_format or _logging_choice["format"]
+    configure_logging(log_level, log_format)
+    _check_exposure(resolved, host, allow_unauthenticated_remote)
     # Worker processes build their settings from the environment, so pass the root through it.
     os.environ[ROOT_ENVIRONMENT_VARIABLE] = str(resolved)
-    cache_options = {
+    overrides: dict[str, object] = {
         "CACHE_TTL_SECONDS": cache_ttl_seconds,
         "CACHE_MEMORY_ENTRIES": cache_memory_entries,
         "CACHE_MEMORY_BYTES": cache_memory_bytes,
         "CACHE_DISK_BYTES": cache_disk_bytes,
     }
     if no_cache:
-        cache_options.update(CACHE_MEMORY_ENTRIES=0, CACHE_DISK_BYTES=0)
-    for name, value in cache_options.items():
+        overrides.update(CACHE_MEMORY_ENTRIES=0, CACHE_DISK_BYTES=0)
+    if access_log is not None:
+        overrides["ACCESS_LOG"] = "true" if access_log else "false"
+    for name, value in overrides.items():
         if value is not None:
             os.environ[f"SQLSTORE_{name}"] = str(value)
+    _check_settings(resolved)
     _prepare_metrics_directory(resolved)
     logging.getLogger(__name__).info(
         "starting server for %s on http://%s:%d with %d worker process(es)",
@@ -170,8 +219,56 @@ def serve(
         host=host,
         port=port,
         workers=workers,
-        log_config=_uvicorn_log_config(),
+        log_config=logging_config(log_level, log_format),
+        # The application logs one line per request itself, with the request id and cache result.
+        access_log=False,
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
     )
+
+
+def _check_settings(root: Path) -> None:
+    """Exit with the message when a setting is invalid, before any worker process starts."""
+    from sqlstore.settings import Settings
+
+    try:
+        Settings.from_environment(root)
+    except ValueError as error:
+        error_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=1) from error
+
+
+def _check_exposure(root: Path, host: str, allow_unauthenticated_remote: bool) -> None:
+    """Exit unless `host` is a loopback address, the store has a token file, or the operator
+    passed --allow-unauthenticated-remote (which logs a warning)."""
+    from sqlstore.tokens import TokenVerifier, tokens_path
+
+    if _is_loopback(host) or TokenVerifier(tokens_path(root)).enabled:
+        return
+    if allow_unauthenticated_remote:
+        logging.getLogger(__name__).warning(
+            "serving %s on %s without access tokens: anyone who can reach this address can read, "
+            "write and delete every table",
+            root,
+            host,
+        )
+        return
+    error_console.print(
+        f"[red]error:[/red] not serving on {host}, a non-loopback address, because the store at "
+        f"{root} has no access tokens. Create one with `sqlstore token create NAME --scope admin "
+        f"--root {root}`, bind 127.0.0.1, or pass --allow-unauthenticated-remote to serve "
+        "without tokens anyway."
+    )
+    raise typer.Exit(code=2)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        # A host name other than localhost may resolve to any address.
+        return False
 
 
 def _prepare_metrics_directory(root: Path) -> None:
@@ -184,30 +281,6 @@ def _prepare_metrics_directory(root: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     os.environ[METRICS_DIRECTORY_VARIABLE] = str(directory)
-
-
-def _uvicorn_log_config() -> dict[str, Any]:
-    """Return a logging configuration that uvicorn applies in every worker process, so that
-    workers log with the same format and level as this command."""
-    level = logging.getLevelName(logging.getLogger().level)
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"default": {"format": LOG_FORMAT}},
-        "handlers": {
-            "default": {
-                "class": "logging.StreamHandler",
-                "formatter": "default",
-                "stream": "ext://sys.stderr",
-            }
-        },
-        "root": {"handlers": ["default"], "level": level},
-        "loggers": {
-            "uvicorn": {"level": level},
-            "uvicorn.error": {"level": level},
-            "uvicorn.access": {"level": level},
-        },
-    }
 
 
 @app.command()
@@ -384,6 +457,24 @@ LimitOption = Annotated[
     ),
 ]
 SQL_OUTPUT_FORMATS = ("table", "csv", "json", "parquet")
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="Run on the server at this URL, such as http://127.0.0.1:8001, instead of opening "
+        "the store's files",
+        show_default=False,
+    ),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="SQLSTORE_TOKEN",
+        help="Bearer token to send with --url",
+        show_default=False,
+    ),
+]
 
 
 @app.command("sql")
@@ -394,10 +485,18 @@ def sql_query(
     output: OutputOption = None,
     limit: LimitOption = None,
     root: RootOption = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
 ) -> None:
-    """Run a read-only query in-process, with the same validator and sandbox as /sql."""
+    """Run a read-only query in-process, with the same validator and sandbox as /sql, or on a
+    server with --url."""
     parameters = _parse_parameters(param)
     _check_output_format(output_format, output)
+    if url is not None:
+        payload = {"sql": query, "params": parameters, "limit": limit}
+        result = _run_remote(url, token, "/sql", payload)
+        _show_sql_result(result, output_format, output, title=None)
+        return
     with _sql_service(root, None) as service:
         try:
             result = service.run(query, parameters, limit)
@@ -420,10 +519,21 @@ def named_query(
         typer.Option(help="Folder of .sql files; default SQLSTORE_QUERIES_DIR, else ./queries"),
     ] = None,
     root: RootOption = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
 ) -> None:
-    """Run a named query from the queries folder, or list the named queries."""
+    """Run a named query from the queries folder, or list the named queries; with --url, on
+    the server's queries."""
     parameters = _parse_parameters(param)
     _check_output_format(output_format, output)
+    if url is not None and name is None:
+        _show_remote_queries(url, token)
+        return
+    if url is not None:
+        payload = {"params": parameters, "limit": limit}
+        result = _run_remote(url, token, f"/queries/{name}", payload)
+        _show_sql_result(result, output_format, output, title=name)
+        return
     with _sql_service(root, queries_dir) as service:
         try:
             if name is None:
@@ -474,6 +584,47 @@ def _sql_service(root: Path | None, queries_dir: Path | None) -> Iterator[SqlSer
         yield service
     finally:
         service.close()
+
+
+def _run_remote(url: str, token: str | None, path: str, payload: dict[str, Any]) -> SqlResult:
+    """POST `payload` to a tabular endpoint of the server at `url` and return its rows."""
+    from sqlstore.client import FeatureStoreClient, FeatureStoreError
+    from sqlstore.sql.service import SqlResult
+
+    started = time.perf_counter()
+    try:
+        with FeatureStoreClient(url, token=token) as client:
+            table, truncated = client.fetch_arrow("POST", path, json=payload)
+    except FeatureStoreError as error:
+        error_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=1) from error
+
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    # The Arrow response headers report that rows were cut, but not which limit cut them.
+    truncated_by = "server's limits" if truncated else None
+    return SqlResult(table, payload.get("limit") or table.num_rows, truncated_by, elapsed_ms)
+
+
+def _show_remote_queries(url: str, token: str | None) -> None:
+    from sqlstore.client import FeatureStoreClient, FeatureStoreError
+
+    try:
+        with FeatureStoreClient(url, token=token) as client:
+            queries = client.list_queries()
+    except FeatureStoreError as error:
+        error_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=1) from error
+
+    table = Table(title=f"named queries on {url}")
+    for heading in ("name", "title", "parameters"):
+        table.add_column(heading)
+    for query in queries:
+        parameters = ", ".join(
+            f"{p['name']} {p['type']}" + ("" if p["required"] else f" = {p['default']}")
+            for p in query["parameters"]
+        )
+        table.add_row(query["name"], query["title"], parameters or "-")
+    console.print(table)
 
 
 def _show_named_queries(service: SqlService) -> None:

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 import pandas as pd
+import pyarrow as pa
+import pyarrow.ipc as pa_ipc
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8001"
 DEFAULT_TIMEOUT_SECONDS = 30.0
+TOKEN_ENVIRONMENT_VARIABLE = "SQLSTORE_TOKEN"
+ARROW_STREAM_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
 
 
 class FeatureStoreError(Exception):
@@ -43,7 +48,11 @@ class FeatureStoreError(Exception):
 
 
 class FeatureStoreClient:
-    """Client of one sqlstore server. Use it as a context manager, or call `close()`."""
+    """Client of one sqlstore server. Use it as a context manager, or call `close()`.
+
+    `token` is sent as `Authorization: Bearer <token>`; it defaults to $SQLSTORE_TOKEN, and an
+    empty value sends no token.
+    """
 
     def __init__(
         self,
@@ -51,10 +60,15 @@ class FeatureStoreClient:
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         headers: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
+        token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        all_headers = dict(headers or {})
+        token = os.environ.get(TOKEN_ENVIRONMENT_VARIABLE) if token is None else token
+        if token:
+            all_headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(
-            base_url=self.base_url, timeout=timeout, headers=headers, transport=transport
+            base_url=self.base_url, timeout=timeout, headers=all_headers, transport=transport
         )
 
     def __enter__(self) -> FeatureStoreClient:
@@ -153,6 +167,31 @@ class FeatureStoreClient:
             return {name: _frame(rows) for name, rows in body["features"].items()}
         return body
 
+    def get_online_features(
+        self,
+        features: Sequence[str],
+        entities: Mapping[str, Sequence[Any]],
+        as_frame: bool = False,
+    ) -> dict[str, Any] | pd.DataFrame:
+        """Return the latest value of each feature for each entity, from the online views.
+
+        `entities` maps each key column to its values, one per entity, and `features` are
+        `group/name:column` references. Return the body (`metadata.feature_names` and one
+        result per name with `values`, `statuses` and `event_timestamps`), or with `as_frame`
+        a DataFrame of the values with one column per feature name.
+        """
+        payload = {
+            "entities": {column: list(values) for column, values in entities.items()},
+            "features": list(features),
+        }
+        body = self._request("POST", "/get-online-features", json=payload)
+        if not as_frame:
+            return body
+        names = body["metadata"]["feature_names"]
+        return pd.DataFrame(
+            {name: result["values"] for name, result in zip(names, body["results"], strict=True)}
+        )
+
     def get_feature_info(self, feature_group: str, feature_name: str) -> dict[str, Any]:
         """Return the storage information of one table."""
         return self._request("GET", f"/features/{feature_group}/{feature_name}/info")
@@ -197,7 +236,20 @@ class FeatureStoreClient:
         body = self._request("POST", f"/queries/{name}", json=payload)
         return _tabular(body, as_frame)
 
+    def fetch_arrow(
+        self, method: str, path: str, json: Mapping[str, Any] | None = None
+    ) -> tuple[pa.Table, bool]:
+        """Request a tabular endpoint (`/sql`, `/queries/{name}`) as an Arrow IPC stream, which
+        keeps the column types. Return the table and whether the server cut rows off."""
+        headers = {"Accept": ARROW_STREAM_MEDIA_TYPE}
+        response = self._send(method, path, json=json, headers=headers)
+        table = pa_ipc.open_stream(response.content).read_all()
+        return table, response.headers.get("X-Truncated") == "true"
+
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._send(method, path, **kwargs).json()
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TimeoutException as error:
@@ -208,7 +260,7 @@ class FeatureStoreClient:
             ) from error
 
         if response.is_success:
-            return response.json()
+            return response
         raise _error_from_response(response)
 
 

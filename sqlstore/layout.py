@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ class StoreLayout:
 
     def registry_path(self, group: str, name: str) -> Path:
         """Return the registry entry file of a table."""
-        return self.registry_dir / validate_group(group) / f"{validate_table_name(name)}.json"
+        return _registry_path(self.root, group, name)
 
     def lock_path(self, group: str, name: str) -> Path:
         """Return the lock file that serialises writes to one table."""
@@ -96,3 +97,10 @@ class StoreLayout:
                 table = path.name[1:].split(".", 1)[0]
                 found.append((path.parent.name, table, path))
         return found
+
+
+# Every cached request looks up its tables' registry files, and building a validated path costs
+# more than the rest of a memory hit. Invalid names raise, so only valid ones are remembered.
+@functools.lru_cache(maxsize=4096)
+def _registry_path(root: Path, group: str, name: str) -> Path:
+    return root / "registry" / validate_group(group) / f"{validate_table_name(name)}.json"

@@ -95,7 +95,7 @@ def _entity_table(
     seen: set[tuple[Any, ...]] = set()
 
     for entity in entity_ids:
-        converted = _convert_entity(entity, key_columns, schema, entry)
+        converted = convert_entity(entity, key_columns, schema, entry)
         if converted in seen:
             continue
         seen.add(converted)
@@ -112,9 +112,11 @@ def _entity_table(
     return pa.table(arrays), keys
 
 
-def _convert_entity(
+def convert_entity(
     entity: Any, key_columns: list[str], schema: pa.Schema, entry: RegistryEntry
 ) -> tuple[Any, ...]:
+    """Convert one entity id (a scalar, or an object of key columns) to a tuple of key values,
+    or raise InvalidInput naming the value and the key."""
     if isinstance(entity, dict):
         unknown = set(entity) - set(key_columns)
         missing = [column for column in key_columns if column not in entity]

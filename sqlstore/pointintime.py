@@ -5,12 +5,18 @@ with the same key whose event timestamp is the latest at or before the spine's t
 (strictly before with `inclusive=False`). Rows with the same key and timestamp are ranked by
 created timestamp, latest first, when the table has one, then by write order, last written
 first. A match older than the TTL gives nulls. Tables without an event timestamp join on the key
-alone, taking the row written last. The join runs in DuckDB (ASOF JOIN); Python never loops over
-rows. docs/point-in-time.md states the rules with examples.
+alone, taking the row written last. docs/point-in-time.md states the rules with examples.
+
+Two engines compute the same join, and Python loops over rows in neither. A table stored sorted
+by (key, event timestamp) with a single integer or string key is searched in numpy
+(`sqlstore.sortedjoin`), which took less CPU time than DuckDB's ASOF JOIN over the same file in
+docs/benchmarks.md. Every other table, and every table with `join_method="duckdb"`, joins in
+DuckDB (ASOF JOIN).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +24,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,11 +33,15 @@ import pyarrow.parquet as pq
 from sqlstore.catalog import query_arrow
 from sqlstore.errors import InvalidInput
 from sqlstore.identifiers import quote_identifier, quote_string
+from sqlstore.ordering import sort_columns
 from sqlstore.records import normalize_timestamp_column
 from sqlstore.references import resolve_reference
 from sqlstore.registry import RegistryEntry
+from sqlstore.sortedjoin import SortedSearch, SortedSearchUnavailable, search_sorted_file
 from sqlstore.store import FeatureStore
 from sqlstore.types import describe_type, type_family
+
+logger = logging.getLogger(__name__)
 
 ROW_COLUMN = "__row"
 MATCHED_TIMESTAMP_COLUMN = "__matched_timestamp"
@@ -39,6 +50,8 @@ NUMERIC_STRING = r"^\s*[+-]?[0-9]+\s*$"
 DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
 # Microseconds since the epoch that int64 nanoseconds can hold: 1677-09-21 to 2262-04-11.
 NANOSECOND_RANGE_US = (-9_223_372_036_854_775, 9_223_372_036_854_775)
+
+JOIN_METHODS = ("auto", "duckdb", "sorted")
 
 EntityInput = pd.DataFrame | pa.Table | str | Path
 
@@ -49,7 +62,11 @@ class JoinOptions:
 
     `ttl_seconds` overrides the registered TTL per table (`group/name`); 0 or None there means
     unlimited. `created_before_event` restricts matches to rows whose created timestamp is at
-    or before the spine's timestamp, for backfilled data.
+    or before the spine's timestamp, for backfilled data. `join_method` picks the engine:
+    "auto" searches each table in numpy where that applies and joins the rest in DuckDB,
+    "duckdb" joins every table in DuckDB, and "sorted" requires the numpy search for every
+    table, raising InvalidInput with the reason where it does not apply. All return the same
+    table.
     """
 
     timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN
@@ -57,6 +74,7 @@ class JoinOptions:
     inclusive: bool = True
     ttl_seconds: dict[str, float | None] = field(default_factory=dict)
     created_before_event: bool = False
+    join_method: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -82,6 +100,10 @@ def get_historical_features(
     entity row, in input order, with the entity columns first and then the features.
     """
     options = options or JoinOptions()
+    if options.join_method not in JOIN_METHODS:
+        raise InvalidInput(
+            f"invalid join_method {options.join_method!r}: use one of {', '.join(JOIN_METHODS)}"
+        )
     spine = load_entities(store, entities, entity_sql)
     joins = plan_joins(store, spine, features, options)
     spine = prepare_spine(spine, joins, options)
@@ -221,13 +243,53 @@ def prepare_spine(spine: pa.Table, joins: list[TableJoin], options: JoinOptions)
             f"entity table has no timestamp column {column!r}; name it with timestamp_column "
             f"(entity columns: {', '.join(spine.column_names)})"
         )
-    return spine.append_column(ROW_COLUMN, pa.array(range(spine.num_rows), pa.int64()))
+    return spine.append_column(ROW_COLUMN, pa.array(np.arange(spine.num_rows, dtype=np.int64)))
 
 
 def run_joins(
     store: FeatureStore, spine: pa.Table, joins: list[TableJoin], options: JoinOptions
 ) -> pa.Table:
-    """Run every table's join in one DuckDB statement and return the result in spine order."""
+    """Search each sorted table in numpy where that applies, join the other tables in one
+    DuckDB statement and return the result in spine order.
+
+    The spine's columns always pass through DuckDB, so that their output types do not depend
+    on which engine joined the features.
+    """
+    searched: dict[int, list[pa.ChunkedArray]] = {}
+    if options.join_method != "duckdb":
+        for index, join in enumerate(joins):
+            try:
+                searched[index] = search_sorted_table(store, spine, join, options)
+            except SortedSearchUnavailable as reason:
+                if options.join_method == "sorted":
+                    raise InvalidInput(
+                        f"join_method 'sorted' cannot join {join.entry.reference}: {reason}; "
+                        "use join_method 'auto'"
+                    ) from None
+                logger.debug("joining %s in DuckDB: %s", join.entry.reference, reason)
+
+    in_duckdb = [join for index, join in enumerate(joins) if index not in searched]
+    joined = _run_duckdb_joins(store, spine, in_duckdb, options)
+
+    spine_width = spine.num_columns - 1
+    names = joined.column_names[:spine_width]
+    columns = joined.columns[:spine_width]
+    next_column = spine_width
+    for index, join in enumerate(joins):
+        names.extend(join.output_names)
+        if index in searched:
+            columns.extend(searched[index])
+        else:
+            columns.extend(joined.columns[next_column : next_column + len(join.columns)])
+            next_column += len(join.columns)
+    return pa.Table.from_arrays(columns, names=names)
+
+
+def _run_duckdb_joins(
+    store: FeatureStore, spine: pa.Table, joins: list[TableJoin], options: JoinOptions
+) -> pa.Table:
+    """Run the joins of `joins` in one DuckDB statement and return the spine's columns and
+    theirs, in spine order."""
     spine_columns = [name for name in spine.column_names if name != ROW_COLUMN]
     select = [f"s.{quote_identifier(name)}" for name in spine_columns]
     from_clause = f"{SPINE_VIEW} AS s"
@@ -239,13 +301,71 @@ def run_joins(
         for column, name in zip(join.columns, join.output_names, strict=True):
             select.append(f"{alias}.{quote_identifier(column)} AS {quote_identifier(name)}")
 
-    sql = (
-        f"WITH {', '.join(ctes)} SELECT {', '.join(select)} FROM {from_clause} "
-        f"ORDER BY s.{ROW_COLUMN}"
-    )
+    with_clause = f"WITH {', '.join(ctes)} " if ctes else ""
+    sql = f"{with_clause}SELECT {', '.join(select)} FROM {from_clause} ORDER BY s.{ROW_COLUMN}"
     with store.catalog.cursor() as cursor:
         cursor.register(SPINE_VIEW, spine)
         return query_arrow(cursor, sql)
+
+
+def search_sorted_table(
+    store: FeatureStore, spine: pa.Table, join: TableJoin, options: JoinOptions
+) -> list[pa.ChunkedArray]:
+    """Return the feature columns of one table's join, searched in numpy, in spine order.
+
+    Raise SortedSearchUnavailable where the search does not apply: a composite key, no event
+    timestamp, `created_before_event` on a table with a created timestamp, a key that needs a
+    cast, or a file not stored sorted. Invalid input raises the InvalidInput the DuckDB join
+    would raise. The columns get the types DuckDB gives the same Parquet columns.
+    """
+    entry = join.entry
+    if entry.timestamp_column is None:
+        raise SortedSearchUnavailable("the table has no event timestamp")
+    if len(entry.entity_key) != 1:
+        raise SortedSearchUnavailable("the table has a composite key")
+    if options.created_before_event and entry.created_timestamp_column:
+        raise SortedSearchUnavailable("created_before_event needs a second time comparison")
+
+    schema = store.arrow_schema(entry)
+    key = entry.entity_key[0]
+    _spine_key_expression(spine, schema, entry, key)
+    timestamp_type = _comparison_timestamp_type(spine, schema, entry, options)
+    if timestamp_type == "TIMESTAMP_NS":
+        _check_nanosecond_range(spine[options.timestamp_column], entry)
+    search = SortedSearch(
+        path=str(store.root / entry.path),
+        key_column=key,
+        timestamp_column=entry.timestamp_column,
+        sorted_by=sort_columns(
+            entry.entity_key, entry.timestamp_column, entry.created_timestamp_column
+        ),
+        columns=join.columns,
+        unit="ns" if timestamp_type == "TIMESTAMP_NS" else "us",
+        inclusive=options.inclusive,
+        max_age=_ttl_limit(entry, options, timestamp_type),
+    )
+    found = search_sorted_file(search, spine[key], spine[options.timestamp_column])
+    return _as_duckdb_types(store, search, found)
+
+
+def _as_duckdb_types(
+    store: FeatureStore, search: SortedSearch, found: pa.Table
+) -> list[pa.ChunkedArray]:
+    """Cast columns read by pyarrow to the types DuckDB returns for the same Parquet columns.
+
+    The two differ for a few types: DuckDB converts timestamps of other zones to UTC
+    microseconds, reads durations as integers and names list items `l`.
+    """
+    if not search.columns:
+        return []
+    selected = ", ".join(quote_identifier(column) for column in search.columns)
+    sql = f"SELECT {selected} FROM read_parquet({quote_string(search.path)}) LIMIT 0"
+    with store.catalog.cursor() as cursor:
+        types = query_arrow(cursor, sql).schema.types
+    try:
+        return [column.cast(target) for column, target in zip(found.columns, types, strict=True)]
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise SortedSearchUnavailable(f"a column has no exact DuckDB type: {error}") from error
 
 
 def table_join_sql(
@@ -405,21 +525,29 @@ def _tie_ranking(entry: RegistryEntry, prefix: str = "") -> str:
 
 
 def _ttl_condition(entry: RegistryEntry, options: JoinOptions, timestamp_type: str) -> str:
+    limit = _ttl_limit(entry, options, timestamp_type)
+    if limit is None:
+        return ""
+    if timestamp_type == "TIMESTAMP_NS":
+        return f"epoch_ns(sp.__spine_ts) - epoch_ns(f.__feature_ts) <= {limit}"
+    return f"epoch_us(sp.__spine_ts) - epoch_us(f.__feature_ts) <= {limit}"
+
+
+def _ttl_limit(entry: RegistryEntry, options: JoinOptions, timestamp_type: str) -> int | None:
+    """Return the maximum age of a match in the comparison's unit, or None for no limit."""
     ttl = options.ttl_seconds.get(entry.reference, entry.ttl_seconds)
     if isinstance(ttl, bool) or not isinstance(ttl, int | float | None):
         raise InvalidInput(f"invalid ttl {ttl!r} for {entry.reference}: use a number of seconds")
     if not ttl or ttl == math.inf:
-        return ""
+        return None
     if not ttl > 0:
         raise InvalidInput(f"invalid ttl {ttl!r} for {entry.reference}: use 0 or more seconds")
     # Ages are whole units, so age <= TTL exactly when age <= floor(TTL). Flooring the decimal
     # the caller wrote, not the binary float, keeps 0.000003 s at 3 microseconds.
     exact_ttl = Fraction(repr(float(ttl)))
     if timestamp_type == "TIMESTAMP_NS":
-        limit = math.floor(exact_ttl * 1_000_000_000)
-        return f"epoch_ns(sp.__spine_ts) - epoch_ns(f.__feature_ts) <= {limit}"
-    limit = math.floor(exact_ttl * 1_000_000)
-    return f"epoch_us(sp.__spine_ts) - epoch_us(f.__feature_ts) <= {limit}"
+        return math.floor(exact_ttl * 1_000_000_000)
+    return math.floor(exact_ttl * 1_000_000)
 
 
 def _comparison_timestamp_type(

@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import duckdb
+import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from sqlstore.catalog import query_arrow
-from sqlstore.errors import InvalidInput
+from sqlstore.errors import InvalidInput, TableBusy
+from sqlstore.filestamps import SETTLED_NANOSECONDS, Signature, file_signature
 from sqlstore.identifiers import quote_identifier
 from sqlstore.registry import RegistryEntry
-from sqlstore.store import FeatureStore
+from sqlstore.store import ENTRY_METADATA_KEY, FeatureStore
 from sqlstore.values import convert_value, sql_type_for
 
 COMPARISONS = {"eq": "=", "ne": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 OPERATORS = (*COMPARISONS, "in", "isnull", "contains")
 OPERATOR_SEPARATOR = "__"
 MAX_IN_VALUES = 10_000
+# A page read that a concurrent write overtook is repeated up to this many times in all. A
+# write's window between the rename and the registry update lasts milliseconds.
+MAX_READ_ATTEMPTS = 50
+READ_RETRY_SECONDS = 0.01
+
+# Table version stored in each Parquet file's footer, by path: (stat signature, version).
+_FILE_VERSIONS: dict[Path, tuple[Signature, int | None]] = {}
 
 
 @dataclass(frozen=True)
@@ -80,16 +94,53 @@ def read_page(
     limit: int = 100,
     offset: int = 0,
 ) -> Page:
-    """Read one page of a table through its DuckDB view; all values are bound parameters."""
-    entry = store.table(group, name)
+    """Read one page of a table through its DuckDB view; all values are bound parameters.
+
+    The rows, total_rows and the entry describe one version of the table: a read that a
+    writer's rename overtook is repeated, and TableBusy is raised when none of
+    MAX_READ_ATTEMPTS succeeds.
+    """
+    for _ in range(MAX_READ_ATTEMPTS):
+        entry = store.table(group, name)
+        path = store.root / entry.path
+        signature, version = file_version(path)
+        try:
+            page = _query_page(store, entry, columns, filters, order_by, limit, offset)
+        except duckdb.Error:
+            # DuckDB opens the file more than once per query, so a rename between the opens
+            # fails the query; it is repeated then, and re-raised otherwise.
+            if signature is not None and file_signature(path) == signature:
+                raise
+            page = None
+        # A writer renames the new file into place and then updates the registry, so the entry
+        # can lag behind the file. An unchanged signature shows that the query read the same
+        # file whose footer gave `version`.
+        unchanged = signature is not None and file_signature(path) == signature
+        if page is not None and unchanged and version in (None, entry.version):
+            return page
+        time.sleep(READ_RETRY_SECONDS)
+
+    raise TableBusy(
+        f"feature table {group}/{name} was rewritten during each of {MAX_READ_ATTEMPTS} reads; "
+        "retry after the writes finish"
+    )
+
+
+def _query_page(
+    store: FeatureStore,
+    entry: RegistryEntry,
+    columns: str | None,
+    filters: list[Filter],
+    order_by: str | None,
+    limit: int,
+    offset: int,
+) -> Page:
     selected = parse_columns(columns, entry)
     where, parameters = _where_clause(filters, entry, store.arrow_schema(entry))
     order = _order_clause(order_by, entry)
-    view = f"{quote_identifier(group)}.{quote_identifier(name)}"
+    view = f"{quote_identifier(entry.group)}.{quote_identifier(entry.name)}"
     select_list = ", ".join(quote_identifier(column) for column in selected)
 
-    # NOTE: the count and the page are two statements; a write that lands between them can
-    # make total_rows describe the newer version of the table.
     with store.catalog.cursor() as cursor:
         count_sql = f"SELECT count(*) FROM {view}{where}"
         total = cursor.execute(count_sql, parameters).fetchall()[0][0]
@@ -99,6 +150,35 @@ def read_page(
             [*parameters, limit, offset],
         )
     return Page(table=table, total_rows=total, entry=entry)
+
+
+def file_version(path: Path) -> tuple[Signature | None, int | None]:
+    """Return the stat signature of the file at `path` and the table version in its footer.
+
+    The version is None for a file without sqlstore metadata; both are None when the file is
+    missing. A version is remembered per path and signature once the file is older than
+    SETTLED_NANOSECONDS (see `sqlstore.filestamps`), so each footer is read about once.
+    """
+    try:
+        with path.open("rb") as file:
+            signature = _open_signature(file.fileno())
+            cached = _FILE_VERSIONS.get(path)
+            if cached is not None and cached[0] == signature:
+                return signature, cached[1]
+            metadata = pq.read_schema(file).metadata or {}
+    except FileNotFoundError:
+        return None, None
+
+    text = metadata.get(ENTRY_METADATA_KEY)
+    version = None if text is None else orjson.loads(text)["version"]
+    if max(signature[3], signature[4]) < time.time_ns() - SETTLED_NANOSECONDS:
+        _FILE_VERSIONS[path] = (signature, version)
+    return signature, version
+
+
+def _open_signature(descriptor: int) -> Signature:
+    status = os.fstat(descriptor)
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
 
 
 def _require_column(entry: RegistryEntry, column: str, what: str) -> None:

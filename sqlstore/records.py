@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,20 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from sqlstore.errors import InvalidInput
+from sqlstore.errors import InvalidIdentifier, InvalidInput
 from sqlstore.identifiers import validate_column
 from sqlstore.types import FLOAT64_EXACT_INTEGER_LIMIT, describe_type, type_family
+from sqlstore.values import (
+    EPOCH_RANGE_MESSAGE,
+    ISO_TIMESTAMP_EXAMPLES,
+    ISO_TIMESTAMP_PATTERN,
+    MAX_EPOCH_SECONDS,
+    MIN_EPOCH_SECONDS,
+)
 
 MICROSECONDS_PER_SECOND = 1_000_000
-# Year 287,000 or so: beyond this, microseconds since the epoch overflow int64.
-MAX_EPOCH_SECONDS = 9e12
+# pyarrow's C data interface fails on lists nested about 50 deep; stay far below that.
+MAX_LIST_DEPTH = 8
 INPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -32,20 +40,56 @@ def records_to_table(records: Sequence[Mapping[str, Any]]) -> pa.Table:
     """
     if not records:
         raise InvalidInput("records is empty: send at least one record")
+    check_record_values(records)
 
-    names: dict[str, None] = {}
+    first_records: dict[str, int] = {}
     for index, record in enumerate(records):
         if not isinstance(record, Mapping):
             raise InvalidInput(f"record {index} is not a JSON object")
         for key in record:
-            names.setdefault(key, None)
+            first_records.setdefault(key, index)
 
     columns = {}
-    for name in names:
-        validate_column(name)
+    for name, index in first_records.items():
+        try:
+            validate_column(name)
+        except InvalidIdentifier as error:
+            raise InvalidIdentifier(f"record {index}: {error.message}") from error
         values = [record.get(name) for record in records]
         columns[name] = _column_from_values(name, values)
     return pa.table(columns)
+
+
+def check_record_values(records: Sequence[Mapping[str, Any]]) -> None:
+    """Raise InvalidInput naming the first record and field whose value contains an object, NaN
+    or an infinity, or nests lists more than MAX_LIST_DEPTH deep.
+
+    Python's JSON parser accepts the non-standard NaN and Infinity literals, and a stored NaN
+    would be read back as null. The walk is iterative, so that a value nested hundreds deep
+    cannot exhaust Python's stack.
+    """
+    for index, record in enumerate(records):
+        if not isinstance(record, Mapping):
+            continue
+        for field, value in record.items():
+            problem = _nested_value_problem(value)
+            if problem is not None:
+                raise InvalidInput(f"record {index}, field {field!r}: {problem}")
+
+
+def _nested_value_problem(value: Any) -> str | None:
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return "NaN and infinite numbers are not supported; send null for a missing value"
+        if isinstance(item, Mapping):
+            return "nested objects are not supported; flatten them into separate columns"
+        if isinstance(item, list):
+            if depth == MAX_LIST_DEPTH:
+                return f"lists nest more than {MAX_LIST_DEPTH} levels deep; flatten the values"
+            pending.extend((child, depth + 1) for child in item)
+    return None
 
 
 def _column_from_values(name: str, values: list[Any]) -> pa.Array:
@@ -79,7 +123,8 @@ def _has_mapping(value: Any) -> bool:
 
 def _describe_bad_value(name: str, values: list[Any], error: Exception) -> InvalidInput:
     """Find the first record whose value does not fit the column, for the error message."""
-    first_kind = None
+    first_kind: tuple[str, ...] | None = None
+    first_index = 0
     for index, value in enumerate(values):
         if value is None:
             continue
@@ -88,56 +133,128 @@ def _describe_bad_value(name: str, values: list[Any], error: Exception) -> Inval
                 f"record {index}, field {name!r}: nested objects are not supported; "
                 "flatten them into separate columns"
             )
+        problem = _value_problem(value)
+        if problem is not None:
+            return InvalidInput(f"record {index}, field {name!r}: {problem}")
+
         kind = _json_kind(value)
         if first_kind is None:
-            first_kind = kind
-            first_index = index
-        elif kind != first_kind:
+            first_kind, first_index = kind, index
+        elif not _kinds_compatible(kind, first_kind):
             return InvalidInput(
-                f"record {index}, field {name!r}: got {kind} {_preview(value)} but record "
-                f"{first_index} has {first_kind}; send one type per field"
-            )
-        try:
-            pa.array([value])
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UnicodeError, ValueError):
-            return InvalidInput(
-                f"record {index}, field {name!r}: value {_preview(value)} cannot be stored "
-                f"({error}); integers must fit in signed 64 bits and strings must be valid "
-                "Unicode"
+                f"record {index}, field {name!r}: got {_describe_kind(kind)} {_preview(value)} "
+                f"but record {first_index} has {_describe_kind(first_kind)}; send one type per "
+                "field"
             )
 
     inexact = _first_inexact_integer(values)
     if inexact is not None:
         return InvalidInput(
-            f"record {inexact}, field {name!r}: the integer {_preview(values[inexact])} has no "
-            "exact float64 value, and other records of this field are floats; send all values "
-            "as integers, or as strings"
+            f"record {inexact}, field {name!r}: value {_preview(values[inexact])} has an integer "
+            "with no exact float64 value, and other records of this field have floats; send all "
+            "values as integers, or as strings"
         )
     return InvalidInput(f"field {name!r}: values cannot be stored as one column ({error})")
 
 
+def _value_problem(value: Any) -> str | None:
+    """Return why one value cannot be stored on its own, or None when it can."""
+    try:
+        pa.array([value])
+        return None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UnicodeError, ValueError) as error:
+        failure = error
+
+    numbers = list(_leaf_values(value))
+    too_large = next((n for n in numbers if _is_integer(n) and not _fits_int64(n)), None)
+    if too_large is not None:
+        return (
+            f"the integer {_preview(too_large)} does not fit in signed 64 bits; send it as a string"
+        )
+    if any(isinstance(item, str) and not _is_valid_unicode(item) for item in numbers):
+        return f"value {_preview(value)} is not valid Unicode text (it has a lone surrogate)"
+    if isinstance(value, list):
+        kinds = [_json_kind(item) for item in value if item is not None]
+        for kind in kinds[1:]:
+            if not _kinds_compatible(kind, kinds[0]):
+                return (
+                    f"the list {_preview(value)} mixes {_describe_kind(kinds[0])} and "
+                    f"{_describe_kind(kind)}; send one element type per list"
+                )
+        if _first_inexact_integer(numbers) is not None:
+            return (
+                f"the list {_preview(value)} mixes floats with an integer that has no exact "
+                "float64 value; send all elements as integers, or as strings"
+            )
+    return f"value {_preview(value)} cannot be stored ({failure})"
+
+
+def _leaf_values(value: Any) -> Iterator[Any]:
+    if isinstance(value, list):
+        for item in value:
+            yield from _leaf_values(item)
+    else:
+        yield value
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _fits_int64(value: int) -> bool:
+    return -(2**63) <= value < 2**63
+
+
+def _is_valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _first_inexact_integer(values: list[Any]) -> int | None:
     """Return the index of the first integer that float64 cannot hold exactly when the values
-    also contain floats (Arrow then stores the column as float64), else None."""
-    if not any(isinstance(value, float) for value in values):
+    also contain floats (Arrow then stores the column as float64), else None. Elements of
+    lists count as their list's value."""
+    leaves = [list(_leaf_values(value)) for value in values]
+    if not any(isinstance(leaf, float) for group in leaves for leaf in group):
         return None
-    for index, value in enumerate(values):
-        is_integer = isinstance(value, int) and not isinstance(value, bool)
-        if is_integer and abs(value) > FLOAT64_EXACT_INTEGER_LIMIT:
+    for index, group in enumerate(leaves):
+        if any(_is_integer(leaf) and abs(leaf) > FLOAT64_EXACT_INTEGER_LIMIT for leaf in group):
             return index
     return None
 
 
-def _json_kind(value: Any) -> str:
+def _json_kind(value: Any) -> tuple[str, ...]:
+    """Return the JSON type of `value`: ("number",), or ("list", "string") for a list of
+    strings. A list that is empty or contains only nulls is ("list",), which fits any list."""
     if isinstance(value, bool):
-        return "a boolean"
+        return ("boolean",)
     if isinstance(value, int | float):
-        return "a number"
+        return ("number",)
     if isinstance(value, str):
-        return "a string"
+        return ("string",)
     if isinstance(value, list):
-        return "a list"
-    return type(value).__name__
+        items = [_json_kind(item) for item in value if item is not None]
+        longest = max(items, key=len, default=())
+        return ("list", *longest)
+    return (type(value).__name__,)
+
+
+def _kinds_compatible(kind: tuple[str, ...], other: tuple[str, ...]) -> bool:
+    shorter = min(len(kind), len(other))
+    if kind[:shorter] != other[:shorter]:
+        return False
+    # A bare ("list",) fits any list; a scalar fits only the same scalar.
+    return len(kind) == len(other) or kind[shorter - 1] == "list"
+
+
+def _describe_kind(kind: tuple[str, ...]) -> str:
+    plural = {"number": "numbers", "string": "strings", "boolean": "booleans", "list": "lists"}
+    words = ["a list" if kind[0] == "list" else f"a {kind[0]}"]
+    words += [f"of {plural.get(part, part)}" for part in kind[1:]]
+    return " ".join(words)
 
 
 def _preview(value: Any) -> str:
@@ -216,13 +333,12 @@ def _epoch_seconds_to_timestamp(name: str, column: pa.ChunkedArray) -> pa.Chunke
     as_float = seconds.cast(pa.float64()).to_numpy(zero_copy_only=False)
     with np.errstate(invalid="ignore"):
         valid = np.isnan(as_float) & seconds.is_null().to_numpy(zero_copy_only=False)
-        valid |= np.isfinite(as_float) & (np.abs(as_float) <= MAX_EPOCH_SECONDS)
+        in_range = (as_float >= MIN_EPOCH_SECONDS) & (as_float <= MAX_EPOCH_SECONDS)
+        valid |= np.isfinite(as_float) & in_range
     if not valid.all():
         index = int(np.argmin(valid))
-        raise InvalidInput(
-            f"record {index}, field {name!r}: {seconds[index].as_py()!r} is not a Unix epoch "
-            f"time in seconds (at most {MAX_EPOCH_SECONDS:.0e} in magnitude)"
-        )
+        message = EPOCH_RANGE_MESSAGE.format(value=seconds[index].as_py())
+        raise InvalidInput(f"record {index}, field {name!r}: {message}")
 
     if pa.types.is_floating(seconds.type):
         micros = pc.round(pc.multiply(seconds, float(MICROSECONDS_PER_SECOND))).cast(pa.int64())
@@ -232,6 +348,19 @@ def _epoch_seconds_to_timestamp(name: str, column: pa.ChunkedArray) -> pa.Chunke
 
 
 def _parse_timestamp_strings(name: str, column: pa.ChunkedArray) -> pa.ChunkedArray:
+    # pandas alone would also accept forms such as "2024" or "20240501", which read as numbers.
+    matches = pc.match_substring_regex(column, f"^(?:{ISO_TIMESTAMP_PATTERN})$")
+    mismatched = pc.fill_null(pc.invert(matches), False)
+    if pc.any(mismatched).as_py():
+        index = pc.index(mismatched, True).as_py()
+        raise InvalidInput(
+            f"record {index}, field {name!r}: {column[index].as_py()!r} is not an ISO 8601 "
+            f"timestamp; {ISO_TIMESTAMP_EXAMPLES}"
+        )
+
+    # Zeros after the sixth fractional digit would make pandas parse every value in nanoseconds,
+    # which cannot hold the years before 1677 or after 2262.
+    column = pc.replace_substring_regex(column, r"(\.\d{6})0{1,3}(Z|[+-]|$)", r"\1\2")
     values = column.to_pandas()
     try:
         parsed = pd.to_datetime(values, utc=True, format="ISO8601")
@@ -246,8 +375,8 @@ def _parse_timestamp_strings(name: str, column: pa.ChunkedArray) -> pa.ChunkedAr
             ) from error
         index, value = bad
         raise InvalidInput(
-            f"record {index}, field {name!r}: {value!r} is not an ISO 8601 timestamp in the "
-            "supported range (for example 2024-05-01T12:00:00Z)"
+            f"record {index}, field {name!r}: {value!r} is not a valid time in the supported "
+            "range: the years 1 to 9999, or 1677 to 2262 with more than 6 fractional digits"
         ) from error
     # pandas 3 parses to microseconds unless a string has nanosecond digits, so keep its unit:
     # forcing nanoseconds would overflow for years outside 1677-2262. pandas 2 parses to

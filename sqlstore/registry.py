@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from sqlstore.atomic import write_bytes_atomically
 from sqlstore.errors import NotFound
+from sqlstore.filestamps import ReplacedFileReader
 from sqlstore.layout import StoreLayout
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,11 @@ class RegistryEntry(BaseModel):
         description="True when no two rows share the key and event timestamp (the key alone for "
         "static tables), so joins can skip ranking ties; None when unknown",
     )
+    sorted_by: list[str] = Field(
+        default_factory=list,
+        description="Columns the file's rows are stably sorted by, ascending, so rows with equal "
+        "values keep their write order; empty when the rows are in write order",
+    )
     version: int = Field(default=0, description="Increases by one on every write")
     created_at: datetime
     updated_at: datetime
@@ -75,12 +81,18 @@ class RegistryEntry(BaseModel):
         return None
 
 
+def _parse_write_stamp(content: bytes) -> str:
+    fields = orjson.loads(content)
+    return f"{fields['version']}@{fields['updated_at']}"
+
+
 class Registry:
     """Reads and writes registry entries. Callers hold the table's lock around a write."""
 
     def __init__(self, layout: StoreLayout) -> None:
         self.layout = layout
         self._parsed: dict[Path, tuple[tuple[int, int, int], RegistryEntry]] = {}
+        self._stamps = ReplacedFileReader(_parse_write_stamp)
 
     def get(self, group: str, name: str) -> RegistryEntry:
         """Return the entry of one table, or raise NotFound."""
@@ -104,17 +116,16 @@ class Registry:
         """Return a string that changes with every write of a table, or raise NotFound.
 
         It is the version and the time of the write, because a table deleted and written again
-        restarts at version 1. Parsing only these two fields keeps it cheap enough for a cache
-        key on every request.
+        restarts at version 1. It is read on every request to key the result cache, so an
+        unchanged entry costs one stat call (see `sqlstore.filestamps`).
         """
         path = self.layout.registry_path(group, name)
         try:
-            content = orjson.loads(path.read_bytes())
+            return self._stamps.read(path)
         except FileNotFoundError as error:
             raise NotFound(
                 f"feature table {group}/{name} not found; GET /features lists the tables"
             ) from error
-        return f"{content['version']}@{content['updated_at']}"
 
     def put(self, entry: RegistryEntry) -> None:
         """Write one entry atomically."""

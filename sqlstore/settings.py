@@ -37,6 +37,21 @@ def default_queries_dir() -> Path:
     return Path("queries").resolve()
 
 
+def parse_flag(raw: str) -> bool:
+    """Return the truth value of a setting written as true/false, yes/no, on/off or 1/0."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+# How a setting's text becomes its value, by the field's annotation; the default is int.
+CONVERTERS = {"float": float, "Path": Path, "bool": parse_flag, "str": str}
+EXPECTED = {"bool": "true or false", "str": "text", "Path": "a path"}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Limits of the REST API. Each field can be set by `SQLSTORE_<FIELD NAME IN CAPITALS>`."""
@@ -47,7 +62,10 @@ class Settings:
     max_body_bytes: int = 256 * 1024 * 1024
     max_records_per_write: int = 1_000_000
     max_entity_ids: int = 10_000
+    max_columns: int = 1000
     lock_timeout_seconds: float = 60.0
+    # One INFO line per request; docs/operations.md describes it.
+    access_log: bool = True
     queries_dir: Path = field(default_factory=lambda: default_queries_dir())
     # Read-only SQL (/sql and named queries); docs/sql.md describes each limit.
     sql_max_rows: int = 10_000
@@ -67,6 +85,17 @@ class Settings:
     cache_ttl_seconds: float = 300.0
     cache_disk_bytes: int = 1024 * 1024 * 1024
     cache_disk_max_entry_bytes: int = 64 * 1024 * 1024
+    # Online views for lookups as of now; docs/online.md describes each.
+    online_enabled: bool = True
+    online_memory_bytes: int = 1024 * 1024 * 1024
+    online_load: str = "lazy"
+
+    def __post_init__(self) -> None:
+        if self.default_limit > self.max_limit:
+            raise ValueError(
+                f"invalid settings: default_limit {self.default_limit} is more than max_limit "
+                f"{self.max_limit}; lower SQLSTORE_DEFAULT_LIMIT too"
+            )
 
     @classmethod
     def from_environment(cls, root: str | os.PathLike[str] | None = None) -> Settings:
@@ -82,9 +111,10 @@ class Settings:
             raw = os.environ.get(variable, file_values.get(setting.name))
             if raw is None:
                 continue
-            convert = {"float": float, "Path": Path}.get(setting.type, int)
+            convert = CONVERTERS.get(setting.type, int)
             try:
                 values[setting.name] = convert(raw)
             except ValueError as error:
-                raise ValueError(f"invalid {variable}={raw!r}: expected a number") from error
+                expected = EXPECTED.get(setting.type, "a number")
+                raise ValueError(f"invalid {variable}={raw!r}: expected {expected}") from error
         return cls(**values)

@@ -18,12 +18,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from sqlstore.atomic import replace_atomically
+from sqlstore.atomic import replace_atomically, storage_error
 from sqlstore.catalog import Catalog
 from sqlstore.errors import Conflict, InvalidIdentifier, InvalidInput, StorageError, TableBusy
 from sqlstore.identifiers import validate_column, validate_group, validate_table_name
 from sqlstore.layout import StoreLayout, resolve_root
-from sqlstore.records import normalize_timestamp_column
+from sqlstore.ordering import sort_columns, sort_table
+from sqlstore.records import MAX_LIST_DEPTH, normalize_timestamp_column
 from sqlstore.registry import ColumnInfo, Registry, RegistryEntry, StorageStats
 from sqlstore.types import describe_type, optimize_table, type_family, widen_for_append
 
@@ -37,8 +38,6 @@ KEY_FAMILIES = ("integer", "string", "date")
 MAX_COLUMNS = 1000
 # Up to this many rows the CSV size in the storage figures is exact; beyond, it is estimated.
 CSV_EXACT_ROWS = 100_000
-# pyarrow's C data interface fails on lists nested about 50 deep; stay far below that.
-MAX_LIST_DEPTH = 8
 # Days from 1970-01-01 to 0001-01-01 and to 9999-12-31: the range of Python's datetime.
 FIRST_SUPPORTED_DAY = -719162
 LAST_SUPPORTED_DAY = 2932896
@@ -82,12 +81,14 @@ class FeatureStore:
         *,
         lock_timeout_seconds: float = 60.0,
         duckdb_threads: int | None = None,
+        max_columns: int = MAX_COLUMNS,
     ) -> None:
         self.layout = StoreLayout(resolve_root(root))
         self.layout.create()
         self.registry = Registry(self.layout)
         self.catalog = Catalog(self.layout, threads=duckdb_threads)
         self.lock_timeout_seconds = lock_timeout_seconds
+        self.max_columns = max_columns
         self._schemas: dict[tuple[str, str, int, datetime], pa.Schema] = {}
 
     @property
@@ -134,10 +135,12 @@ class FeatureStore:
         inclusive: bool = True,
         ttl_seconds: dict[str, float | None] | None = None,
         created_before_event: bool = False,
+        join_method: str = "auto",
     ) -> pa.Table:
         """Join `features` to each row of `entities` as known at that row's timestamp.
 
-        See `sqlstore.pointintime` for the rules. Returns Arrow; call `.to_pandas()` for pandas.
+        See `sqlstore.pointintime` for the rules and the join methods. Returns Arrow; call
+        `.to_pandas()` for pandas.
         """
         from sqlstore.pointintime import JoinOptions, get_historical_features
 
@@ -147,6 +150,7 @@ class FeatureStore:
             inclusive=inclusive,
             ttl_seconds=dict(ttl_seconds or {}),
             created_before_event=created_before_event,
+            join_method=join_method,
         )
         return get_historical_features(self, entities, features, options, entity_sql=entity_sql)
 
@@ -258,15 +262,23 @@ class FeatureStore:
 
     @contextmanager
     def _table_lock(self, group: str, name: str) -> Iterator[None]:
-        lock = filelock.FileLock(self.layout.lock_path(group, name))
+        path = self.layout.lock_path(group, name)
+        lock = filelock.FileLock(path)
         try:
-            with lock.acquire(timeout=self.lock_timeout_seconds):
-                yield
+            lock.acquire(timeout=self.lock_timeout_seconds)
         except filelock.Timeout as error:
             raise TableBusy(
                 f"feature table {group}/{name} is being written by another process; "
                 f"retry after it finishes (waited {self.lock_timeout_seconds:g} s)"
             ) from error
+        except OSError as error:
+            # A read-only or full file system rejects opening the lock file for writing.
+            raise storage_error(path, error) from error
+
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _write_locked(
         self,
@@ -278,6 +290,7 @@ class FeatureStore:
         compression: str,
         existing: RegistryEntry | None,
     ) -> RegistryEntry:
+        _check_column_count(data.num_columns, self.max_columns, "the data")
         resolved = _resolve_definition(definition, data, mode, existing)
         data = _prepare_columns(data, resolved)
         path = self.layout.table_path(group, name)
@@ -288,9 +301,16 @@ class FeatureStore:
             data = widen_for_append(stored, data)
             # The appended columns may collide in case with the stored ones.
             _check_column_names(data.column_names)
+            _check_column_count(data.num_columns, self.max_columns, "the appended table")
             first_new_row = stored.num_rows
         table, dictionary_columns = optimize_table(data)
         _validate_table(table, resolved, first_new_row)
+        sorted_by = sort_columns(
+            resolved.entity_key or [],
+            resolved.timestamp_column,
+            resolved.created_timestamp_column,
+        )
+        table = sort_table(table, sorted_by)
 
         now = datetime.now(UTC)
         entry = RegistryEntry(
@@ -306,6 +326,7 @@ class FeatureStore:
             columns=_column_infos(table, resolved.column_descriptions or {}),
             row_count=table.num_rows,
             unique_keys=_has_unique_keys(table, resolved),
+            sorted_by=sorted_by,
             version=(existing.version if existing else 0) + 1,
             created_at=existing.created_at if existing else now,
             updated_at=now,
@@ -458,8 +479,13 @@ def _check_column_names(names: list[str]) -> None:
             )
         seen[folded] = column
 
-    if len(names) > MAX_COLUMNS:
-        raise InvalidInput(f"{len(names)} columns is more than the maximum {MAX_COLUMNS}")
+
+def _check_column_count(count: int, max_columns: int, table_label: str) -> None:
+    if count > max_columns:
+        raise InvalidInput(
+            f"{table_label} has {count} columns, more than the maximum {max_columns} per "
+            "table; split the features into several tables, or raise SQLSTORE_MAX_COLUMNS"
+        )
 
 
 def _list_depth(arrow_type: pa.DataType) -> int:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -12,6 +13,31 @@ from sqlstore.errors import InvalidInput
 from sqlstore.types import describe_type, type_family
 
 INTEGER_PATTERN = re.compile(r"[+-]?[0-9]{1,19}")
+EPOCH_TEXT_PATTERN = re.compile(r"[+-]?\d+(\.\d+)?")
+# Text of at most 8 digits may be an ISO 8601 year or a basic-format date (20240501), so it is
+# not taken as epoch seconds. Seconds since 1973-03-03 have 9 digits or more.
+DATE_LIKE_TEXT_PATTERN = re.compile(r"[+-]?\d{1,8}")
+# The ISO 8601 forms every timestamp input accepts. A date may be followed by "T" or one space
+# and a time of hours and minutes, then optional seconds with 1 to 9 fractional digits, then an
+# optional offset (Z, +hh, +hhmm or +hh:mm). The pattern is unanchored and compiles both in
+# Python's re and in RE2, which Arrow's regex functions use.
+ISO_TIMESTAMP_PATTERN = (
+    r"\d{4}-\d{2}-\d{2}"
+    r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.(?P<fraction>\d{1,9}))?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"
+)
+ISO_TIMESTAMP_REGEX = re.compile(ISO_TIMESTAMP_PATTERN)
+ISO_TIMESTAMP_EXAMPLES = (
+    "use a form such as 2024-05-01T12:00:00Z, 2024-05-01 12:00:00.250+02:00 or 2024-05-01"
+)
+# Unix epoch seconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, the range of Python's
+# datetime and so of every JSON response.
+MIN_EPOCH_SECONDS = -62_135_596_800
+MAX_EPOCH_SECONDS = 253_402_300_799
+EPOCH_RANGE_MESSAGE = (
+    "{value!r} is outside the Unix epoch seconds of the years 1 to 9999; numbers are seconds, "
+    "so divide milliseconds by 1000, or send an ISO 8601 string"
+)
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Filters bind integers as BIGINT and lookups build int64 key arrays, so an integer outside
 # this range can match no stored value and must be rejected before it reaches DuckDB.
 INT64_MIN = -(2**63)
@@ -56,9 +82,10 @@ def convert_value(value: Any, arrow_type: pa.DataType, what: str) -> Any:
         if family == "date":
             return date.fromisoformat(str(value))
     except (ValueError, TypeError, OverflowError) as error:
+        reason = f"; {error}" if family == "timestamp" else ""
         raise InvalidInput(
             f"invalid value {value!r} for {what}: expected {_expected(family)} "
-            f"({describe_type(arrow_type)})"
+            f"({describe_type(arrow_type)}){reason}"
         ) from error
     raise InvalidInput(f"{what} is not supported on {describe_type(arrow_type)} columns")
 
@@ -116,22 +143,53 @@ def _expected(family: str) -> str:
 def parse_timestamp(value: Any) -> datetime:
     """Parse an ISO 8601 string or Unix epoch seconds into an aware UTC datetime.
 
-    A string without an offset is taken as UTC. Raise ValueError for anything else.
+    A string without an offset is taken as UTC, and a string of 9 or more digits as epoch seconds,
+    because query strings carry numbers as text. Raise ValueError, saying why, for anything else.
     """
     if isinstance(value, datetime):
         parsed = value
     elif isinstance(value, bool):
         raise TypeError("a boolean is not a timestamp")
     elif isinstance(value, int | float):
-        return datetime.fromtimestamp(value, tz=UTC)
+        return _from_epoch_seconds(value)
     elif isinstance(value, str):
         text = value.strip()
-        if re.fullmatch(r"[+-]?\d+(\.\d+)?", text):
-            return datetime.fromtimestamp(float(text), tz=UTC)
-        parsed = datetime.fromisoformat(text)
+        if DATE_LIKE_TEXT_PATTERN.fullmatch(text):
+            raise ValueError(
+                f"{text!r} could be a date or Unix epoch seconds; send an ISO 8601 date such as "
+                "2024-05-01, or a JSON number for seconds"
+            )
+        if EPOCH_TEXT_PATTERN.fullmatch(text):
+            return _from_epoch_seconds(float(text) if "." in text else int(text))
+        parsed = _parse_iso_timestamp(text)
     else:
         raise TypeError("not a timestamp")
 
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
+
+
+def _from_epoch_seconds(seconds: int | float) -> datetime:
+    """Return the UTC datetime `seconds` after 1970-01-01, rounded to the microsecond."""
+    if isinstance(seconds, float) and not math.isfinite(seconds):
+        raise ValueError(f"{seconds!r} is not a finite number of seconds")
+    if not MIN_EPOCH_SECONDS <= seconds <= MAX_EPOCH_SECONDS:
+        raise ValueError(EPOCH_RANGE_MESSAGE.format(value=seconds))
+    return UNIX_EPOCH + timedelta(seconds=seconds)
+
+
+def _parse_iso_timestamp(text: str) -> datetime:
+    match = ISO_TIMESTAMP_REGEX.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not an ISO 8601 timestamp; {ISO_TIMESTAMP_EXAMPLES}")
+
+    fraction = match.group("fraction") or ""
+    if len(fraction) > 6:
+        if fraction[6:].strip("0"):
+            raise ValueError(
+                f"{text!r} has nanosecond digits, but times in requests have microsecond "
+                "precision; send at most 6 fractional digits"
+            )
+        text = text.replace("." + fraction, "." + fraction[:6], 1)
+    return datetime.fromisoformat(text)

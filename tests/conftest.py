@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import filelock
 import httpx
 import pandas as pd
 import pytest
@@ -48,11 +49,13 @@ def start_server(
     workers: int = 1,
     env: dict[str, str] | None = None,
     options: tuple[str, ...] = (),
+    prefix: tuple[str, ...] = (),
 ) -> RunningServer:
     """Start `python -m sqlstore serve [options]` on a free port and wait until /health
-    returns 200."""
+    returns 200. `prefix` is a wrapper command that runs the server, such as prlimit."""
     port = free_port()
     command = [
+        *prefix,
         sys.executable,
         "-m",
         "sqlstore",
@@ -86,6 +89,17 @@ def start_server(
     raise RuntimeError(f"server did not answer within {SERVER_START_TIMEOUT_SECONDS} s")
 
 
+def lock_is_held(path: Path) -> bool:
+    """Return True when another process or thread holds the file lock `path`."""
+    lock = filelock.FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        return True
+    lock.release()
+    return False
+
+
 def stop_server(server: RunningServer) -> None:
     server.process.terminate()
     try:
@@ -93,6 +107,33 @@ def stop_server(server: RunningServer) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
+
+
+def start_scratch_server(
+    tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str, str] | None = None
+) -> RunningServer:
+    """Start a server on a new, empty store root for a module's tests; `name` labels its
+    folders."""
+    root = tmp_path_factory.mktemp(f"{name}_store")
+    log_path = tmp_path_factory.mktemp(f"{name}_logs") / "server.log"
+    return start_server(root, log_path, env=env)
+
+
+@pytest.fixture(scope="module")
+def module_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """A server on an empty store of its own, shared by the tests of one module."""
+    running = start_scratch_server(tmp_path_factory, request.module.__name__.rsplit(".", 1)[-1])
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="module")
+def module_http(module_server: RunningServer) -> Iterator[httpx.Client]:
+    """A client of `module_server`."""
+    with httpx.Client(base_url=module_server.base_url, timeout=60) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

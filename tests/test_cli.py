@@ -142,8 +142,9 @@ def test_ingest_parquet_declared(tmp_path: Path) -> None:
     path = table_file(root, "interaction", "clicks")
     assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
     stored = pq.read_table(path)
-    assert stored["ts"].to_pylist()[1] == datetime(2024, 5, 1, 13, tzinfo=UTC)
-    assert stored["clicks"].to_pylist() == [1, 2, 3]
+    # Rows are stored sorted by (user_id, item_id, ts): ("a", 10), ("a", 11), ("b", 10).
+    assert stored["ts"].to_pylist()[2] == datetime(2024, 5, 1, 13, tzinfo=UTC)
+    assert stored["clicks"].to_pylist() == [1, 3, 2]
 
 
 def test_ingest_jsonl_append(tmp_path: Path) -> None:

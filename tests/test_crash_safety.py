@@ -14,14 +14,18 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
+from conftest import RunningServer, start_server, stop_server
 
 from sqlstore.store import FeatureStore
 
@@ -316,7 +320,8 @@ def test_kill_before_registry_update(tmp_path: Path) -> None:
     assert temporary_files(root) == []
 
 
-def test_killed_cli_ingest_leaves_one_version(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["overwrite", "append"])
+def test_killed_cli_ingest_leaves_one_version(tmp_path: Path, mode: str) -> None:
     root = tmp_path / "store"
     small = pa.table({"entity_id": [0, 1, 2], "version": [1, 1, 1], "payload": ["a", "b", "c"]})
     big_rows = 300_000
@@ -330,7 +335,7 @@ def test_killed_cli_ingest_leaves_one_version(tmp_path: Path) -> None:
     big_csv = tmp_path / "big.csv"
     pa_csv.write_csv(big, big_csv)
     FeatureStore(root).write(GROUP, NAME, small)
-    rng = random.Random()
+    rng = random.Random(f"ingest-kill-{mode}")
     command = [
         sys.executable,
         "-m",
@@ -343,6 +348,8 @@ def test_killed_cli_ingest_leaves_one_version(tmp_path: Path) -> None:
         NAME,
         "--root",
         str(root),
+        "--mode",
+        mode,
     ]
 
     for _ in range(3):
@@ -357,11 +364,133 @@ def test_killed_cli_ingest_leaves_one_version(tmp_path: Path) -> None:
         check_folder_names(root)
         stored = pq.read_table(table_path(root))
         versions = set(stored["version"].to_pylist())
-        assert versions in ({1}, {2}), context
-        expected_rows = 3 if versions == {1} else big_rows
+        version = embedded_version(table_path(root))
+        # Each append that landed added the whole CSV after the rows already stored.
+        if version == 1:
+            expected_versions, expected_rows = {1}, 3
+        elif mode == "overwrite":
+            expected_versions, expected_rows = {2}, big_rows
+        else:
+            expected_versions, expected_rows = {1, 2}, 3 + (version - 1) * big_rows
+        assert versions == expected_versions, context
         assert stored.num_rows == expected_rows, context
         FeatureStore(root).recover()
         entry = registry_entry(root)
         assert entry["version"] == embedded_version(table_path(root)), context
         assert entry["row_count"] == expected_rows, context
         assert temporary_files(root) == [], context
+
+
+# Server kills: (mode, rows per write by version, maximum kill delay in seconds). Large writes
+# take one to three seconds on a 2-core machine, so the delays land in the upload, the JSON
+# parse, the Parquet write, the rename and the registry update.
+REST_KILLS = 5
+REST_CASES = {
+    "overwrite": ([20, 200_000], 3.0),
+    "append": ([10, 60_000], 2.5),
+}
+
+
+def rest_records(mode: str, version: int, first_id: int) -> list[dict[str, int]]:
+    counts = REST_CASES[mode][0]
+    rows = counts[version % len(counts)]
+    return [{"entity_id": first_id + i, "version": version} for i in range(rows)]
+
+
+def post_write(base_url: str, body: bytes, outcome: dict[str, object]) -> None:
+    try:
+        response = httpx.post(
+            f"{base_url}/features/{GROUP}/{NAME}",
+            content=body,
+            headers={"content-type": "application/json"},
+            timeout=PROCESS_TIMEOUT_SECONDS,
+        )
+        outcome["status"] = response.status_code
+        outcome["body"] = response.json()
+    except httpx.TransportError as error:
+        outcome["error"] = repr(error)
+
+
+def check_rest_table(path: Path, mode: str, context: str) -> tuple[int, list[int]]:
+    """Check that the file contains whole versions only; return its version and entity ids."""
+    stored = pq.read_table(path)
+    version = embedded_version(path)
+    versions = stored["version"].to_pylist()
+    ids = stored["entity_id"].to_pylist()
+
+    if mode == "overwrite":
+        assert set(versions) == {version}, context
+        assert len(versions) == len(rest_records(mode, version, 0)), context
+    else:
+        expected = [v for v in range(1, version + 1) for _ in rest_records(mode, v, 0)]
+        assert versions == expected, context
+    assert len(ids) == len(set(ids)), context
+    return version, ids
+
+
+@pytest.mark.parametrize("mode", ["overwrite", "append"])
+def test_killed_server_write_leaves_one_version(tmp_path: Path, mode: str) -> None:
+    root = tmp_path / "store"
+    FeatureStore(root).write(GROUP, NAME, pa.Table.from_pylist(rest_records(mode, 1, 0)))
+    # A fixed seed makes the kill delays the same on every run; the context names each one.
+    rng = random.Random(f"server-kill-{mode}")
+    max_delay = REST_CASES[mode][1]
+    acknowledged = 1
+    next_id = len(rest_records(mode, 1, 0))
+
+    for attempt in range(REST_KILLS):
+        server = start_server(root, tmp_path / f"server{attempt}.log")
+        context = f"attempt {attempt}"
+        # The start above ran recover(), so the previous kill's leftovers must be gone.
+        version = check_recovered(root, server, mode, context)
+        assert version >= acknowledged, context
+
+        records = rest_records(mode, version + 1, next_id if mode == "append" else 0)
+        next_id += len(records)
+        body = orjson.dumps({"mode": mode, "records": records})
+        outcome: dict[str, object] = {}
+        writer = threading.Thread(target=post_write, args=(server.base_url, body, outcome))
+        delay = rng.uniform(0.0, max_delay)
+        writer.start()
+        time.sleep(delay)
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait(timeout=PROCESS_TIMEOUT_SECONDS)
+        writer.join(timeout=PROCESS_TIMEOUT_SECONDS)
+        context = f"{mode} of {len(records)} rows killed after {delay:.3f} s: {outcome}"
+
+        check_folder_names(root)
+        file_version, _ = check_rest_table(table_path(root), mode, context)
+        assert file_version in (version, version + 1), context
+        assert registry_entry(root)["version"] in (file_version - 1, file_version), context
+        if outcome.get("status") == 200:
+            acknowledged = version + 1
+            assert outcome["body"]["version"] == acknowledged, context
+            assert file_version == acknowledged, context
+        else:
+            assert "error" in outcome, context
+
+    server = start_server(root, tmp_path / "server-last.log")
+    check_recovered(root, server, mode, "after the last kill")
+
+
+def check_recovered(root: Path, server: RunningServer, mode: str, context: str) -> int:
+    """Check the state after a server start; stop the server and return the table's version."""
+    try:
+        version, ids = check_rest_table(table_path(root), mode, context)
+        entry = registry_entry(root)
+        assert entry["version"] == version, context
+        assert entry["row_count"] == len(ids), context
+        assert entry["storage"]["bytes_on_disk"] == table_path(root).stat().st_size, context
+        assert temporary_files(root) == [], context
+
+        response = httpx.get(
+            f"{server.base_url}/features/{GROUP}/{NAME}",
+            params={"columns": "entity_id", "limit": 1},
+            timeout=PROCESS_TIMEOUT_SECONDS,
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["x-table-version"] == str(version), context
+        assert response.headers["x-total-rows"] == str(len(ids)), context
+    finally:
+        stop_server(server)
+    return version

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,15 @@ def spine(user_ids: list[Any], seconds: list[float | None], **extra: Any) -> pa.
     return pa.table({"user_id": user_ids, "event_timestamp": times(*seconds), **extra})
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> FeatureStore:
-    return FeatureStore(tmp_path / "store")
+@pytest.fixture(params=["auto", "duckdb"])
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> FeatureStore:
+    """Return a store whose joins use one join method, so that every rule is checked both with
+    the numpy search of sorted tables ("auto" picks it where it applies) and in DuckDB."""
+    store = FeatureStore(tmp_path / "store")
+    store.get_historical_features = functools.partial(
+        store.get_historical_features, join_method=request.param
+    )
+    return store
 
 
 @pytest.fixture

@@ -5,23 +5,26 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from dataclasses import asdict
 
 from fastapi import FastAPI
 
 import sqlstore
 from sqlstore import metrics
-from sqlstore.api import caching, features, training
+from sqlstore.api import caching, features, health, online, training
 from sqlstore.api import sql as sql_routes
+from sqlstore.api.access import AccessControlMiddleware
 from sqlstore.api.errors import install_error_handlers
 from sqlstore.api.middleware import (
     BodySizeLimitMiddleware,
     MetricsMiddleware,
     RequestIdMiddleware,
 )
+from sqlstore.api.pagecache import CachedPageMiddleware
 from sqlstore.cache import CacheSettings, ResultCache
 from sqlstore.settings import Settings
 from sqlstore.store import FeatureStore
+from sqlstore.tokens import TokenVerifier, tokens_path
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +55,16 @@ def build_cache(settings: Settings) -> ResultCache | None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application for the store named by `settings` (default: from the environment)."""
     settings = settings or Settings.from_environment()
+    tokens = tokens_path(settings.root)
+    verifier = TokenVerifier(tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = FeatureStore(settings.root, lock_timeout_seconds=settings.lock_timeout_seconds)
+        store = FeatureStore(
+            settings.root,
+            lock_timeout_seconds=settings.lock_timeout_seconds,
+            max_columns=settings.max_columns,
+        )
         store.recover()
         tables = store.list_tables()
         app.state.store = store
@@ -72,6 +81,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.max_records_per_write,
             settings.max_entity_ids,
         )
+        logger.info(
+            "settings: %s", " ".join(f"{key}={value}" for key, value in asdict(settings).items())
+        )
+        if verifier.enabled:
+            logger.info("access control on: %d token(s) in %s", verifier.token_count(), tokens)
+        else:
+            logger.info("access control off: create a token to turn it on (%s)", tokens)
         yield
         store.catalog.close()
         if app.state.cache is not None:
@@ -84,15 +100,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # Innermost, so that every check of the outer middleware also applies to cache hits.
+    app.add_middleware(CachedPageMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Outside the body size limit, so that a request without a valid token is rejected before
+    # its body is read, and inside the request id, so that the rejection carries one.
+    app.add_middleware(AccessControlMiddleware, verifier=verifier)
     app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(MetricsMiddleware, access_log=settings.access_log)
 
-    @app.get("/health", tags=["service"])
-    def health() -> dict[str, str]:
-        """Report that the server is up, with the current UTC time."""
-        return {"status": "healthy", "timestamp": datetime.now(UTC).isoformat()}
-
+    app.include_router(health.router)
+    # Early in the route list, because each request tries the routes in order.
+    app.include_router(online.router)
     app.include_router(features.router)
     app.include_router(training.router)
     app.include_router(sql_routes.router)

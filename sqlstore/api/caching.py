@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from sqlstore import metrics
 from sqlstore.api.encoding import JSONBytesResponse
+from sqlstore.api.models import ERROR_RESPONSES
 from sqlstore.cache import (
     DISK_TIER,
     MEMORY_TIER,
@@ -22,7 +26,9 @@ from sqlstore.cache import (
     cache_key,
     usage_ratio,
 )
-from sqlstore.identifiers import validate_group, validate_table_name
+from sqlstore.filestamps import ReplacedFileReader
+from sqlstore.identifiers import validate_group
+from sqlstore.layout import StoreLayout, validate_table_name
 from sqlstore.store import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -40,17 +46,17 @@ async def cache_lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
-router = APIRouter(tags=["cache and metrics"], lifespan=cache_lifespan)
+router = APIRouter(tags=["cache and metrics"], responses=ERROR_RESPONSES, lifespan=cache_lifespan)
 
 
 def record_cache_event(tier: str, event: str) -> None:
     """Count a cache event in the Prometheus metrics shared by all workers."""
     if event in ("hit", "miss"):
-        metrics.CACHE_LOOKUPS.labels(tier=tier, result=event).inc()
+        metrics.child(metrics.CACHE_LOOKUPS, tier, event).inc()
     elif event == "eviction":
-        metrics.CACHE_EVICTIONS.labels(tier=tier).inc()
+        metrics.child(metrics.CACHE_EVICTIONS, tier).inc()
     elif event == "expiry":
-        metrics.CACHE_EXPIRATIONS.labels(tier=tier).inc()
+        metrics.child(metrics.CACHE_EXPIRATIONS, tier).inc()
 
 
 def table_versions(store: FeatureStore, tables: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -76,25 +82,58 @@ def serve_cached(
     `on_hit` may adjust a response served from the cache."""
     cache: ResultCache | None = request.app.state.cache
     if cache is None:
-        return _response(compute(), "bypass")
+        return cached_response(compute(), "bypass")
 
     key = cache_key(kind, canonical_request, versions)
-    cached, where = cache.get(key)
+    cached = cache.get_memory(key)
     if cached is not None:
-        if where == "hit-disk":
-            # The entry was copied into the memory tier.
-            _publish_memory_usage(cache)
-        return _response(on_hit(cached) if on_hit else cached, where)
+        return cached_response(on_hit(cached) if on_hit else cached, "hit-memory")
+    return _serve_past_memory(cache, key, versions, compute, on_hit)
+
+
+async def serve_cached_async(
+    request: Request,
+    kind: str,
+    canonical_request: dict[str, Any],
+    versions: dict[str, str],
+    compute: Callable[[], CachedResponse],
+) -> Response:
+    """Like `serve_cached`, for `async` routes: a memory hit is answered on the event loop,
+    and only the disk tier and `compute` run in the thread pool. This keeps the common case
+    free of the thread hop that a plain `def` route pays on every request."""
+    cache: ResultCache | None = request.app.state.cache
+    if cache is None:
+        return await run_in_threadpool(serve_uncached, compute)
+
+    key = cache_key(kind, canonical_request, versions)
+    cached = cache.get_memory(key)
+    if cached is not None:
+        return cached_response(cached, "hit-memory")
+    return await run_in_threadpool(_serve_past_memory, cache, key, versions, compute, None)
+
+
+def _serve_past_memory(
+    cache: ResultCache,
+    key: str,
+    versions: dict[str, str],
+    compute: Callable[[], CachedResponse],
+    on_hit: Callable[[CachedResponse], CachedResponse] | None,
+) -> Response:
+    cached = cache.get_disk(key)
+    if cached is not None:
+        # The entry was copied into the memory tier.
+        _publish_memory_usage(cache)
+        return cached_response(on_hit(cached) if on_hit else cached, "hit-disk")
 
     response = compute()
     cache.put(key, response, table=min(versions) if versions else None)
     _publish_memory_usage(cache)
-    return _response(response, "miss")
+    return cached_response(response, "miss")
 
 
 def serve_uncached(compute: Callable[[], CachedResponse]) -> Response:
     """Return a computed response that must not be cached."""
-    return _response(compute(), "bypass")
+    return cached_response(compute(), "bypass")
 
 
 def reclaim_table(request: Request, group: str, name: str) -> None:
@@ -104,7 +143,8 @@ def reclaim_table(request: Request, group: str, name: str) -> None:
         cache.reclaim_table(f"{group}/{name}")
 
 
-def _response(cached: CachedResponse, where: str) -> Response:
+def cached_response(cached: CachedResponse, where: str) -> Response:
+    """Return `cached` as a response whose X-Cache header says `where`."""
     headers = {**cached.headers, CACHE_HEADER: where}
     return Response(cached.body, media_type=cached.media_type, headers=headers)
 
@@ -119,13 +159,27 @@ def _publish_memory_usage(cache: ResultCache) -> None:
     metrics.CACHE_MEMORY_MAX_BYTES.set(cache.settings.memory_bytes if enabled else 0)
 
 
-def _epoch_path(store: FeatureStore, group: str, name: str) -> Any:
-    return store.layout.cache_dir / EPOCHS_FOLDER / f"{group}.{name}"
+def _epoch_path(store: FeatureStore, group: str, name: str) -> Path:
+    return _epoch_file(store.root, group, name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _epoch_file(root: Path, group: str, name: str) -> Path:
+    # Callers pass names that the registry lookup has validated.
+    return StoreLayout(root).cache_dir / EPOCHS_FOLDER / f"{group}.{name}"
+
+
+def _parse_epoch(content: bytes) -> str:
+    return content.decode(errors="replace").strip() or "0"
+
+
+# Epoch files change only through bump_epoch, which replaces them by rename.
+_epochs = ReplacedFileReader(_parse_epoch)
 
 
 def _read_epoch(store: FeatureStore, group: str, name: str) -> str:
     try:
-        return _epoch_path(store, group, name).read_text().strip() or "0"
+        return _epochs.read(_epoch_path(store, group, name))
     except FileNotFoundError:
         return "0"
 

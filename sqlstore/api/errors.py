@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -53,6 +54,28 @@ def error_response(
     return JSONBytesResponse(body, status_code=status, headers=headers)
 
 
+def describe_unreadable_body(error: BaseException) -> str | None:
+    """Return a message for an exception that decoding a JSON request body raised, or None
+    when it is not one of the known causes."""
+    if isinstance(error, UnicodeDecodeError):
+        return (
+            f"the request body is not UTF-8 text (invalid byte at position {error.start}); "
+            "send JSON encoded as UTF-8"
+        )
+    if isinstance(error, RecursionError):
+        return (
+            "the request body nests arrays or objects too deeply to parse; send flatter JSON "
+            f"(Python's parser stops near {sys.getrecursionlimit()} levels)"
+        )
+    if isinstance(error, ValueError) and "integer string conversion" in str(error):
+        # Python limits int() and json.loads to integers of 4300 digits by default.
+        return (
+            "the request body has an integer literal with more digits than Python's JSON parser "
+            f"accepts ({sys.get_int_max_str_digits()}); send such a value as a string"
+        )
+    return None
+
+
 async def handle_sqlstore_error(request: Request, error: SqlstoreError) -> Response:
     logger.warning(
         "%s %s failed with %d (request %s): %s",
@@ -80,7 +103,8 @@ async def handle_validation_error(request: Request, error: RequestValidationErro
     ]
     summary = "; ".join(f"{d['location']}: {d['message']}" for d in details[:5])
     logger.info(
-        "invalid request %s (request %s): %s",
+        "%s %s failed with 422 (request %s): invalid request: %s",
+        request.method,
         loggable_path(request),
         request_id_of(request),
         summary,
@@ -92,9 +116,20 @@ async def handle_validation_error(request: Request, error: RequestValidationErro
 
 async def handle_http_error(request: Request, error: StarletteHTTPException) -> Response:
     message = str(error.detail)
+    # FastAPI reports a body it cannot decode only as "There was an error parsing the body".
+    if error.status_code == 400 and error.__cause__ is not None:
+        message = describe_unreadable_body(error.__cause__) or message
     if error.status_code == 404 and message == "Not Found":
         message = f"no route matches {request.method} {request.url.path}; see /docs for the API"
     code = HTTP_CODES.get(error.status_code, "http_error")
+    logger.info(
+        "%s %s failed with %d (request %s): %s",
+        request.method,
+        loggable_path(request),
+        error.status_code,
+        request_id_of(request),
+        message.encode("unicode_escape").decode("ascii"),
+    )
     return error_response(request, error.status_code, code, message, headers=error.headers)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -12,7 +11,13 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from sqlstore import metrics
-from sqlstore.api.caching import reclaim_table, serve_cached, serve_uncached, table_versions
+from sqlstore.api.caching import (
+    reclaim_table,
+    serve_cached,
+    serve_cached_async,
+    serve_uncached,
+    table_versions,
+)
 from sqlstore.api.encoding import (
     FORMAT_MEDIA_TYPES,
     JSON_MEDIA_TYPE,
@@ -23,18 +28,20 @@ from sqlstore.api.encoding import (
     table_records,
 )
 from sqlstore.api.models import (
+    ERROR_RESPONSES,
     BatchRequest,
     BatchResponse,
-    ErrorResponse,
     FeatureTableResponse,
     StorageInfoResponse,
     TableList,
     WriteRequest,
     WriteResponse,
 )
+from sqlstore.api.pagecache import PAGE_KIND, page_request
 from sqlstore.cache import CachedResponse
 from sqlstore.errors import InvalidInput, PayloadTooLarge
 from sqlstore.lookup import lookup_entities
+from sqlstore.online import OnlineStore
 from sqlstore.reader import Page, parse_filters, read_page
 from sqlstore.records import records_to_table
 from sqlstore.references import FeatureReference, resolve_reference
@@ -46,9 +53,6 @@ from sqlstore.values import parse_timestamp
 
 logger = logging.getLogger(__name__)
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 404, 409, 413, 415, 422, 503, 507)
-}
 PAGE_PARAMETERS = frozenset({"columns", "limit", "offset", "order_by"})
 # DuckDB binds OFFSET as BIGINT.
 MAX_OFFSET = 2**63 - 1
@@ -100,15 +104,19 @@ def batch_features(request: Request, body: BatchRequest) -> Response:
     if len(body.entity_ids) > settings.max_entity_ids:
         raise PayloadTooLarge(
             f"{len(body.entity_ids)} entity ids is more than the maximum "
-            f"{settings.max_entity_ids} per request; split the request"
+            f"{settings.max_entity_ids} per request; split the request, or raise "
+            "SQLSTORE_MAX_ENTITY_IDS"
         )
 
     as_of = _parse_as_of(body.timestamp)
     entries = store.list_tables()
     references = [resolve_reference(name, entries) for name in body.feature_names]
 
+    # A lookup as of now reads the online views; one as of a given time runs in DuckDB.
+    online = _online(request) if body.timestamp is None else None
+
     def compute() -> CachedResponse:
-        return _encode_batch(store, references, body.entity_ids, as_of)
+        return _encode_batch(store, references, body.entity_ids, as_of, online)
 
     # A lookup as of now changes as time passes when a table has a TTL, so it is not cached.
     as_of_now = body.timestamp is None
@@ -126,12 +134,16 @@ def _encode_batch(
     references: list[FeatureReference],
     entity_ids: list[Any],
     as_of: datetime,
+    online: OnlineStore | None = None,
 ) -> CachedResponse:
     features: dict[str, list[dict[str, Any]]] = {}
     found: dict[str, int] = {}
     not_found: dict[str, list[Any]] = {}
     for reference in references:
-        result = lookup_entities(store, reference, entity_ids, as_of)
+        if online is not None:
+            result = online.lookup_entities(reference, entity_ids, as_of)
+        else:
+            result = lookup_entities(store, reference, entity_ids, as_of)
         features[reference.requested] = table_records(result.table)
         found[reference.requested] = result.table.num_rows
         not_found[reference.requested] = result.missing
@@ -149,6 +161,11 @@ def _encode_batch(
     return CachedResponse(dumps(body), JSON_MEDIA_TYPE)
 
 
+def _online(request: Request) -> OnlineStore | None:
+    online: OnlineStore | None = getattr(request.app.state, "online", None)
+    return online if online is not None and online.settings.enabled else None
+
+
 def _parse_as_of(value: str | float | None) -> datetime:
     if value is None:
         return datetime.now(UTC)
@@ -156,7 +173,8 @@ def _parse_as_of(value: str | float | None) -> datetime:
         return parse_timestamp(value)
     except (ValueError, TypeError, OverflowError, OSError) as error:
         raise InvalidInput(
-            f"invalid timestamp {value!r}: use ISO 8601 (2016-01-01T00:00:00Z) or Unix seconds"
+            f"invalid timestamp {value!r} ({error}): use ISO 8601 (2016-01-01T00:00:00Z) or Unix "
+            "seconds"
         ) from error
 
 
@@ -170,7 +188,7 @@ def _parse_as_of(value: str | float | None) -> datetime:
         }
     },
 )
-def read_table(
+async def read_table(
     request: Request,
     group: str,
     name: str,
@@ -189,17 +207,12 @@ def read_table(
     limit = settings.default_limit if limit is None else limit
     if limit > settings.max_limit:
         raise InvalidInput(
-            f"limit {limit} is more than the maximum {settings.max_limit}; page with offset"
+            f"limit {limit} is more than the maximum {settings.max_limit}; page with offset, "
+            "or raise SQLSTORE_MAX_LIMIT"
         )
 
     store = _store(request)
-    canonical = {
-        "group": group,
-        "name": name,
-        "query": sorted(request.query_params.multi_items()),
-        "limit": limit,
-        "format": file_format,
-    }
+    canonical = page_request(group, name, request.query_params.multi_items(), limit, file_format)
     versions = table_versions(store, [(group, name)])
 
     def compute() -> CachedResponse:
@@ -220,7 +233,7 @@ def read_table(
         )
         return _encode_page(page, group, name, limit, offset, file_format)
 
-    return serve_cached(request, "page", canonical, versions, compute)
+    return await serve_cached_async(request, PAGE_KIND, canonical, versions, compute)
 
 
 def _encode_page(
@@ -267,9 +280,9 @@ def write_table(request: Request, group: str, name: str, body: WriteRequest) -> 
     if len(body.records) > settings.max_records_per_write:
         raise PayloadTooLarge(
             f"{len(body.records)} records is more than the maximum "
-            f"{settings.max_records_per_write} per write; split the write and use mode=append"
+            f"{settings.max_records_per_write} per write; split the write and use mode=append, "
+            "or raise SQLSTORE_MAX_RECORDS_PER_WRITE"
         )
-    _reject_non_finite_numbers(body.records)
 
     entity_key = [body.entity_key] if isinstance(body.entity_key, str) else body.entity_key
     if entity_key is not None and len(set(entity_key)) != len(entity_key):
@@ -307,29 +320,6 @@ def write_table(request: Request, group: str, name: str, body: WriteRequest) -> 
         "path": entry.path,
     }
     return JSONBytesResponse(response)
-
-
-def _reject_non_finite_numbers(records: list[dict[str, Any]]) -> None:
-    """Raise InvalidInput naming the first record and field with NaN or an infinity.
-
-    Python's JSON parser accepts the non-standard NaN and Infinity literals, and a stored NaN
-    would be read back as null.
-    """
-    for index, record in enumerate(records):
-        for field, value in record.items():
-            if _has_non_finite_number(value):
-                raise InvalidInput(
-                    f"record {index}, field {field!r}: NaN and infinite numbers are not "
-                    "supported; send null for a missing value"
-                )
-
-
-def _has_non_finite_number(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, list):
-        return any(_has_non_finite_number(item) for item in value)
-    return False
 
 
 @router.delete("/{group}/{name}")

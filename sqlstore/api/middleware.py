@@ -16,6 +16,7 @@ from sqlstore.api.encoding import dumps
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = b"x-request-id"
+CACHE_HEADER = b"x-cache"
 # An incoming request id is kept only when it is short and plain, so it is safe to log.
 REQUEST_ID_PATTERN = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
@@ -88,6 +89,12 @@ class BodySizeLimitMiddleware:
 
     async def _reject(self, scope: Scope, send: Send) -> None:
         request_id = scope.get("state", {}).get("request_id", "-")
+        logger.info(
+            "%s request rejected with 413 (request %s): body over %d bytes",
+            scope["method"],
+            request_id,
+            self.max_bytes,
+        )
         error = {"code": "payload_too_large", "message": self._message(), "request_id": request_id}
         body = dumps({"error": error})
         await send(
@@ -104,10 +111,13 @@ class BodySizeLimitMiddleware:
 
 
 class MetricsMiddleware:
-    """Count each request and time it, by route template, method and status."""
+    """Count each request and time it, by route template, method and status, and log one line
+    per request with its path, status, duration, cache result and request id (unless
+    `access_log` is false: the line costs about as much as serving a cached page)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, access_log: bool = True) -> None:
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -116,11 +126,15 @@ class MetricsMiddleware:
 
         started = time.perf_counter()
         status = 500
+        cache_result = "-"
 
         async def send_with_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, cache_result
             if message["type"] == "http.response.start":
                 status = message["status"]
+                for name, value in message.get("headers", []):
+                    if name.lower() == CACHE_HEADER:
+                        cache_result = value.decode("latin-1")
             await send(message)
 
         try:
@@ -131,14 +145,35 @@ class MetricsMiddleware:
             method = scope["method"]
             metrics.REQUESTS.labels(route=route, method=method, status=str(status)).inc()
             metrics.REQUEST_SECONDS.labels(route=route, method=method).observe(elapsed)
-            logger.debug(
-                "%s %s %d %.3f ms (request %s)",
-                method,
-                route,
-                status,
-                elapsed * 1000,
-                scope.get("state", {}).get("request_id", "-"),
-            )
+            if self.access_log:
+                log_request(scope, status, elapsed, cache_result)
+
+
+def log_request(scope: Scope, status: int, elapsed: float, cache_result: str) -> None:
+    """Log one request at INFO, with its fields also as `extra` attributes for JSON logs.
+
+    The query string is left out, because it can carry long SQL text or filter values.
+    """
+    state = scope.get("state", {})
+    client = scope.get("client")
+    fields = {
+        "method": scope["method"],
+        # Escaped, so that a client cannot write terminal escapes or NUL bytes into the log.
+        "path": scope["path"].encode("unicode_escape").decode("ascii"),
+        "route": route_template(scope),
+        "status": status,
+        "duration_ms": round(elapsed * 1000, 3),
+        "cache": cache_result,
+        "request_id": state.get("request_id", "-"),
+        "token": state.get("token_name", "-"),
+        "client": f"{client[0]}:{client[1]}" if client else "-",
+    }
+    logger.info(
+        "%(method)s %(path)s %(status)d %(duration_ms).3f ms cache=%(cache)s "
+        "request=%(request_id)s token=%(token)s client=%(client)s",
+        fields,
+        extra=fields,
+    )
 
 
 def route_template(scope: Scope) -> str:

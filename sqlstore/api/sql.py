@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
@@ -26,6 +26,7 @@ from sqlstore.api.encoding import (
     table_records,
 )
 from sqlstore.api.errors import request_id_of
+from sqlstore.api.features import require_json_body
 from sqlstore.api.models import ErrorResponse
 from sqlstore.cache import CachedResponse
 from sqlstore.settings import Settings
@@ -104,7 +105,7 @@ def _service(request: Request) -> SqlService:
     return request.app.state.sql
 
 
-@router.post("/sql", responses=TABULAR_CONTENT)
+@router.post("/sql", responses=TABULAR_CONTENT, dependencies=[Depends(require_json_body)])
 def post_sql(request: Request, body: SqlRequest) -> Response:
     """Run one read-only query over the feature views (`group.name`)."""
     file_format = negotiate_format(request.headers.get("accept"))
@@ -149,7 +150,9 @@ def get_named_query(
     return _run_named(request, name, values, limit, file_format)
 
 
-@router.post("/queries/{name}", responses=TABULAR_CONTENT)
+@router.post(
+    "/queries/{name}", responses=TABULAR_CONTENT, dependencies=[Depends(require_json_body)]
+)
 def post_named_query(request: Request, name: QueryName, body: NamedQueryRequest) -> Response:
     """Run a named query with parameters from the body."""
     file_format = negotiate_format(request.headers.get("accept"))

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pyarrow as pa
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
@@ -22,11 +22,11 @@ from sqlstore.api.encoding import (
     table_records,
 )
 from sqlstore.api.errors import request_id_of
-from sqlstore.api.features import ERROR_RESPONSES
+from sqlstore.api.features import ERROR_RESPONSES, require_json_body
 from sqlstore.cache import CachedResponse
 from sqlstore.errors import InvalidInput, SqlstoreError
 from sqlstore.pointintime import DEFAULT_TIMESTAMP_COLUMN, JoinOptions, get_historical_features
-from sqlstore.records import records_to_table
+from sqlstore.records import check_record_values, records_to_table
 from sqlstore.references import resolve_reference
 from sqlstore.sql.validate import analyse_query
 from sqlstore.store import FeatureStore
@@ -67,6 +67,7 @@ class TrainingSetRequest(BaseModel):
 @router.post(
     "/training-set",
     responses={200: {"content": {t: {} for t in FORMAT_MEDIA_TYPES.values()}}},
+    dependencies=[Depends(require_json_body)],
 )
 def training_set(request: Request, body: TrainingSetRequest) -> Response:
     """Join features to entities as of each entity's timestamp; one output row per entity row.
@@ -125,6 +126,9 @@ def _check_inline_fields(body: TrainingSetRequest) -> None:
         raise InvalidInput("give exactly one of entities and entity_sql")
     if body.entities == []:
         raise InvalidInput("entities is empty: send at least one entity row")
+    if body.entities is not None:
+        # Before the cache key is built: pydantic cannot serialize values nested very deep.
+        check_record_values(body.entities)
 
 
 def _tables_read(

@@ -32,6 +32,9 @@ from typing import Any
 
 logger = logging.getLogger("sqlstore.sql.worker")
 
+# Runs of one query in all when writers keep replacing the files it reads.
+MAX_QUERY_ATTEMPTS = 3
+
 
 @dataclass(frozen=True)
 class ViewDefinition:
@@ -135,7 +138,7 @@ class SandboxDatabase:
         try:
             self._ensure_views(views)
             parameters = decode_parameters(request.get("parameters", []))
-            table, truncated_by = self._execute(request, views, parameters)
+            table, truncated_by = self._execute_while_unchanged(request, views, parameters)
         except _Stopped as stopped:
             return stopped.header, None
         except duckdb.Error as error:
@@ -165,6 +168,33 @@ class SandboxDatabase:
         finally:
             cursor.close()
         return {name: str(value) for name, value in rows}
+
+    def _execute_while_unchanged(
+        self, request: dict[str, Any], views: list[ViewDefinition], parameters: dict[str, Any]
+    ) -> tuple[Any, str | None]:
+        """Run `_execute`, and run it again when it failed while a writer replaced a file.
+
+        DuckDB opens a Parquet file more than once per query, so a rename between the opens
+        fails the query with an error about invalid data.
+        """
+        import duckdb
+
+        from sqlstore.filestamps import file_signature
+
+        paths = [self.root / view.path for view in views]
+        for _ in range(MAX_QUERY_ATTEMPTS - 1):
+            before = [file_signature(path) for path in paths]
+            try:
+                return self._execute(request, views, parameters)
+            except duckdb.Error as error:
+                if before == [file_signature(path) for path in paths]:
+                    raise
+                logger.info(
+                    "request %s: a table file was replaced during the query (%s); running it again",
+                    request.get("request_id", "-"),
+                    error,
+                )
+        return self._execute(request, views, parameters)
 
     def _execute(
         self, request: dict[str, Any], views: list[ViewDefinition], parameters: dict[str, Any]

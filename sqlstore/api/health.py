@@ -1,0 +1,84 @@
+"""`GET /health`: whether the store root, the registry and DuckDB are usable by this worker."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Request
+
+from sqlstore.api.encoding import JSONBytesResponse
+from sqlstore.store import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["service"])
+
+OK = "ok"
+
+
+def check_root(store: FeatureStore) -> str:
+    root = store.root
+    if not root.is_dir():
+        return f"store root {root} is missing or not a folder"
+    if not os.access(root, os.R_OK | os.X_OK):
+        return f"store root {root} is not readable by the server process"
+    return OK
+
+
+def check_registry(store: FeatureStore) -> str:
+    # Listing the folder proves it readable without parsing every entry.
+    folder = store.layout.registry_dir
+    try:
+        with os.scandir(folder) as entries:
+            next(entries, None)
+    except OSError as error:
+        return f"registry folder {folder} cannot be read: {error.strerror or error}"
+    return OK
+
+
+def check_duckdb(store: FeatureStore) -> str:
+    try:
+        with store.catalog.cursor() as cursor:
+            row = cursor.execute("SELECT 42").fetchone()
+    except Exception as error:  # noqa: BLE001 - any DuckDB failure means unhealthy
+        return f"DuckDB did not answer: {error}"
+    if row != (42,):
+        return f"DuckDB returned {row!r} for SELECT 42"
+    return OK
+
+
+CHECKS: dict[str, Callable[[FeatureStore], str]] = {
+    "root": check_root,
+    "registry": check_registry,
+    "duckdb": check_duckdb,
+}
+
+
+@router.get(
+    "/health",
+    responses={503: {"description": "A check failed; `checks` names it and the cause."}},
+)
+def health(request: Request) -> JSONBytesResponse:
+    """Report whether the store root is readable, the registry folder can be listed and
+    DuckDB runs a query, with status 503 when any of them fails. No token is needed."""
+    store: FeatureStore = request.app.state.store
+    checks = {name: check(store) for name, check in CHECKS.items()}
+    failed = {name: result for name, result in checks.items() if result != OK}
+    body = {
+        "status": "unhealthy" if failed else "healthy",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "checks": checks,
+    }
+
+    # Log the transitions only, so that a probe every second does not flood the log.
+    previous = getattr(request.app.state, "health_failures", {})
+    if failed != previous:
+        if failed:
+            logger.error("health check failed: %s", "; ".join(failed.values()))
+        else:
+            logger.info("health checks pass again")
+        request.app.state.health_failures = failed
+    return JSONBytesResponse(body, status_code=503 if failed else 200)

@@ -1,0 +1,285 @@
+"""Online serving: `POST /get-online-features` and the state of each worker's online views.
+
+The lookup route is an `async def` that parses and checks its JSON body itself and encodes
+the response with orjson from column lists, because FastAPI's body model and response encoder
+would cost more than the lookup. A lookup runs on the event loop when the table's view is
+current; building a view and the DuckDB path run in the thread pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from sqlstore.api.encoding import JSON_MEDIA_TYPE, JSONBytesResponse, dumps
+from sqlstore.api.features import require_json_body
+from sqlstore.api.models import ERROR_RESPONSES
+from sqlstore.errors import InvalidInput, PayloadTooLarge
+from sqlstore.identifiers import validate_group, validate_table_name
+from sqlstore.online import (
+    NULL_VALUE,
+    PRESENT,
+    STATUS_NAMES,
+    DuckDBPath,
+    Lookup,
+    OnlineSettings,
+    OnlineStore,
+    OnlineView,
+)
+from sqlstore.pointintime import default_feature_columns
+from sqlstore.references import resolve_reference
+from sqlstore.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+REQUEST_FIELDS = frozenset({"entities", "features"})
+EXAMPLE_BODY = '{"entities": {"user_id": [1, 2]}, "features": ["user/user_activity:ratings_total"]}'
+
+
+@asynccontextmanager
+async def online_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Create this worker's online views; build them all now when loading is eager."""
+    settings: Settings = app.state.settings
+    online = OnlineStore(
+        app.state.store,
+        OnlineSettings(
+            enabled=settings.online_enabled,
+            memory_bytes=settings.online_memory_bytes,
+            load=settings.online_load,
+        ),
+    )
+    app.state.online = online
+    if settings.online_enabled and settings.online_load == "eager":
+        started = time.perf_counter()
+        await run_in_threadpool(online.load_all)
+        logger.info(
+            "online views loaded in %.3f s: %d bytes of %d",
+            time.perf_counter() - started,
+            online.used_bytes,
+            settings.online_memory_bytes,
+        )
+    yield
+
+
+router = APIRouter(tags=["online serving"], responses=ERROR_RESPONSES, lifespan=online_lifespan)
+
+
+@dataclass
+class TableRequest:
+    """The features requested from one table, with their output names."""
+
+    group: str
+    name: str
+    texts: list[str]
+
+
+@router.post("/get-online-features")
+async def get_online_features(request: Request) -> Response:
+    """Return the latest values of features for a list of entities, column by column.
+
+    Body: `{"entities": {"user_id": [1, 2]}, "features": ["user/user_activity:ratings_total"]}`.
+    A feature is `group/name:column`, `group/name:col1,col2` or `group/name` (every feature
+    column). The response lists `metadata.feature_names` (the entity columns, then
+    `group/name:column` for each feature) and, in the same order, one result per name with
+    `values`, `statuses` (PRESENT, NULL_VALUE, NOT_FOUND or OUTSIDE_MAX_AGE) and
+    `event_timestamps`, one item per entity."""
+    online: OnlineStore = request.app.state.online
+    settings: Settings = request.app.state.settings
+    payload = await _read_json(request)
+    entities, features = _parse_body(payload, settings.max_entity_ids)
+    now_us = time.time_ns() // 1_000
+
+    tables = await _group_by_table(online, features)
+    names = list(entities)
+    results = [_entity_result(values) for values in entities.values()]
+    used_columns: set[str] = set()
+    for table in tables:
+        state = online.current(table.group, table.name, now_us) if online.settings.enabled else None
+        if state is None:
+            state = await run_in_threadpool(online.state, table.group, table.name, now_us)
+        key_values = _key_values(state, entities, table)
+        used_columns.update(key_values)
+        if isinstance(state, OnlineView):
+            found = online.find(state, key_values, now_us)
+        else:
+            found = await run_in_threadpool(online.find, state, key_values, now_us)
+        # The DuckDB path reads the entry again, so it may describe a newer version.
+        columns = requested_columns(found.view, table.texts, names)
+        names += [f"{found.view.entry.reference}:{column}" for column in columns]
+        results += table_results(found, columns)
+
+    unused = [name for name in entities if name not in used_columns]
+    if unused:
+        raise InvalidInput(
+            f"entities has columns {unused} that are not the key of any requested feature "
+            "table; remove them"
+        )
+    body = {"metadata": {"feature_names": names}, "results": results}
+    return Response(dumps(body), media_type=JSON_MEDIA_TYPE)
+
+
+@router.get("/online")
+def online_state(request: Request) -> Response:
+    """Report this worker's online views: state, rows, memory against the Parquet size, and
+    the memory budget. Each worker process has its own views; `worker_pid` names it."""
+    online: OnlineStore = request.app.state.online
+    return JSONBytesResponse(online.describe())
+
+
+async def _read_json(request: Request) -> Any:
+    require_json_body(request)
+    body = await request.body()
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise InvalidInput(
+            f"invalid JSON body ({error}); send for example {EXAMPLE_BODY}"
+        ) from None
+
+
+def _parse_body(payload: Any, max_entities: int) -> tuple[dict[str, list[Any]], list[str]]:
+    """Check the body's shape and return its entities and features."""
+    if not isinstance(payload, dict):
+        raise InvalidInput(f"the body must be a JSON object such as {EXAMPLE_BODY}")
+    unknown = sorted(set(payload) - REQUEST_FIELDS)
+    if unknown:
+        raise InvalidInput(f"unknown fields {unknown} in the body; send only entities and features")
+
+    features = payload.get("features")
+    if not isinstance(features, list) or not features:
+        raise InvalidInput(
+            "features must be a non-empty list of references such as 'group/name:column'"
+        )
+    for feature in features:
+        if not isinstance(feature, str) or not feature:
+            raise InvalidInput(f"invalid feature {feature!r} in features: use 'group/name:column'")
+
+    entities = payload.get("entities")
+    if not isinstance(entities, dict) or not entities:
+        raise InvalidInput(
+            "entities must be an object of key columns, each a list of values, such as "
+            '{"user_id": [1, 2]}'
+        )
+    lengths = set()
+    for column, values in entities.items():
+        if not isinstance(values, list):
+            raise InvalidInput(f"entities.{column} must be a list of key values")
+        lengths.add(len(values))
+    if len(lengths) > 1:
+        sizes = {column: len(values) for column, values in entities.items()}
+        raise InvalidInput(f"the lists in entities differ in length {sizes}; give one per entity")
+    count = lengths.pop()
+    if count > max_entities:
+        raise PayloadTooLarge(
+            f"{count} entities is more than the maximum {max_entities} per request; "
+            "split the request"
+        )
+    for column, values in entities.items():
+        _check_key_values(column, values)
+    return entities, features
+
+
+def _check_key_values(column: str, values: list[Any]) -> None:
+    """Reject values that no key type accepts: booleans, numbers with a fraction, objects."""
+    for position, value in enumerate(values):
+        if type(value) in (int, str):
+            continue
+        if value is None:
+            raise InvalidInput(f"entities.{column}[{position}] is null; give a key value")
+        raise InvalidInput(
+            f"invalid value {value!r} at entities.{column}[{position}]: give an integer or a string"
+        )
+
+
+async def _group_by_table(online: OnlineStore, features: list[str]) -> list[TableRequest]:
+    """Group feature references by table, keeping the request order of the tables."""
+    tables: dict[tuple[str, str], TableRequest] = {}
+    for text in features:
+        table_part = text.partition(":")[0]
+        if "/" in table_part:
+            group, _, name = table_part.partition("/")
+            validate_group(group)
+            validate_table_name(name)
+        else:
+            entries = await run_in_threadpool(online.store.list_tables)
+            entry = resolve_reference(text, entries).entry
+            group, name = entry.group, entry.name
+        table = tables.setdefault((group, name), TableRequest(group, name, []))
+        table.texts.append(text)
+    return list(tables.values())
+
+
+def _key_values(
+    state: OnlineView | DuckDBPath, entities: dict[str, list[Any]], table: TableRequest
+) -> dict[str, list[Any]]:
+    entry = state.entry
+    if not entry.entity_key:
+        raise InvalidInput(
+            f"feature table {entry.reference} has no entity key, so it cannot be looked up by "
+            "entity; declare entity_key when writing it"
+        )
+    missing = [column for column in entry.entity_key if column not in entities]
+    if missing:
+        raise InvalidInput(
+            f"entities has no column {missing[0]!r}, the key of {entry.reference} (key: "
+            f"{entry.entity_key}); add it to entities"
+        )
+    return {column: entities[column] for column in entry.entity_key}
+
+
+def _entity_result(values: list[Any]) -> dict[str, list[Any]]:
+    count = len(values)
+    return {"values": values, "statuses": ["PRESENT"] * count, "event_timestamps": [None] * count}
+
+
+def requested_columns(view: OnlineView, texts: list[str], names: list[str]) -> list[str]:
+    """Return the columns that feature references `texts` select from the table of `view`,
+    without repeats and without those whose output name is already in `names`."""
+    entry = view.entry
+    columns: list[str] = []
+    for text in texts:
+        selected = view.resolved.get(text)
+        if selected is None:
+            reference = resolve_reference(text, [entry])
+            selected = reference.columns or default_feature_columns(entry)
+            view.resolved[text] = selected
+        for column in selected:
+            if column not in columns and f"{entry.reference}:{column}" not in names:
+                columns.append(column)
+    return columns
+
+
+def table_results(found: Lookup, columns: list[str]) -> list[dict[str, list[Any]]]:
+    """Return one result (values, statuses, event timestamps) per column of a lookup."""
+    timestamp = found.view.entry.timestamp_column
+    if timestamp:
+        event_timestamps = found.json_values(timestamp)[0]
+    else:
+        event_timestamps = [None] * len(found.codes)
+    results = []
+    for column in columns:
+        values, nulls = found.json_values(column)
+        results.append(
+            {
+                "values": values,
+                "statuses": _statuses(found.codes, nulls),
+                "event_timestamps": event_timestamps,
+            }
+        )
+    return results
+
+
+def _statuses(codes: np.ndarray, nulls: np.ndarray) -> list[str]:
+    """Return the status name of each value: the lookup's code, or NULL_VALUE for a null value
+    of a present row."""
+    return STATUS_NAMES[np.where((codes == PRESENT) & nulls, NULL_VALUE, codes)].tolist()

@@ -1,0 +1,76 @@
+"""Cheap repeated reads of small files that are only ever replaced by rename.
+
+The registry entries and cache epochs are read on every request to key the result cache, and
+they change only through `sqlstore.atomic`, which writes a new file and renames it over the old
+one. A stat call is enough to tell that such a file is unchanged, with one caveat. File times
+come from a coarse clock, and a freed inode number can be reused. So a file replaced twice in
+quick succession could show the same inode, size and times as the one read earlier.
+
+`ReplacedFileReader` therefore remembers a file's parsed content only once the file is older
+than `SETTLED_NANOSECONDS`. A later replacement is written after the remembered read, so its
+modification time is at least that much later and its stat differs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Generic, TypeVar
+
+# NOTE: assumes the wall clock does not step back by more than this between two writes.
+SETTLED_NANOSECONDS = 1_000_000_000
+
+Parsed = TypeVar("Parsed")
+Signature = tuple[int, int, int, int, int]
+
+
+def _signature(status: os.stat_result) -> Signature:
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+
+
+class ReplacedFileReader(Generic[Parsed]):
+    """Return `parse(content)` of a file, parsing it again only when its stat changed or when it
+    was written too recently for the stat to prove it unchanged. Thread-safe.
+
+    Raises FileNotFoundError when the file does not exist.
+    """
+
+    def __init__(self, parse: Callable[[bytes], Parsed]) -> None:
+        self._parse = parse
+        self._known: dict[Path, tuple[Signature, Parsed]] = {}
+        self._lock = threading.Lock()
+
+    def read(self, path: Path) -> Parsed:
+        known = self._known.get(path)
+        if known is not None and known[0] == _signature(os.stat(path)):
+            return known[1]
+
+        # The signature comes from the open file, so it matches the content read.
+        with open(path, "rb") as file:
+            signature = _signature(os.fstat(file.fileno()))
+            parsed = self._parse(file.read())
+
+        settled_before = time.time_ns() - SETTLED_NANOSECONDS
+        with self._lock:
+            if max(signature[3], signature[4]) < settled_before:
+                self._known[path] = (signature, parsed)
+            else:
+                self._known.pop(path, None)
+        return parsed
+
+    def forget(self, path: Path) -> None:
+        """Drop what is remembered of `path`, e.g. after deleting it."""
+        with self._lock:
+            self._known.pop(path, None)
+
+
+def file_signature(path: Path) -> Signature | None:
+    """Return the stat signature of `path`, or None when it does not exist. A file replaced by
+    rename gets a new signature, with the caveat of the module docstring."""
+    try:
+        return _signature(os.stat(path))
+    except FileNotFoundError:
+        return None
