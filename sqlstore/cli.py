@@ -39,6 +39,7 @@ from sqlstore.store import FeatureStore, TableDefinition
 from sqlstore.token_cli import token_app
 
 if TYPE_CHECKING:
+    from sqlstore.settings import Settings
     from sqlstore.sql.service import SqlResult, SqlService
 
 # prometheus-client reads this variable when it is imported.
@@ -204,7 +205,11 @@ def serve(
     for name, value in overrides.items():
         if value is not None:
             os.environ[f"SQLSTORE_{name}"] = str(value)
-    _check_settings(resolved)
+    settings = _check_settings(resolved)
+    if settings.duckdb_threads == 0:
+        # Workers that each start one DuckDB thread per core oversubscribe the CPUs.
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["SQLSTORE_DUCKDB_THREADS"] = str(threads)
     _prepare_metrics_directory(resolved)
     logging.getLogger(__name__).info(
         "starting server for %s on http://%s:%d with %d worker process(es)",
@@ -226,12 +231,13 @@ def serve(
     )
 
 
-def _check_settings(root: Path) -> None:
-    """Exit with the message when a setting is invalid, before any worker process starts."""
+def _check_settings(root: Path) -> Settings:
+    """Return the settings, or exit with the message when one is invalid, before any worker
+    process starts."""
     from sqlstore.settings import Settings
 
     try:
-        Settings.from_environment(root)
+        return Settings.from_environment(root)
     except ValueError as error:
         error_console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(code=1) from error

@@ -66,6 +66,9 @@ class Settings:
     lock_timeout_seconds: float = 60.0
     # One INFO line per request; docs/operations.md describes it.
     access_log: bool = True
+    # Threads of each worker's DuckDB catalog; 0 means one per CPU core. `serve` sets it to the
+    # cores divided by the workers unless it is given.
+    duckdb_threads: int = 0
     queries_dir: Path = field(default_factory=lambda: default_queries_dir())
     # Read-only SQL (/sql and named queries); docs/sql.md describes each limit.
     sql_max_rows: int = 10_000

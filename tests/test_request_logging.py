@@ -90,7 +90,7 @@ def test_startup_configuration_logged(tmp_path: Path) -> None:
     server = start_server(
         make_store(tmp_path / "store"),
         tmp_path / "server.log",
-        env={"SQLSTORE_MAX_LIMIT": "1234"},
+        env={"SQLSTORE_MAX_LIMIT": "1234", "SQLSTORE_DUCKDB_THREADS": "3"},
         options=("--log-format", "json"),
     )
     stop_server(server)
@@ -99,6 +99,7 @@ def test_startup_configuration_logged(tmp_path: Path) -> None:
     settings = [message for message in messages if message.startswith("settings: ")]
     assert len(settings) == 1
     assert "max_limit=1234" in settings[0]
+    assert " duckdb_threads=3 " in settings[0] + " "
     assert f"root={server.root}" in settings[0]
     assert any(message.startswith("access control off") for message in messages)
     assert any(message.startswith("starting server for") for message in messages)
@@ -152,10 +153,11 @@ def test_two_workers_log_json(tmp_path: Path) -> None:
 
     logged = {record["request_id"] for record in request_lines(records)}
     assert set(ids) <= logged
-    startup_pids = {
-        record["process"] for record in records if record["message"].startswith("settings: ")
-    }
-    assert len(startup_pids) == 2
+    settings = [record for record in records if record["message"].startswith("settings: ")]
+    assert len({record["process"] for record in settings}) == 2
+    # The CPU cores are split between the workers' DuckDB catalogs.
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert all(f" duckdb_threads={threads} " in record["message"] + " " for record in settings)
 
 
 def test_invalid_log_format_rejected(tmp_path: Path) -> None:

@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = FeatureStore(
             settings.root,
             lock_timeout_seconds=settings.lock_timeout_seconds,
+            duckdb_threads=settings.duckdb_threads or None,
             max_columns=settings.max_columns,
         )
         store.recover()
