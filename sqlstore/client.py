@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pandas as pd
@@ -22,7 +23,7 @@ ARROW_STREAM_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
 
 
 class FeatureStoreError(Exception):
-    """The server returned an error, or could not be reached.
+    """The server returned an error, could not be reached, or a name was invalid.
 
     `status_code` is None when no response arrived. `code` and `request_id` come from the
     server's error body when it sent one.
@@ -114,7 +115,7 @@ class FeatureStoreClient:
         for key, value in (filters or {}).items():
             params[key] = ",".join(map(str, value)) if isinstance(value, list | tuple) else value
 
-        body = self._request("GET", f"/features/{feature_group}/{feature_name}", params=params)
+        body = self._request("GET", _table_path(feature_group, feature_name), params=params)
         if as_frame:
             metadata = body["metadata"]
             return _frame(body["data"], metadata["columns"], metadata["dtypes"])
@@ -144,7 +145,7 @@ class FeatureStoreClient:
             payload["timestamp_column"] = timestamp_column
         if description is not None:
             payload["description"] = description
-        return self._request("POST", f"/features/{feature_group}/{feature_name}", json=payload)
+        return self._request("POST", _table_path(feature_group, feature_name), json=payload)
 
     def get_batch_features(
         self,
@@ -194,11 +195,11 @@ class FeatureStoreClient:
 
     def get_feature_info(self, feature_group: str, feature_name: str) -> dict[str, Any]:
         """Return the storage information of one table."""
-        return self._request("GET", f"/features/{feature_group}/{feature_name}/info")
+        return self._request("GET", _table_path(feature_group, feature_name) + "/info")
 
     def delete_feature(self, feature_group: str, feature_name: str) -> dict[str, Any]:
         """Delete a table."""
-        return self._request("DELETE", f"/features/{feature_group}/{feature_name}")
+        return self._request("DELETE", _table_path(feature_group, feature_name))
 
     def sql(
         self,
@@ -233,7 +234,7 @@ class FeatureStoreClient:
         payload: dict[str, Any] = {"params": dict(params or {})}
         if limit is not None:
             payload["limit"] = limit
-        body = self._request("POST", f"/queries/{name}", json=payload)
+        body = self._request("POST", f"/queries/{_segment(name)}", json=payload)
         return _tabular(body, as_frame)
 
     def fetch_arrow(
@@ -262,6 +263,26 @@ class FeatureStoreClient:
         if response.is_success:
             return response
         raise _error_from_response(response)
+
+
+def _table_path(group: str, name: str) -> str:
+    return f"/features/{_segment(group)}/{_segment(name)}"
+
+
+def _segment(value: str) -> str:
+    """Return `value` percent-encoded as one URL path segment, so that a dot segment or another
+    reserved character reaches the server as part of the name, not as another route.
+
+    Raises FeatureStoreError for a slash, which the server decodes before routing.
+    """
+    if "/" in str(value):
+        raise FeatureStoreError(
+            f"invalid name {value!r}: group, table and query names cannot contain '/'"
+        )
+    encoded = quote(str(value), safe="")
+    if encoded and set(encoded) <= {"."}:
+        return encoded.replace(".", "%2E")
+    return encoded
 
 
 def _error_from_response(response: httpx.Response) -> FeatureStoreError:

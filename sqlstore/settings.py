@@ -47,6 +47,9 @@ def parse_flag(raw: str) -> bool:
     raise ValueError(raw)
 
 
+# When online views are built: on a table's first lookup, or when a worker starts.
+ONLINE_LOAD_MODES = ("lazy", "eager")
+
 # How a setting's text becomes its value, by the field's annotation; the default is int.
 CONVERTERS = {"float": float, "Path": Path, "bool": parse_flag, "str": str}
 EXPECTED = {"bool": "true or false", "str": "text", "Path": "a path"}
@@ -98,6 +101,15 @@ class Settings:
             raise ValueError(
                 f"invalid settings: default_limit {self.default_limit} is more than max_limit "
                 f"{self.max_limit}; lower SQLSTORE_DEFAULT_LIMIT too"
+            )
+        if self.online_load not in ONLINE_LOAD_MODES:
+            raise ValueError(
+                f"invalid SQLSTORE_ONLINE_LOAD={self.online_load!r}: use lazy or eager"
+            )
+        if self.duckdb_threads < 0:
+            raise ValueError(
+                f"invalid SQLSTORE_DUCKDB_THREADS={self.duckdb_threads}: use 0 for one thread "
+                "per CPU core, or a positive number"
             )
 
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -9,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sqlstore.cli_options import RootOption
-from sqlstore.errors import SqlstoreError
+from sqlstore.errors import NotFound, SqlstoreError
 from sqlstore.layout import StoreLayout, resolve_root
 from sqlstore.tokens import SCOPES, create_token, list_tokens, revoke_token, tokens_path
 
@@ -42,6 +43,7 @@ def create(
     """Create a token and print it once; only its SHA-256 hash is stored."""
     resolved = resolve_root(root)
     try:
+        _require_store_root(resolved)
         StoreLayout(resolved).create()
         token = create_token(resolved, name, scope)
     except SqlstoreError as error:
@@ -51,6 +53,19 @@ def create(
     error_console.print(
         f"created token {name!r} in {tokens_path(resolved)}; store it now, it cannot be shown "
         "again. Access control is on for every endpoint except /health."
+    )
+
+
+def _require_store_root(root: Path) -> None:
+    """Raise NotFound unless `root` is a store or an empty folder, so that a mistyped --root
+    does not leave the real store open while the token protects a new, empty one."""
+    if (root / "registry").is_dir():
+        return
+    if root.is_dir() and not any(root.iterdir()):
+        return
+    raise NotFound(
+        f"no sqlstore store at {root}; check --root or SQLSTORE_ROOT, or create the store "
+        "first with `sqlstore serve`, `sqlstore ingest` or `sqlstore demo`"
     )
 
 

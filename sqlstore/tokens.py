@@ -115,8 +115,10 @@ def read_tokens(path: Path) -> list[TokenRecord] | None:
     try:
         return [_record_from_json(item) for item in content["tokens"]]
     except (KeyError, TypeError, InvalidInput) as error:
+        # A KeyError's text is only the key, so it is named as a missing field.
+        problem = f"missing field {error}" if isinstance(error, KeyError) else str(error)
         raise TokenFileInvalid(
-            f"invalid token file {path}: {error}; fix it, or delete it and create the tokens "
+            f"invalid token file {path}: {problem}; fix it, or delete it and create the tokens "
             "again with `sqlstore token create`"
         ) from error
 

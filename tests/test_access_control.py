@@ -423,6 +423,20 @@ def test_token_list_hides_tokens(tmp_path: Path) -> None:
     assert created.stdout.strip() not in listed.stdout + listed.stderr
 
 
+def test_token_create_rejects_missing_store(tmp_path: Path) -> None:
+    (tmp_path / "unrelated.txt").write_text("not a store")
+    mistyped = tmp_path / "typo"
+
+    missing = run_cli("token", "create", "x", "--scope", "read", "--root", str(mistyped))
+    not_store = run_cli("token", "create", "x", "--scope", "read", "--root", str(tmp_path))
+
+    assert missing.returncode == 1
+    assert f"no sqlstore store at {mistyped}" in missing.stderr
+    assert not mistyped.exists()
+    assert not_store.returncode == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["unrelated.txt"]
+
+
 def test_token_create_rejects_bad_input(tmp_path: Path) -> None:
     unknown_scope = run_cli("token", "create", "x", "--scope", "root", "--root", str(tmp_path))
     bad_name = run_cli("token", "create", "a/b", "--scope", "read", "--root", str(tmp_path))

@@ -314,6 +314,20 @@ def test_wrong_content_type(writer: httpx.Client, error_server: RunningServer, c
     assert not (error_server.root / "features" / "bad" / "content_type.parquet").exists()
 
 
+@pytest.mark.parametrize(
+    "path", ["/features/bad/no_type", "/features/batch", "/sql", "/get-online-features"]
+)
+def test_missing_content_type(writer: httpx.Client, error_server: RunningServer, path: str):
+    body = json.dumps({"records": [{"entity_id": 1}]}).encode()
+    response = writer.post(path, content=body)
+
+    assert "content-type" not in response.request.headers
+    message = assert_error(response, 415, "unsupported_media_type")
+
+    assert "missing Content-Type" in message
+    assert not (error_server.root / "features" / "bad" / "no_type.parquet").exists()
+
+
 def test_batch_wrong_content_type(http: httpx.Client) -> None:
     body = json.dumps({"feature_names": ["movie_genres"], "entity_ids": [1]}).encode()
     response = http.post("/features/batch", content=body, headers={"Content-Type": "text/plain"})

@@ -421,6 +421,31 @@ def test_sql_volatile_not_cached(client: httpx.Client) -> None:
     assert values_of(second) != values_of(first)
 
 
+def test_sql_sample_not_cached(client: httpx.Client) -> None:
+    write(client, "sqlg/sampled", records(list(range(50))))
+    query = {"sql": "SELECT count(*) AS v FROM sqlg.sampled USING SAMPLE 50%"}
+
+    responses = [client.post("/sql", json=query) for _ in range(2)]
+
+    assert [response.status_code for response in responses] == [200, 200]
+    assert [response.headers["X-Cache"] for response in responses] == ["bypass", "bypass"]
+
+
+def test_training_set_with_volatile_spine_not_cached(client: httpx.Client) -> None:
+    write(client, "sqlg/spine_values", records([7]))
+    body = {
+        "entity_sql": "SELECT 1 AS entity_id, now() AS event_timestamp",
+        "features": ["sqlg/spine_values:v"],
+    }
+
+    first = client.post("/training-set", json=body)
+    second = client.post("/training-set", json=body)
+
+    assert first.status_code == 200, first.text
+    assert [first.headers["X-Cache"], second.headers["X-Cache"]] == ["bypass", "bypass"]
+    assert second.json()["data"][0]["event_timestamp"] > first.json()["data"][0]["event_timestamp"]
+
+
 def test_named_query_cached(client: httpx.Client) -> None:
     write(client, "sqlg/named", records([1, 5, 9]))
     first = client.get("/queries/values_above", params={"minimum": 5})

@@ -65,6 +65,19 @@ def test_base_url_trailing_slash(demo_server: RunningServer) -> None:
         assert client.health()["status"] == "healthy"
 
 
+@pytest.mark.parametrize(
+    ("group", "name", "status"),
+    [("content", "movie_genres/info", None), ("content", "../x", None), ("content", "..", 400)],
+)
+def test_names_stay_one_path_segment(
+    demo_client: FeatureStoreClient, group: str, name: str, status: int | None
+) -> None:
+    with pytest.raises(FeatureStoreError) as raised:
+        demo_client.get_feature(group, name)
+
+    assert raised.value.status_code == status
+
+
 def test_list_features_returns_entries(demo_client: FeatureStoreClient) -> None:
     tables = demo_client.list_features()
     by_reference = {f"{t['group']}/{t['name']}": t for t in tables}

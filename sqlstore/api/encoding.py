@@ -77,17 +77,38 @@ def _first_unconvertible_column(table: pa.Table) -> str:
 
 
 def negotiate_format(accept: str | None) -> str:
-    """Pick the tabular format from an Accept header: json (default), csv, parquet or arrow."""
+    """Pick the tabular format from an Accept header: json (default), csv, parquet or arrow.
+
+    Media types are tried by falling quality (`q`), in header order among equal ones, and a
+    type with q=0 is never chosen.
+    """
     if not accept:
         return "json"
-    for part in accept.split(","):
-        media_type = part.split(";")[0].strip().lower()
+    for media_type in _by_quality(accept):
         if media_type in TABULAR_MEDIA_TYPES:
             return TABULAR_MEDIA_TYPES[media_type]
         if media_type in ("*/*", "application/*"):
             return "json"
     supported = ", ".join(TABULAR_MEDIA_TYPES)
     raise InvalidInput(f"unsupported Accept header {accept!r}: use one of {supported}")
+
+
+def _by_quality(accept: str) -> list[str]:
+    """Return the media types of an Accept header with q > 0, highest quality first."""
+    weighted = []
+    for position, part in enumerate(accept.split(",")):
+        media_type, *parameters = (piece.strip() for piece in part.split(";"))
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality > 0:
+            weighted.append((-quality, position, media_type.lower()))
+    return [media_type for _, _, media_type in sorted(weighted)]
 
 
 def encode_table(table: pa.Table, file_format: str) -> bytes:
@@ -106,11 +127,24 @@ def encode_table(table: pa.Table, file_format: str) -> bytes:
 
 
 def csv_ready_table(table: pa.Table) -> pa.Table:
-    """Replace list columns, which CSV cannot hold, by their JSON text."""
+    """Replace the columns that CSV cannot hold: nested values (lists, structs, maps) by their
+    JSON text, and binary values, which need not be UTF-8, by their hex digits as in JSON."""
     columns = []
     for column in table.columns:
-        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-            texts = [None if v is None else orjson.dumps(v).decode() for v in column.to_pylist()]
+        if pa.types.is_nested(column.type):
+            texts = [None if v is None else dumps(v).decode() for v in column.to_pylist()]
+            column = pa.chunked_array([pa.array(texts, pa.string())])
+        elif _is_binary(column.type):
+            texts = [None if v is None else v.hex() for v in column.to_pylist()]
             column = pa.chunked_array([pa.array(texts, pa.string())])
         columns.append(column)
     return pa.Table.from_arrays(columns, names=table.column_names)
+
+
+def _is_binary(arrow_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_binary(arrow_type)
+        or pa.types.is_large_binary(arrow_type)
+        or pa.types.is_fixed_size_binary(arrow_type)
+        or pa.types.is_binary_view(arrow_type)
+    )

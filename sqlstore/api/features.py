@@ -69,14 +69,13 @@ def _settings(request: Request) -> Settings:
 
 
 def require_json_body(request: Request) -> None:
-    """Reject a request body sent with a Content-Type other than JSON.
+    """Reject a request body sent without a Content-Type or with one other than JSON.
 
-    FastAPI parses a body without a Content-Type as JSON, so only a declared non-JSON type is
-    rejected.
+    FastAPI does not parse a body without a Content-Type as JSON, and its 422 would not say why.
     """
     content_type = request.headers.get("content-type")
     if content_type is None:
-        return
+        raise HTTPException(415, detail="missing Content-Type: send the body as application/json")
     media_type = content_type.split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise HTTPException(

@@ -134,8 +134,9 @@ def _check_inline_fields(body: TrainingSetRequest) -> None:
 def _tables_read(
     store: FeatureStore, features: list[str], entity_sql: str | None
 ) -> list[tuple[str, str]] | None:
-    """Return every table the training set reads, or None when that is unknown because the
-    validator's parser rejects the entity query, which then fails when it runs."""
+    """Return every table the training set reads, or None when the result must not be
+    cached: the validator's parser rejects the entity query (which then fails when it runs),
+    or the query calls a function whose result changes between runs, such as now()."""
     entries = store.list_tables()
     tables = set()
     for text in features:
@@ -143,9 +144,12 @@ def _tables_read(
         tables.add((entry.group, entry.name))
     if entity_sql is not None:
         try:
-            tables |= analyse_query(entity_sql).tables
+            shape = analyse_query(entity_sql)
         except SqlstoreError:
             return None
+        if shape.volatile:
+            return None
+        tables |= shape.tables
     return sorted(tables)
 
 

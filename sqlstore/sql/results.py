@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import math
 from typing import Any
 
 import orjson
@@ -59,7 +60,23 @@ def encode_json(content: Any) -> bytes:
         return orjson.dumps(content, default=json_value, option=orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError:
         # orjson rejects integers beyond 64 bits (HUGEINT); the standard library writes them.
-        return json.dumps(content, default=json_value, separators=(",", ":")).encode()
+        return json.dumps(
+            _standard_json(content), default=json_value, separators=(",", ":"), allow_nan=False
+        ).encode()
+
+
+def _standard_json(value: Any) -> Any:
+    """Return `value` with what orjson writes differently from the standard library made
+    explicit: non-finite floats become null, and intervals (tuples) ISO 8601 durations."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, pa.MonthDayNano):
+        return json_value(value)
+    if isinstance(value, dict):
+        return {key: _standard_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_standard_json(item) for item in value]
+    return value
 
 
 def json_value(value: Any) -> Any:

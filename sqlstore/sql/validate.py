@@ -249,7 +249,9 @@ def analyse_query(sql: str) -> QueryShape:
 
 def _calls_volatile_function(statement: exp.Expression) -> bool:
     """Return True when the query calls a function whose result changes between runs (random
-    numbers, UUIDs, the current time), so its result must not be cached."""
+    numbers, UUIDs, the current time) or samples rows, so its result must not be cached."""
+    if statement.find(exp.TableSample) is not None:
+        return True
     for node in statement.find_all(exp.Func):
         name = node.name if isinstance(node, exp.Anonymous) else node.sql_name()
         if name.lower() in VOLATILE_FUNCTIONS:

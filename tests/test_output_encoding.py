@@ -1,0 +1,86 @@
+"""Values that JSON and CSV cannot hold as they are: binary bytes in CSV, NaN and intervals in a
+result that also holds a HUGEINT. Each response must be valid in its format, never a 500."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import httpx
+import pyarrow as pa
+import pytest
+from conftest import RunningServer
+
+from sqlstore.store import FeatureStore
+
+CSV = "text/csv"
+
+
+@pytest.fixture(scope="module")
+def http(module_server: RunningServer, module_http: httpx.Client) -> httpx.Client:
+    table = pa.table(
+        {
+            "entity_id": [1, 2, 3],
+            "payload": pa.array([b"\xff\xfe", b"ok", None], pa.binary()),
+        }
+    )
+    FeatureStore(module_server.root).write("encoding", "bytes", table)
+    return module_http
+
+
+def csv_rows(response: httpx.Response) -> list[dict[str, str]]:
+    assert response.status_code == 200, response.text
+    return list(csv.DictReader(io.StringIO(response.text)))
+
+
+def test_binary_page_as_csv_is_hex(http: httpx.Client) -> None:
+    response = http.get("/features/encoding/bytes", headers={"accept": CSV})
+
+    rows = csv_rows(response)
+    assert [row["payload"] for row in rows] == ["fffe", "6f6b", ""]
+
+
+def test_binary_sql_result_as_csv_is_hex(http: httpx.Client) -> None:
+    sql = "SELECT from_hex('ff00') AS b, {'x': 1, 'tag': from_hex('00')} AS point"
+
+    response = http.get("/sql", params={"sql": sql}, headers={"accept": CSV})
+
+    assert csv_rows(response) == [{"b": "ff00", "point": '{"x":1,"tag":"00"}'}]
+
+
+def test_hugeint_result_keeps_nan_and_interval_valid(http: httpx.Client) -> None:
+    sql = (
+        "SELECT 'NaN'::DOUBLE AS f, 170141183460469231731687303715884105727::HUGEINT AS h, "
+        "INTERVAL 2 HOUR AS i"
+    )
+
+    response = http.post("/sql", json={"sql": sql})
+
+    assert response.status_code == 200, response.text
+    # The standard parser rejects the bare NaN token that json.dumps would write by default.
+    content = json.loads(response.text, parse_constant=lambda token: pytest.fail(token))
+    assert content["data"] == [{"f": None, "h": 2**127 - 1, "i": "PT2H"}]
+
+
+@pytest.mark.parametrize(
+    ("accept", "media_type"),
+    [
+        ("text/csv;q=0, application/json", "application/json"),
+        ("text/csv;q=0.1, application/vnd.apache.parquet;q=0.9", "application/vnd.apache.parquet"),
+        ("application/json;q=0.5, text/csv", "text/csv; charset=utf-8"),
+        ("text/html, */*;q=0.8", "application/json"),
+    ],
+)
+def test_accept_quality_decides_format(http: httpx.Client, accept: str, media_type: str) -> None:
+    response = http.get("/features/encoding/bytes", headers={"accept": accept})
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == media_type
+
+
+def test_accept_refusing_every_format_is_400(http: httpx.Client) -> None:
+    response = http.get("/features/encoding/bytes", headers={"accept": "application/json;q=0"})
+
+    assert response.status_code == 400
+    assert "unsupported Accept header" in response.json()["error"]["message"]
