@@ -29,6 +29,7 @@ from sqlstore.pointintime import (
 )
 from sqlstore.references import FeatureReference
 from sqlstore.registry import RegistryEntry
+from sqlstore.stablefiles import read_unchanged
 from sqlstore.store import FeatureStore
 from sqlstore.types import type_family
 from sqlstore.values import convert_value
@@ -56,7 +57,11 @@ def lookup_entities(
     entity_ids: Sequence[Any],
     as_of: datetime | None = None,
 ) -> LookupResult:
-    """Return the latest row of each entity in `entity_ids` as of `as_of` (default: now)."""
+    """Return the latest row of each entity in `entity_ids` as of `as_of` (default: now).
+
+    A lookup that a write overtook runs again, and TableBusy is raised when writes overtake
+    every attempt.
+    """
     entry = reference.entry
     if not entry.entity_key:
         raise InvalidInput(
@@ -76,9 +81,12 @@ def lookup_entities(
     )
     sql = _lookup_sql(store, spine, reference)
 
-    with store.catalog.cursor() as cursor:
-        cursor.register(SPINE_VIEW, spine)
-        found = query_arrow(cursor, sql)
+    def query() -> pa.Table:
+        with store.catalog.cursor() as cursor:
+            cursor.register(SPINE_VIEW, spine)
+            return query_arrow(cursor, sql)
+
+    found = read_unchanged([store.root / entry.path], query, [entry.reference])
 
     found_rows = set(found[ROW_COLUMN].to_pylist())
     missing = [keys[i] for i in range(len(keys)) if i not in found_rows]

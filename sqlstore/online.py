@@ -20,6 +20,7 @@ results), which is slower.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -46,6 +47,7 @@ from sqlstore.lookup import ENTITY_ARROW_TYPES, MAX_ENTITY_IDS, LookupResult, co
 from sqlstore.pointintime import default_feature_columns
 from sqlstore.references import FeatureReference
 from sqlstore.registry import RegistryEntry
+from sqlstore.stablefiles import read_unchanged
 from sqlstore.store import FeatureStore
 from sqlstore.types import type_family
 from sqlstore.values import INT64_MAX, INT64_MIN, convert_value
@@ -64,7 +66,8 @@ SCALAR_LOOKUP_LIMIT = 8
 NUMPY_TYPES = (pa.types.is_integer, pa.types.is_float32, pa.types.is_float64, pa.types.is_boolean)
 # Keys whose sizes estimate the memory of a hash index.
 KEY_SIZE_SAMPLE = 1_000
-# A build that fails while a write replaces the file is retried this many times.
+# A build that fails after a write changed the table's registry entry, such as its columns, is
+# retried with the new entry this many times in all.
 BUILD_ATTEMPTS = 3
 
 
@@ -485,8 +488,9 @@ def build_view(
     for attempt in range(1, BUILD_ATTEMPTS + 1):
         stamp = store.registry.write_stamp(group, name)
         entry = store.registry.get(group, name)
+        build = functools.partial(_build_view, store, entry, stamp, keys)
         try:
-            return _build_view(store, entry, stamp, keys)
+            return read_unchanged([store.root / entry.path], build, [entry.reference])
         except (duckdb.Error, KeyError) as error:
             # A write that replaced the file between reading the entry and the file can change
             # its columns; the next attempt reads the new entry.

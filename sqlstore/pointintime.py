@@ -38,6 +38,7 @@ from sqlstore.records import normalize_timestamp_column
 from sqlstore.references import resolve_reference
 from sqlstore.registry import RegistryEntry
 from sqlstore.sortedjoin import SortedSearch, SortedSearchUnavailable, search_sorted_file
+from sqlstore.stablefiles import read_unchanged
 from sqlstore.store import FeatureStore
 from sqlstore.types import describe_type, type_family
 
@@ -97,7 +98,9 @@ def get_historical_features(
 
     `entities` is a DataFrame, an Arrow table or a Parquet path; alternatively `entity_sql` is
     a query over the feature views that returns the entity table. The result has one row per
-    entity row, in input order, with the entity columns first and then the features.
+    entity row, in input order, with the entity columns first and then the features. It
+    describes one version of each table, because a join that a write overtook runs again.
+    TableBusy is raised when writes overtake every attempt.
     """
     options = options or JoinOptions()
     if options.join_method not in JOIN_METHODS:
@@ -106,8 +109,15 @@ def get_historical_features(
         )
     spine = load_entities(store, entities, entity_sql)
     joins = plan_joins(store, spine, features, options)
-    spine = prepare_spine(spine, joins, options)
-    return run_joins(store, spine, joins, options)
+    plans = iter([joins])
+
+    def join_tables() -> pa.Table:
+        # A repeated join follows a write, which may have changed the tables' entries.
+        planned = next(plans, None) or plan_joins(store, spine, features, options)
+        return run_joins(store, prepare_spine(spine, planned, options), planned, options)
+
+    paths = [store.root / join.entry.path for join in joins]
+    return read_unchanged(paths, join_tables, [join.entry.reference for join in joins])
 
 
 def load_entities(
@@ -117,12 +127,13 @@ def load_entities(
     if (entities is None) == (entity_sql is None):
         raise InvalidInput("give exactly one of entities and entity_sql")
     if entity_sql is not None:
-        store.list_tables()
-        with store.catalog.cursor() as cursor:
-            try:
-                return query_arrow(cursor, entity_sql)
-            except duckdb.Error as error:
-                raise InvalidInput(f"entity_sql failed: {error}") from error
+        tables = store.list_tables()
+        paths = [store.root / entry.path for entry in tables]
+        references = [entry.reference for entry in tables]
+        try:
+            return read_unchanged(paths, lambda: _query_entities(store, entity_sql), references)
+        except duckdb.Error as error:
+            raise InvalidInput(f"entity_sql failed: {error}") from error
     if isinstance(entities, pd.DataFrame):
         return pa.Table.from_pandas(entities, preserve_index=False)
     if isinstance(entities, pa.Table):
@@ -131,6 +142,11 @@ def load_entities(
     if not path.is_file():
         raise InvalidInput(f"entity file {str(path)!r} not found")
     return pq.read_table(path)
+
+
+def _query_entities(store: FeatureStore, entity_sql: str) -> pa.Table:
+    with store.catalog.cursor() as cursor:
+        return query_arrow(cursor, entity_sql)
 
 
 def plan_joins(

@@ -9,16 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sqlstore.catalog import query_arrow
-from sqlstore.errors import InvalidInput, TableBusy
-from sqlstore.filestamps import SETTLED_NANOSECONDS, Signature, file_signature
+from sqlstore.errors import InvalidInput
+from sqlstore.filestamps import SETTLED_NANOSECONDS, Signature
 from sqlstore.identifiers import quote_identifier
 from sqlstore.registry import RegistryEntry
+from sqlstore.stablefiles import ReadAgain, read_unchanged
 from sqlstore.store import ENTRY_METADATA_KEY, FeatureStore
 from sqlstore.values import convert_value, sql_type_for
 
@@ -26,10 +26,6 @@ COMPARISONS = {"eq": "=", "ne": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": 
 OPERATORS = (*COMPARISONS, "in", "isnull", "contains")
 OPERATOR_SEPARATOR = "__"
 MAX_IN_VALUES = 10_000
-# A page read that a concurrent write overtook is repeated up to this many times in all. A
-# write's window between the rename and the registry update lasts milliseconds.
-MAX_READ_ATTEMPTS = 50
-READ_RETRY_SECONDS = 0.01
 
 # Table version stored in each Parquet file's footer, by path: (stat signature, version).
 _FILE_VERSIONS: dict[Path, tuple[Signature, int | None]] = {}
@@ -97,33 +93,22 @@ def read_page(
     """Read one page of a table through its DuckDB view; all values are bound parameters.
 
     The rows, total_rows and the entry describe one version of the table: a read that a
-    writer's rename overtook is repeated, and TableBusy is raised when none of
-    MAX_READ_ATTEMPTS succeeds.
+    writer's rename overtook is repeated by `read_unchanged`, which raises TableBusy when
+    writes overtake every attempt.
     """
-    for _ in range(MAX_READ_ATTEMPTS):
-        entry = store.table(group, name)
-        path = store.root / entry.path
-        signature, version = file_version(path)
-        try:
-            page = _query_page(store, entry, columns, filters, order_by, limit, offset)
-        except duckdb.Error:
-            # DuckDB opens the file more than once per query, so a rename between the opens
-            # fails the query; it is repeated then, and re-raised otherwise.
-            if signature is not None and file_signature(path) == signature:
-                raise
-            page = None
-        # A writer renames the new file into place and then updates the registry, so the entry
-        # can lag behind the file. An unchanged signature shows that the query read the same
-        # file whose footer gave `version`.
-        unchanged = signature is not None and file_signature(path) == signature
-        if page is not None and unchanged and version in (None, entry.version):
-            return page
-        time.sleep(READ_RETRY_SECONDS)
+    path = store.root / store.table(group, name).path
 
-    raise TableBusy(
-        f"feature table {group}/{name} was rewritten during each of {MAX_READ_ATTEMPTS} reads; "
-        "retry after the writes finish"
-    )
+    def read_version() -> Page:
+        entry = store.table(group, name)
+        _, version = file_version(path)
+        page = _query_page(store, entry, columns, filters, order_by, limit, offset)
+        # A writer renames the new file into place and then updates the registry, so the entry
+        # can lag behind the file whose footer gave `version`.
+        if version not in (None, entry.version):
+            raise ReadAgain(f"the file has version {version} and the entry {entry.version}")
+        return page
+
+    return read_unchanged([path], read_version, [f"{group}/{name}"])
 
 
 def _query_page(

@@ -50,7 +50,7 @@ def parse_flag(raw: str) -> bool:
 # When online views are built: on a table's first lookup, or when a worker starts.
 ONLINE_LOAD_MODES = ("lazy", "eager")
 
-# How a setting's text becomes its value, by the field's annotation; the default is int.
+# Converters from a setting's text to its value, by the field's annotation; the default is int.
 CONVERTERS = {"float": float, "Path": Path, "bool": parse_flag, "str": str}
 EXPECTED = {"bool": "true or false", "str": "text", "Path": "a path"}
 

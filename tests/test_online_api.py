@@ -394,3 +394,29 @@ def test_deleted_table_drops_view(scratch_server: RunningServer) -> None:
     assert_error(response, 404, "live/scores")
     assert state["views"] == []
     assert state["memory_used_bytes"] == 0
+
+
+def route_requests(metrics_text: str, route: str, status: str) -> float:
+    """Return the request count of one route and status from a /metrics text."""
+    pattern = f'sqlstore_requests_total{{method="POST",route="{route}",status="{status}"}} '
+    for line in metrics_text.splitlines():
+        if line.startswith(pattern):
+            return float(line.removeprefix(pattern))
+    return 0.0
+
+
+def test_lookups_counted_under_their_route(demo_server: RunningServer) -> None:
+    body = {"entities": {"user_id": [1]}, "features": ["user/user_activity"]}
+    with httpx.Client(base_url=demo_server.base_url, timeout=60) as client:
+        before = client.get("/metrics").text
+        ok = [client.post(ENDPOINT, json=body) for _ in range(3)]
+        bad = client.post(ENDPOINT, json={"entities": {}, "features": []})
+        after = client.get("/metrics").text
+
+    assert [response.status_code for response in ok] == [200, 200, 200]
+    assert bad.status_code == 400
+    for status, count in (("200", 3), ("400", 1)):
+        difference = route_requests(after, ENDPOINT, status) - route_requests(
+            before, ENDPOINT, status
+        )
+        assert difference == count

@@ -1,5 +1,5 @@
 """Values that JSON and CSV cannot hold as they are: binary bytes in CSV, NaN and intervals in a
-result that also holds a HUGEINT. Each response must be valid in its format, never a 500."""
+result that also contains a HUGEINT. Each response must be valid in its format, never a 500."""
 
 from __future__ import annotations
 

@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     # Innermost, so that every check of the outer middleware also applies to cache hits.
     app.add_middleware(CachedPageMiddleware)
+    app.add_middleware(online.OnlineLookupMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Outside the body size limit, so that a request without a valid token is rejected before
     # its body is read, and inside the request id, so that the rejection carries one.

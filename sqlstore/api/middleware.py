@@ -143,8 +143,8 @@ class MetricsMiddleware:
             elapsed = time.perf_counter() - started
             route = route_template(scope)
             method = scope["method"]
-            metrics.REQUESTS.labels(route=route, method=method, status=str(status)).inc()
-            metrics.REQUEST_SECONDS.labels(route=route, method=method).observe(elapsed)
+            metrics.child(metrics.REQUESTS, route, method, str(status)).inc()
+            metrics.child(metrics.REQUEST_SECONDS, route, method).observe(elapsed)
             if self.access_log:
                 log_request(scope, status, elapsed, cache_result)
 

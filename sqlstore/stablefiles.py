@@ -1,0 +1,96 @@
+"""Reads of Parquet files that a concurrent write may replace during the read.
+
+A write replaces a table's Parquet file by renaming a new file over it (`sqlstore.atomic`).
+DuckDB (2.0.1, the version tested) opens a Parquet file more than once per query, so a rename
+between two opens fails the query with errors such as `TProtocolException: Invalid data`, or
+could combine parts of two versions. `read_unchanged` runs a read again until no file it reads
+changed during it.
+
+NOTE: two replacements within one read can leave the stat signature unchanged in rare cases
+(see `sqlstore.filestamps`), and such a read is not repeated.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import duckdb
+import pyarrow as pa
+
+from sqlstore.errors import TableBusy
+from sqlstore.filestamps import Signature, file_signature
+
+logger = logging.getLogger(__name__)
+
+# A read that a write overtook is run up to this many times in all. One write replaces the
+# file once, so only a steady stream of writes overtakes every attempt.
+MAX_READ_ATTEMPTS = 50
+READ_RETRY_SECONDS = 0.01
+# Errors of a read that may come from a file replaced during it. Any other error is raised at
+# once, and so is one of these when no file changed.
+REPLACED_FILE_ERRORS = (duckdb.Error, pa.ArrowException)
+
+Result = TypeVar("Result")
+
+
+class ReadAgain(Exception):
+    """Raised by a read to have `read_unchanged` run it again. A read raises it when, for
+    example, the file is newer than the registry entry it used. The message gives the reason."""
+
+
+def read_unchanged(
+    paths: Sequence[Path], read: Callable[[], Result], tables: Sequence[str]
+) -> Result:
+    """Run `read` until no file in `paths` is replaced during a run, and return that result.
+
+    The result comes from a run during which no file in `paths` changed its stat signature, so
+    it describes one version of each file. `read` must therefore read only those files, and it
+    must read the registry itself when it needs an entry. `tables` are the tables' references
+    (`group/name`) for the log and the error.
+
+    Raises TableBusy when writes overtook each of MAX_READ_ATTEMPTS runs, or each run raised
+    ReadAgain. Re-raises an error of REPLACED_FILE_ERRORS when no file changed during the
+    failed run.
+    """
+    names = ", ".join(tables)
+    for attempt in range(1, MAX_READ_ATTEMPTS + 1):
+        before = _signatures(paths)
+        try:
+            result = read()
+        except ReadAgain as reason:
+            logger.debug(
+                "reading %s again (attempt %d of %d): %s", names, attempt, MAX_READ_ATTEMPTS, reason
+            )
+        except REPLACED_FILE_ERRORS as error:
+            if _signatures(paths) == before:
+                raise
+            logger.info(
+                "read of %s failed while a write replaced its file (attempt %d of %d): %s",
+                names,
+                attempt,
+                MAX_READ_ATTEMPTS,
+                error,
+            )
+        else:
+            if _signatures(paths) == before:
+                return result
+            logger.debug(
+                "read of %s overlapped a write (attempt %d of %d), so it runs again",
+                names,
+                attempt,
+                MAX_READ_ATTEMPTS,
+            )
+        time.sleep(READ_RETRY_SECONDS)
+
+    raise TableBusy(
+        f"writes replaced the file of {names} during each of {MAX_READ_ATTEMPTS} reads; "
+        "retry after the writes finish"
+    )
+
+
+def _signatures(paths: Sequence[Path]) -> list[Signature | None]:
+    return [file_signature(path) for path in paths]
