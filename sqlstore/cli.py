@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 # prometheus-client reads this variable when it is imported.
 METRICS_DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+# Each server's metrics folder under <root>/cache/metrics is this prefix and its process id.
+METRICS_FOLDER_PREFIX = "server-"
 # uvicorn kills and replaces a worker that does not answer its supervisor's ping within this
 # time, and with it every request in flight. Its default of 5 s killed busy workers of a
 # 2-worker server on a loaded 2-core machine during the load test.
@@ -278,15 +280,42 @@ def _is_loopback(host: str) -> bool:
 
 
 def _prepare_metrics_directory(root: Path) -> None:
-    """Point prometheus-client's multiprocess mode at an empty folder before any worker starts.
+    """Point prometheus-client's multiprocess mode at an empty folder of this server's own
+    before any worker starts, and delete the folders of servers that have exited.
 
-    This must happen before anything imports prometheus_client in this process, because a
-    single-worker server runs the application here; so it does not import sqlstore.metrics.
+    Each server gets a folder of its own, so that a second server on the same store does not
+    delete the samples of one that is running. This must happen before anything imports
+    prometheus_client in this process, because a single-worker server runs the application
+    here; so it does not import sqlstore.metrics.
     """
-    directory = root / "cache" / "metrics"
+    parent = root / "cache" / "metrics"
+    parent.mkdir(parents=True, exist_ok=True)
+    for entry in parent.iterdir():
+        if not _is_running_server_folder(entry):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+    directory = parent / f"{METRICS_FOLDER_PREFIX}{os.getpid()}"
     shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+    directory.mkdir()
     os.environ[METRICS_DIRECTORY_VARIABLE] = str(directory)
+
+
+def _is_running_server_folder(entry: Path) -> bool:
+    """Return True for the metrics folder of a server process that is still running."""
+    pid = entry.name.removeprefix(METRICS_FOLDER_PREFIX)
+    if not entry.is_dir() or not entry.name.startswith(METRICS_FOLDER_PREFIX) or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        # The process exists but belongs to another user.
+        return True
+    return True
 
 
 @app.command()

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 from collections import defaultdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -84,18 +82,6 @@ TABLE_VERSION = Gauge(
     ["table"],
     multiprocess_mode="mostrecent",
 )
-
-
-def prepare_multiprocess_directory(root: Path) -> Path:
-    """Create an empty metrics folder under `root/cache` and point prometheus-client at it.
-
-    Call before any worker starts: samples of an earlier server run would be counted again.
-    """
-    directory = root / "cache" / "metrics"
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
-    os.environ[MULTIPROCESS_ENVIRONMENT_VARIABLE] = str(directory)
-    return directory
 
 
 def mark_process_dead(pid: int) -> None:

@@ -806,3 +806,37 @@ def test_serve_no_cache_bypass(tmp_path: Path) -> None:
     finally:
         stop_server(server)
     assert not (root / "cache" / "results").exists()
+
+
+def page_count(server: RunningServer) -> float:
+    """Return the count of page reads (GET on the page route) from the server's /metrics."""
+    with httpx.Client(base_url=server.base_url) as client:
+        samples = metric_samples(client)
+    return sum(
+        value
+        for (name, pairs), value in samples.items()
+        if name == "sqlstore_requests_total"
+        and dict(pairs).get("route") == PAGE_ROUTE
+        and dict(pairs).get("method") == "GET"
+    )
+
+
+def test_second_server_keeps_first_servers_metrics(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    stale = root / "cache" / "metrics" / "server-999999999"
+    stale.mkdir(parents=True)
+    (root / "cache" / "metrics" / "counter_1.db").write_bytes(b"left by an old layout")
+    first = start_server(root, tmp_path / "first.log")
+    try:
+        with httpx.Client(base_url=first.base_url) as client:
+            write(client, "metrics/shared", records([1]))
+            for _ in range(3):
+                client.get("/features/metrics/shared")
+        second = start_server(root, tmp_path / "second.log")
+        stop_server(second)
+
+        assert page_count(first) == 3
+    finally:
+        stop_server(first)
+    assert not stale.exists()
+    assert not (root / "cache" / "metrics" / "counter_1.db").exists()

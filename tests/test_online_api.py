@@ -12,6 +12,7 @@ import httpx
 import pyarrow as pa
 import pytest
 from conftest import RunningServer
+from prometheus_client.parser import text_string_to_metric_families
 from test_online import all_keys, point_in_time_rows
 
 from sqlstore.client import FeatureStoreClient
@@ -398,11 +399,17 @@ def test_deleted_table_drops_view(scratch_server: RunningServer) -> None:
 
 def route_requests(metrics_text: str, route: str, status: str) -> float:
     """Return the request count of one route and status from a /metrics text."""
-    pattern = f'sqlstore_requests_total{{method="POST",route="{route}",status="{status}"}} '
-    for line in metrics_text.splitlines():
-        if line.startswith(pattern):
-            return float(line.removeprefix(pattern))
-    return 0.0
+    total = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name == "sqlstore_requests_total"
+                and labels.get("route") == route
+                and labels.get("status") == status
+            ):
+                total += sample.value
+    return total
 
 
 def test_lookups_counted_under_their_route(demo_server: RunningServer) -> None:
