@@ -55,6 +55,9 @@ def logging_config(level: LogLevel, log_format: LogFormat) -> dict[str, Any]:
             "uvicorn": {"level": name},
             "uvicorn.error": {"level": name},
             "uvicorn.access": {"level": name},
+            # One line per HTTP request of the CLI's client would bury its output.
+            "httpx": {"level": "WARNING"},
+            "httpcore": {"level": "WARNING"},
         },
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -117,6 +118,17 @@ def start_scratch_server(
     root = tmp_path_factory.mktemp(f"{name}_store")
     log_path = tmp_path_factory.mktemp(f"{name}_logs") / "server.log"
     return start_server(root, log_path, env=env)
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logging() -> Iterator[None]:
+    """Undo the logging set-up of CLI commands run in this process by CliRunner: their handler
+    writes to a stream that CliRunner closes, and later log records would fail on it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="module")
