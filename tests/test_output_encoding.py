@@ -70,6 +70,7 @@ def test_hugeint_result_keeps_nan_and_interval_valid(http: httpx.Client) -> None
         ("text/csv;q=0.1, application/vnd.apache.parquet;q=0.9", "application/vnd.apache.parquet"),
         ("application/json;q=0.5, text/csv", "text/csv; charset=utf-8"),
         ("text/html, */*;q=0.8", "application/json"),
+        ("text/*", "text/csv; charset=utf-8"),
     ],
 )
 def test_accept_quality_decides_format(http: httpx.Client, accept: str, media_type: str) -> None:
@@ -84,3 +85,15 @@ def test_accept_refusing_every_format_is_400(http: httpx.Client) -> None:
 
     assert response.status_code == 400
     assert "unsupported Accept header" in response.json()["error"]["message"]
+
+
+def test_unsigned_hugeint_values_exact(http: httpx.Client) -> None:
+    sql = (
+        "SELECT 340282366920938463463374607431768211455::UHUGEINT AS top, "
+        "170141183460469231731687303715884105728::UHUGEINT AS half, 7::UHUGEINT AS small"
+    )
+
+    response = http.post("/sql", json={"sql": sql})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["data"] == [{"top": str(2**128 - 1), "half": str(2**127), "small": "7"}]

@@ -89,6 +89,8 @@ def negotiate_format(accept: str | None) -> str:
             return TABULAR_MEDIA_TYPES[media_type]
         if media_type in ("*/*", "application/*"):
             return "json"
+        if media_type == "text/*":
+            return "csv"
     supported = ", ".join(TABULAR_MEDIA_TYPES)
     raise InvalidInput(f"unsupported Accept header {accept!r}: use one of {supported}")
 

@@ -212,7 +212,8 @@ class SandboxDatabase:
             check_with_duckdb(sql, {(v.group, v.name) for v in views}, parameters, limits)
             with self.watchdog.watching(cursor, limits.time_limit_seconds):
                 relation = cursor.sql(statement, params=parameters or None)
-                return _fetch(relation, request["max_rows"], limits.max_result_bytes)
+                table, truncated_by = _fetch(relation, request["max_rows"], limits.max_result_bytes)
+                return _exact_unsigned_hugeints(table, relation.types), truncated_by
         except duckdb.InterruptException as error:
             if self.watchdog.fired:
                 raise _Stopped({"ok": False, "kind": "timeout", "message": str(error)}) from error
@@ -391,6 +392,26 @@ def _fetch(relation: Any, max_rows: int, max_bytes: int) -> tuple[Any, str | Non
         if truncated_by is not None:
             break
     return pa.Table.from_batches(batches, schema=reader.schema), truncated_by
+
+
+def _exact_unsigned_hugeints(table: Any, types: list[Any]) -> Any:
+    """Return `table` with its UHUGEINT columns as decimal text.
+
+    DuckDB exports UHUGEINT as a 128-bit decimal, which wraps values from 2^127 up to negative
+    numbers. An unsigned value is never negative, so adding 2^128 to a negative one restores it.
+    NOTE: UHUGEINT values inside lists or structs are still exported wrapped.
+    """
+    import pyarrow as pa
+
+    for index, duckdb_type in enumerate(types):
+        if str(duckdb_type) != "UHUGEINT":
+            continue
+        values = [
+            None if value is None else str(int(value) + (2**128 if value < 0 else 0))
+            for value in table.column(index).to_pylist()
+        ]
+        table = table.set_column(index, table.field(index).name, pa.array(values, pa.string()))
+    return table
 
 
 def _ipc_bytes(table: Any) -> bytes:
