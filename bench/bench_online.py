@@ -6,10 +6,9 @@ One run generates (or reuses, with --root) a store with one table of 10,000,000 
 1. In-process lookups of 1 and 100 entities: the per-request work of POST /get-online-features
    without HTTP (write stamp check, key conversion, index search, column lists, orjson), and
    the DuckDB path (`sqlstore.lookup.lookup_entities`) as the baseline.
-2. Over loopback HTTP with two workers at 16 connections, with wrk (a Lua script sends
-   POST bodies with a random entity per request): 1-entity and 100-entity lookups, and the
-   bare FastAPI endpoint of bench/bare_app.py returning the 1-entity response's bytes, in
-   alternating rounds.
+2. Over loopback HTTP with two workers at 16 connections, with wrk: 1-entity and 100-entity
+   lookups, and the bare FastAPI endpoint of bench/bare_app.py returning the 1-entity
+   response's bytes, in alternating rounds. A Lua script sends a random entity per request.
 3. Memory of the online view in each worker against the size of the Parquet file.
 
     .venv/bin/python bench/bench_online.py [--root DIR] [--duration S] [--rounds N]

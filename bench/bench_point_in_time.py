@@ -122,7 +122,7 @@ class DataFiles:
 
     @property
     def features_write_order(self) -> Path:
-        """The stored file's rows in generation order, same types, no footer entry."""
+        """Path of a copy of the stored file in generation order: same types, no footer entry."""
         return self.folder / "features_write_order.parquet"
 
     @property

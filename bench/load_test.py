@@ -7,10 +7,10 @@ A seeded mixed workload runs from asyncio tasks, one keep-alive httpx connection
 - `sql`: POST /sql with an aggregate over one random movie's ratings,
 - `write`: POST of 10 new rows appended to a scratch table.
 
-It records each request's latency and status, samples the summed resident memory (RSS) of the
-server process and all its descendants (uvicorn workers and SQL worker processes), and after
-the run checks that the scratch table contains each acknowledged row once (and rows of writes
-that got no response at most once). It prints Markdown and writes JSON. The short run tests 64
+It records each request's latency and status. It samples the summed resident memory (RSS) of
+the server process and all its descendants (uvicorn workers and SQL worker processes). After
+the run it checks that the scratch table contains each acknowledged row once, and rows of writes
+that got no response at most once. It prints Markdown and writes JSON. The short run tests 64
 connections; `--soak` runs longer at lower concurrency and reports RSS over time, to show
 whether memory stays bounded.
 

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 METRICS_DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # Each server's metrics folder under <root>/cache/metrics is this prefix and its process id.
 METRICS_FOLDER_PREFIX = "server-"
-# uvicorn kills and replaces a worker that does not answer its supervisor's ping within this
+# uvicorn kills and replaces a worker that does not respond to its supervisor's ping within this
 # time, and with it every request in flight. Its default of 5 s killed busy workers of a
 # 2-worker server on a loaded 2-core machine during the load test.
 WORKER_HEALTHCHECK_SECONDS = 60
@@ -284,9 +284,9 @@ def _prepare_metrics_directory(root: Path) -> None:
     before any worker starts, and delete the folders of servers that have exited.
 
     Each server gets a folder of its own, so that a second server on the same store does not
-    delete the samples of one that is running. This must happen before anything imports
+    delete the samples of a running server. This must happen before anything imports
     prometheus_client in this process, because a single-worker server runs the application
-    here; so it does not import sqlstore.metrics.
+    here. So this function does not import sqlstore.metrics.
     """
     parent = root / "cache" / "metrics"
     parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import BinaryIO, Generic, TypeVar
 
 # NOTE: assumes the wall clock does not step back by more than this between two writes.
 SETTLED_NANOSECONDS = 1_000_000_000
@@ -32,13 +32,15 @@ def _signature(status: os.stat_result) -> Signature:
 
 
 class ReplacedFileReader(Generic[Parsed]):
-    """Return `parse(content)` of a file, parsing it again only when its stat changed or when it
-    was written too recently for the stat to prove it unchanged. Thread-safe.
+    """Return `parse(file)` of a file opened for binary reading, parsing it again only when its
+    stat changed or when it was written too recently for the stat to prove it unchanged. `parse`
+    reads only what it needs, so a Parquet footer can be parsed without reading the file.
+    Thread-safe.
 
     Raises FileNotFoundError when the file does not exist.
     """
 
-    def __init__(self, parse: Callable[[bytes], Parsed]) -> None:
+    def __init__(self, parse: Callable[[BinaryIO], Parsed]) -> None:
         self._parse = parse
         self._known: dict[Path, tuple[Signature, Parsed]] = {}
         self._lock = threading.Lock()
@@ -51,7 +53,7 @@ class ReplacedFileReader(Generic[Parsed]):
         # The signature comes from the open file, so it matches the content read.
         with open(path, "rb") as file:
             signature = _signature(os.fstat(file.fileno()))
-            parsed = self._parse(file.read())
+            parsed = self._parse(file)
 
         settled_before = time.time_ns() - SETTLED_NANOSECONDS
         with self._lock:
@@ -60,11 +62,6 @@ class ReplacedFileReader(Generic[Parsed]):
             else:
                 self._known.pop(path, None)
         return parsed
-
-    def forget(self, path: Path) -> None:
-        """Drop what is remembered of `path`, e.g. after deleting it."""
-        with self._lock:
-            self._known.pop(path, None)
 
 
 def file_signature(path: Path) -> Signature | None:

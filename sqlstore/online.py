@@ -1,11 +1,12 @@
-"""Online views: the latest row per entity of each keyed table, held in memory by each worker.
+"""Online views: the latest row per entity of each keyed table, kept in memory by each worker.
 
-An online view serves entity lookups "as of now" with the rules of `sqlstore.pointintime`: the
-row with the latest event timestamp at or before now, ties ranked by created timestamp (latest
-first, nulls last) and then by write order (last written first), and a match older than the
-table's TTL treated as expired. DuckDB computes the view in one `QUALIFY row_number()` query;
-Python never loops over the table's rows. A sorted numpy array (one integer key) or a dict built
-from Arrow columns (string, date and composite keys) maps a key to its row.
+An online view serves entity lookups "as of now" with the rules of `sqlstore.pointintime`. The
+match is the row with the latest event timestamp at or before now. Ties are ranked by created
+timestamp (latest first, nulls last) and then by write order (last written first). A match
+older than the table's TTL counts as expired. DuckDB computes the view in one
+`QUALIFY row_number()` query, so Python never loops over the table's rows. A sorted numpy
+array (one integer key) or a dict built from Arrow columns (string, date and composite keys)
+maps a key to its row.
 
 Freshness: every lookup first reads the table's write stamp (`Registry.write_stamp`), which
 changes with every write, and rebuilds the view when the stamp differs from the one it was built

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import pyarrow as pa
@@ -15,7 +13,7 @@ import pyarrow.parquet as pq
 
 from sqlstore.catalog import query_arrow
 from sqlstore.errors import InvalidInput
-from sqlstore.filestamps import SETTLED_NANOSECONDS, Signature
+from sqlstore.filestamps import ReplacedFileReader
 from sqlstore.identifiers import quote_identifier
 from sqlstore.registry import RegistryEntry
 from sqlstore.stablefiles import ReadAgain, read_unchanged
@@ -26,9 +24,6 @@ COMPARISONS = {"eq": "=", "ne": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": 
 OPERATORS = (*COMPARISONS, "in", "isnull", "contains")
 OPERATOR_SEPARATOR = "__"
 MAX_IN_VALUES = 10_000
-
-# Table version stored in each Parquet file's footer, by path: (stat signature, version).
-_FILE_VERSIONS: dict[Path, tuple[Signature, int | None]] = {}
 
 
 @dataclass(frozen=True)
@@ -100,7 +95,7 @@ def read_page(
 
     def read_version() -> Page:
         entry = store.table(group, name)
-        _, version = file_version(path)
+        version = file_version(path)
         page = _query_page(store, entry, columns, filters, order_by, limit, offset)
         # A writer renames the new file into place and then updates the registry, so the entry
         # can lag behind the file whose footer gave `version`.
@@ -137,33 +132,22 @@ def _query_page(
     return Page(table=table, total_rows=total, entry=entry)
 
 
-def file_version(path: Path) -> tuple[Signature | None, int | None]:
-    """Return the stat signature of the file at `path` and the table version in its footer.
-
-    The version is None for a file without sqlstore metadata; both are None when the file is
-    missing. A version is remembered per path and signature once the file is older than
-    SETTLED_NANOSECONDS (see `sqlstore.filestamps`), so each footer is read about once.
-    """
+def file_version(path: Path) -> int | None:
+    """Return the table version in the footer of the Parquet file at `path`, or None for a file
+    without sqlstore metadata or a missing file. Each footer is read about once (see
+    `sqlstore.filestamps`)."""
     try:
-        with path.open("rb") as file:
-            signature = _open_signature(file.fileno())
-            cached = _FILE_VERSIONS.get(path)
-            if cached is not None and cached[0] == signature:
-                return signature, cached[1]
-            metadata = pq.read_schema(file).metadata or {}
+        return _FOOTER_VERSIONS.read(path)
     except FileNotFoundError:
-        return None, None
-
-    text = metadata.get(ENTRY_METADATA_KEY)
-    version = None if text is None else orjson.loads(text)["version"]
-    if max(signature[3], signature[4]) < time.time_ns() - SETTLED_NANOSECONDS:
-        _FILE_VERSIONS[path] = (signature, version)
-    return signature, version
+        return None
 
 
-def _open_signature(descriptor: int) -> Signature:
-    status = os.fstat(descriptor)
-    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+def _footer_version(file: BinaryIO) -> int | None:
+    text = (pq.read_schema(file).metadata or {}).get(ENTRY_METADATA_KEY)
+    return None if text is None else orjson.loads(text)["version"]
+
+
+_FOOTER_VERSIONS = ReplacedFileReader(_footer_version)
 
 
 def _require_column(entry: RegistryEntry, column: str, what: str) -> None:

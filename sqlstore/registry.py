@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 from pydantic import BaseModel, Field, ValidationError
@@ -81,8 +82,8 @@ class RegistryEntry(BaseModel):
         return None
 
 
-def _parse_write_stamp(content: bytes) -> str:
-    fields = orjson.loads(content)
+def _parse_write_stamp(file: BinaryIO) -> str:
+    fields = orjson.loads(file.read())
     return f"{fields['version']}@{fields['updated_at']}"
 
 

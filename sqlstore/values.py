@@ -131,7 +131,7 @@ def _to_string(value: Any) -> str:
 
 def _expected(family: str) -> str:
     return {
-        "integer": "a signed 64-bit integer",
+        "integer": "an integer",
         "floating": "a number",
         "boolean": "true or false",
         "string": "a string",

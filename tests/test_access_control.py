@@ -311,7 +311,7 @@ def without_token_variable() -> dict[str, str]:
 
 def status_many(server: RunningServer, token: str, count: int = 20) -> set[int]:
     """Return the statuses of `count` requests, each on a new connection so that both workers
-    of a two-worker server are likely to answer some of them."""
+    of a two-worker server are likely to serve some of them."""
     return {call(server, "GET", "/features", token).status_code for _ in range(count)}
 
 

@@ -1,4 +1,4 @@
-"""Page reads answered from the memory tier before routing, and the stat-based file reader that
+"""Page reads served from the memory tier before routing, and the stat-based file reader that
 keys them: a hit sends exactly what the route sent, and a write or an invalidation is never
 hidden by either."""
 
@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 import pytest
@@ -71,7 +72,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 @pytest.fixture
 def client(server: RunningServer) -> Iterator[httpx.Client]:
-    """A client of the module's server, whose table holds 10, 20, 30 at the start of each test."""
+    """A client of the module's server. Its table contains 10, 20, 30 at the start of a test."""
     with httpx.Client(base_url=server.base_url, timeout=30) as http:
         write_values(http, [10, 20, 30])
         yield http
@@ -142,7 +143,7 @@ def test_requests_the_route_rejects_are_still_rejected(
     assert "x-cache" not in response.headers
 
 
-def test_unsupported_accept_is_rejected_even_when_json_is_cached(client: httpx.Client) -> None:
+def test_unsupported_accept_rejected_when_cached(client: httpx.Client) -> None:
     client.get("/features/fast/page")
 
     response = client.get("/features/fast/page", headers={"accept": "image/png"})
@@ -154,7 +155,8 @@ def test_unsupported_accept_is_rejected_even_when_json_is_cached(client: httpx.C
 def counting_reader() -> tuple[ReplacedFileReader[bytes], list[bytes]]:
     parsed: list[bytes] = []
 
-    def parse(content: bytes) -> bytes:
+    def parse(file: BinaryIO) -> bytes:
+        content = file.read()
         parsed.append(content)
         return content
 
@@ -192,7 +194,7 @@ def test_reader_parses_a_recent_file_every_time(tmp_path: Path) -> None:
     assert parsed == [b"version 1", b"version 1"]
 
 
-def test_reader_sees_a_replacement_with_the_same_size_and_time(tmp_path: Path) -> None:
+def test_reader_sees_same_size_replacement(tmp_path: Path) -> None:
     path = settled_file(tmp_path, b"version 1")
     reader, _ = counting_reader()
     assert reader.read(path) == b"version 1"

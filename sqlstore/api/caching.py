@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from fastapi import APIRouter, FastAPI, Request
 from starlette.concurrency import run_in_threadpool
@@ -98,7 +98,7 @@ async def serve_cached_async(
     versions: dict[str, str],
     compute: Callable[[], CachedResponse],
 ) -> Response:
-    """Like `serve_cached`, for `async` routes: a memory hit is answered on the event loop,
+    """Like `serve_cached`, for `async` routes: a memory hit is served on the event loop,
     and only the disk tier and `compute` run in the thread pool. This keeps the common case
     free of the thread hop that a plain `def` route pays on every request."""
     cache: ResultCache | None = request.app.state.cache
@@ -169,8 +169,8 @@ def _epoch_file(root: Path, group: str, name: str) -> Path:
     return StoreLayout(root).cache_dir / EPOCHS_FOLDER / f"{group}.{name}"
 
 
-def _parse_epoch(content: bytes) -> str:
-    return content.decode(errors="replace").strip() or "0"
+def _parse_epoch(file: BinaryIO) -> str:
+    return file.read().decode(errors="replace").strip() or "0"
 
 
 # Epoch files change only through bump_epoch, which replaces them by rename.

@@ -111,9 +111,9 @@ class BodySizeLimitMiddleware:
 
 
 class MetricsMiddleware:
-    """Count each request and time it, by route template, method and status, and log one line
-    per request with its path, status, duration, cache result and request id (unless
-    `access_log` is false: the line costs about as much as serving a cached page)."""
+    """Count each request and time it, by route template, method and status. Log one line per
+    request with its path, status, duration, cache result and request id, unless `access_log`
+    is false, because the line costs about as much as serving a cached page."""
 
     def __init__(self, app: ASGIApp, access_log: bool = True) -> None:
         self.app = app

@@ -199,7 +199,8 @@ def _check_key_values(column: str, values: list[Any]) -> None:
         if value is None:
             raise InvalidInput(f"entities.{column}[{position}] is null; give a key value")
         raise InvalidInput(
-            f"invalid value {value!r} at entities.{column}[{position}]: give an integer or a string"
+            f"invalid value {orjson.dumps(value).decode()} at entities.{column}[{position}]: "
+            "give an integer or a string"
         )
 
 

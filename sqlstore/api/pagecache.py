@@ -2,7 +2,7 @@
 
 A cached page is the most common request a feature service gets, and FastAPI's routing and
 parameter validation cost more than the cache lookup itself. `CachedPageMiddleware` computes the
-same key as the page route from the raw request and, when the memory tier holds it, sends the
+same key as the page route from the raw request and, when the memory tier contains it, sends the
 stored response at once. Anything it cannot settle (an unusual query, a missing table, a miss)
 goes on to the route unchanged, so the route stays the only place that validates parameters or
 builds a response: an entry exists only for a key that the route computed and answered with 200.

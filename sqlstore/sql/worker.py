@@ -406,12 +406,19 @@ def _exact_unsigned_hugeints(table: Any, types: list[Any]) -> Any:
     for index, duckdb_type in enumerate(types):
         if str(duckdb_type) != "UHUGEINT":
             continue
-        values = [
-            None if value is None else str(int(value) + (2**128 if value < 0 else 0))
-            for value in table.column(index).to_pylist()
-        ]
+        values = [_unsigned_text(value) for value in table.column(index).to_pylist()]
         table = table.set_column(index, table.field(index).name, pa.array(values, pa.string()))
     return table
+
+
+def _unsigned_text(value: Any) -> str | None:
+    """Return a UHUGEINT value that DuckDB exported as a possibly wrapped decimal, as text."""
+    if value is None:
+        return None
+    number = int(value)
+    if number < 0:
+        number += 2**128
+    return str(number)
 
 
 def _ipc_bytes(table: Any) -> bytes:
