@@ -63,8 +63,14 @@ HOSTILE_QUERIES = load_hostile_queries()
 
 
 def store_files(root: Path) -> set[Path]:
-    """Return every file under the store root except lock files, which reads may touch."""
-    return {path for path in root.rglob("*") if path.is_file() and path.suffix != ".lock"}
+    """Return every file under the store root except lock files, which reads may touch, and
+    the server's metric samples, which it creates after serving its first requests."""
+    metrics = root / "cache" / "metrics"
+    return {
+        path
+        for path in root.rglob("*")
+        if path.is_file() and path.suffix != ".lock" and not path.is_relative_to(metrics)
+    }
 
 
 def write_store(root: Path) -> None:
