@@ -8,6 +8,8 @@ same request line to both servers.
 - `GET /features/{group}/{name}` is an `async def` endpoint: FastAPI's floor.
 - `GET /sync/features/{group}/{name}` is a plain `def` endpoint, which FastAPI runs in its
   thread pool like sqlstore's page route.
+- `POST /post/features/{group}/{name}` reads the request body, then returns the same bytes:
+  the floor for a POST request such as an online lookup.
 - `GET /health` returns 200 once the app has started.
 
 Start it as bench_cache.py does:
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
 
 BODY_FILE_VARIABLE = "BARE_APP_BODY_FILE"
@@ -62,6 +65,11 @@ def create_app() -> FastAPI:
 
     @app.get("/sync/features/{group}/{name}")
     def read_sync(group: str, name: str) -> Response:
+        return Response(body_of(group, name), media_type=MEDIA_TYPE)
+
+    @app.post("/post/features/{group}/{name}")
+    async def read_after_body(group: str, name: str, request: Request) -> Response:
+        await request.body()
         return Response(body_of(group, name), media_type=MEDIA_TYPE)
 
     return app

@@ -14,7 +14,8 @@ workers on a free 127.0.0.1 port and measures:
 3. Throughput of one cached page of about 1 KB against the same bytes returned from a dict by
    `bench/bare_app.py` (uvicorn, same worker count, no access log), with wrk when it is
    installed and with the asyncio client otherwise. sqlstore is measured twice: as configured by
-   default, and with `--no-access-log` like the bare app. Rounds alternate between the
+   default, and with `--no-access-log` like the bare app. A second bare app runs with uvicorn's
+   own access log on, to compare with sqlstore's default. Rounds alternate between the
    endpoints.
 4. The steps of the cache hit path, timed in process: table versions, cache key, memory lookup.
 
@@ -126,6 +127,9 @@ TARGETS = {
         "endpoint"
     ),
     "throughput_ratio_access_log": ("the same with sqlstore's access log on (the default) >= 70 %"),
+    "throughput_ratio_both_logging": (
+        "the same with sqlstore's access log and uvicorn's access log on the bare app >= 70 %"
+    ),
 }
 
 
@@ -729,9 +733,16 @@ async def _time_memory_hits(
 
 
 @contextmanager
-def running_bare_app(body_file: Path, workers: int, log_dir: Path) -> Iterator[ServerProcess]:
-    """Start bench/bare_app.py under uvicorn on a free loopback port; stop it on exit."""
+def running_bare_app(
+    body_file: Path, workers: int, log_dir: Path, access_log: bool = False
+) -> Iterator[ServerProcess]:
+    """Start bench/bare_app.py under uvicorn on a free loopback port; stop it on exit. With
+    `access_log`, uvicorn writes its own access line per request to the log file, as sqlstore
+    does by default."""
     port = free_port()
+    logging_options = (
+        ["--log-level", "info"] if access_log else ["--no-access-log", "--log-level", "warning"]
+    )
     command = [
         sys.executable,
         "-m",
@@ -746,16 +757,14 @@ def running_bare_app(body_file: Path, workers: int, log_dir: Path) -> Iterator[S
         str(port),
         "--workers",
         str(workers),
-        "--no-access-log",
-        "--log-level",
-        "warning",
+        *logging_options,
     ]
     environment = {
         **os.environ,
         bare_app.BODY_FILE_VARIABLE: str(body_file),
         bare_app.TABLE_VARIABLE: f"{GROUP}/{NAME}",
     }
-    log_path = log_dir / "bare_app.log"
+    log_path = log_dir / ("bare_app_access_log.log" if access_log else "bare_app.log")
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             command, stdout=log_file, stderr=subprocess.STDOUT, env=environment
@@ -871,18 +880,21 @@ def measure_throughput(
 
     with (
         running_bare_app(body_file, args.workers, work_dir) as bare,
+        running_bare_app(body_file, args.workers, work_dir, access_log=True) as bare_logging,
         running_server(
             quiet_root, args.workers, work_dir, ("--no-access-log",), "server_no_access_log"
         ) as quiet,
         httpx.Client(base_url=base_url, timeout=HTTP_TIMEOUT_SECONDS) as client,
     ):
         wait_until_workers_idle(bare, args.workers)
+        wait_until_workers_idle(bare_logging, args.workers)
         wait_until_workers_idle(quiet, args.workers)
         warm_page(quiet.base_url, path, args.connections)
         targets = {
             "sqlstore": Target(server, path),
             "sqlstore_no_access_log": Target(quiet, path),
             "bare_async": Target(bare, path),
+            "bare_async_access_log": Target(bare_logging, path),
             "bare_sync": Target(bare, "/sync" + path),
         }
         for target in targets.values():
@@ -977,6 +989,9 @@ def summarize_throughput(
             / endpoints["bare_async"]["median_requests_per_second"],
             3,
         ),
+        "ratio_to_bare_async_both_logging": round(
+            sqlstore_rate / endpoints["bare_async_access_log"]["median_requests_per_second"], 3
+        ),
         "ratio_to_bare_sync": round(
             sqlstore_rate / endpoints["bare_sync"]["median_requests_per_second"], 3
         ),
@@ -1036,6 +1051,7 @@ def evaluate_targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "memory_hit_server_p50_ms": results["memory_hits"]["server"]["p50_ms"],
         "throughput_ratio": results["throughput"]["ratio_to_bare_async_without_access_log"],
         "throughput_ratio_access_log": results["throughput"]["ratio_to_bare_async"],
+        "throughput_ratio_both_logging": results["throughput"]["ratio_to_bare_async_both_logging"],
     }
     checks = {
         "hit_rate": lambda value: value >= 0.90,
@@ -1043,6 +1059,7 @@ def evaluate_targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "memory_hit_server_p50_ms": lambda value: value < 0.5,
         "throughput_ratio": lambda value: value >= 0.70,
         "throughput_ratio_access_log": lambda value: value >= 0.70,
+        "throughput_ratio_both_logging": lambda value: value >= 0.70,
     }
     return {
         name: {
@@ -1158,6 +1175,7 @@ def _render_throughput(throughput: dict[str, Any]) -> str:
         "sqlstore": "sqlstore, cached page",
         "sqlstore_no_access_log": "sqlstore, cached page, --no-access-log",
         "bare_async": "bare FastAPI, async def",
+        "bare_async_access_log": "bare FastAPI, async def, uvicorn access log",
         "bare_sync": "bare FastAPI, def (thread pool)",
     }
     for name, endpoint in throughput["endpoints"].items():

@@ -7,11 +7,12 @@ One run generates (or reuses, with --root) a store with one table of 10,000,000 
    without HTTP (write stamp check, key conversion, index search, column lists, orjson), and
    the DuckDB path (`sqlstore.lookup.lookup_entities`) as the baseline.
 2. Over loopback HTTP with two workers at 16 connections, with wrk: 1-entity and 100-entity
-   lookups, and the bare FastAPI endpoint of bench/bare_app.py returning the 1-entity
-   response's bytes, in alternating rounds. A Lua script sends a random entity per request.
+   lookups, and two bare FastAPI endpoints of bench/bare_app.py returning the 1-entity
+   response's bytes, in alternating rounds: a GET, and a POST that receives the same requests
+   as the 1-entity lookups. A Lua script sends a random entity per request.
 3. Memory of the online view in each worker against the size of the Parquet file.
 
-    .venv/bin/python bench/bench_online.py [--root DIR] [--duration S] [--rounds N]
+    .venv/bin/python bench/bench_online.py [--root DIR] [--duration S] [--rounds N] [--output FILE]
 """
 
 from __future__ import annotations
@@ -33,8 +34,15 @@ import httpx
 import numpy as np
 import orjson
 import pyarrow as pa
-from bench_cache import machine_details, parse_wrk_output, running_bare_app
-from bench_serving import running_server
+from bench_cache import (
+    child_cpu_seconds,
+    cpu_seconds_delta,
+    machine_details,
+    parse_wrk_output,
+    running_bare_app,
+    wait_until_workers_idle,
+)
+from bench_serving import ServerProcess, running_server
 
 from sqlstore.api.encoding import dumps
 from sqlstore.api.online import requested_columns, table_results
@@ -57,6 +65,7 @@ WORKERS = 2
 IN_PROCESS_CALLS = 2_000
 DUCKDB_CALLS = 20
 ENDPOINT = "/get-online-features"
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "online.json"
 FEATURES = [f"{REFERENCE}:amount,score,clicks,category"]
 
 # wrk sends a new random entity id (or 100 of them) per request; math.random is seeded per
@@ -81,6 +90,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--root", type=Path, help="store root to create or reuse")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of wrk runs")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON result file")
     return parser.parse_args()
 
 
@@ -172,16 +182,25 @@ def measure_in_process(store: FeatureStore) -> dict[str, Any]:
     return results
 
 
-def run_wrk_script(url: str, script: Path | None, duration: int) -> dict[str, Any]:
+def run_wrk_script(
+    server: ServerProcess, url: str, script: Path | None, duration: int
+) -> dict[str, Any]:
+    """Run wrk against `url`; add the CPU time that the server's worker processes used per
+    request, which leaves out the time they waited for a CPU on a shared machine."""
     command = ["wrk", f"-t{WRK_THREADS}", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency"]
     if script is not None:
         command += ["-s", str(script)]
+    cpu_before = child_cpu_seconds(server.process.pid)
     completed = subprocess.run(
         [*command, url], capture_output=True, text=True, timeout=duration + 60, check=False
     )
+    cpu = cpu_seconds_delta(cpu_before, child_cpu_seconds(server.process.pid))
     if completed.returncode != 0:
         raise RuntimeError(f"wrk failed: {completed.stderr}")
-    return parse_wrk_output(completed.stdout)
+    result = parse_wrk_output(completed.stdout)
+    requests = result["requests_per_second"] * duration
+    result["server_cpu_us_per_request"] = round(sum(cpu.values()) / max(requests, 1) * 1e6, 1)
+    return result
 
 
 def write_script(work_dir: Path, count: int) -> Path:
@@ -217,7 +236,12 @@ def measure_http(root: Path, work_dir: Path, args: argparse.Namespace) -> dict[s
     """Run alternating wrk rounds against the server and the bare app."""
     os.environ["SQLSTORE_ONLINE_LOAD"] = "eager"
     scripts = {count: write_script(work_dir, count) for count in (1, 100)}
-    runs: dict[str, list[dict[str, Any]]] = {"bare": [], "online_1": [], "online_100": []}
+    runs: dict[str, list[dict[str, Any]]] = {
+        "bare": [],
+        "bare_post": [],
+        "online_1": [],
+        "online_100": [],
+    }
     with running_server(root, WORKERS, work_dir) as server:
         body = {"entities": {"entity_id": [7]}, "features": FEATURES}
         response = httpx.post(server.base_url + ENDPOINT, json=body, timeout=60)
@@ -225,14 +249,21 @@ def measure_http(root: Path, work_dir: Path, args: argparse.Namespace) -> dict[s
         body_file = work_dir / "body.json"
         body_file.write_bytes(response.content)
         memory = worker_memory(server.base_url)
+        wait_until_workers_idle(server, WORKERS)
         with running_bare_app(body_file, WORKERS, work_dir) as bare:
+            wait_until_workers_idle(bare, WORKERS)
             bare_url = bare.base_url + "/features/content/movie_ratings"
+            bare_post_url = bare.base_url + "/post/features/content/movie_ratings"
             for _ in range(args.rounds):
-                runs["bare"].append(run_wrk_script(bare_url, None, args.duration))
+                runs["bare"].append(run_wrk_script(bare, bare_url, None, args.duration))
+                # The same POST requests as the 1-entity lookups, answered with fixed bytes.
+                runs["bare_post"].append(
+                    run_wrk_script(bare, bare_post_url, scripts[1], args.duration)
+                )
                 for count in (1, 100):
                     url = server.base_url + ENDPOINT
                     runs[f"online_{count}"].append(
-                        run_wrk_script(url, scripts[count], args.duration)
+                        run_wrk_script(server, url, scripts[count], args.duration)
                     )
                 logger.info(
                     "round done: %s", {k: v[-1]["requests_per_second"] for k, v in runs.items()}
@@ -242,11 +273,14 @@ def measure_http(root: Path, work_dir: Path, args: argparse.Namespace) -> dict[s
     summary["online_1_share_of_bare"] = round(
         summary["online_1"]["requests_per_second"] / bare_rate, 3
     )
+    summary["online_1_share_of_bare_post"] = round(
+        summary["online_1"]["requests_per_second"] / summary["bare_post"]["requests_per_second"], 3
+    )
     return {"runs": runs, "summary": summary, "memory": memory}
 
 
 def _median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("requests_per_second", "p50_ms", "p99_ms", "errors")
+    keys = ("requests_per_second", "p50_ms", "p99_ms", "errors", "server_cpu_us_per_request")
     return {key: statistics.median(run.get(key, 0) for run in results) for key in keys}
 
 
@@ -269,7 +303,7 @@ def main() -> int:
         store.catalog.close()
         results["http"] = measure_http(root, work_dir, args)
         results["load_average_after"] = os.getloadavg()
-    output = Path(__file__).resolve().parent / "results" / "online.json"
+    output = args.output
     output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     sys.stdout.write(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0

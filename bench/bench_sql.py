@@ -106,9 +106,7 @@ def median_ms(run: Callable[[], object], repeats: int, before: Callable[[], None
 
 def clear_validation_caches() -> None:
     analyse_query.cache_clear()
-    duckdb_check._serialize.cache_clear()
-    duckdb_check._check_statement_type.cache_clear()
-    duckdb_check._analyse_tree.cache_clear()
+    duckdb_check.clear_caches()
 
 
 def measure_validation(store: FeatureStore, repeats: int) -> dict[str, Any]:
@@ -139,7 +137,11 @@ def free_port() -> int:
 @contextmanager
 def running_server(root: Path, log_path: Path) -> Iterator[str]:
     port = free_port()
-    command = [sys.executable, "-m", "sqlstore", "serve", "--root", str(root), "--port", str(port)]
+    # Without --no-cache every request after the first would be a result-cache hit.
+    command = [
+        *(sys.executable, "-m", "sqlstore", "serve", "--root", str(root)),
+        *("--port", str(port), "--no-cache"),
+    ]
     environment = {**os.environ, "SQLSTORE_SQL_WORKERS": "1"}
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)

@@ -103,9 +103,25 @@ class Lookup:
     def present(self) -> np.ndarray:
         return self.codes == PRESENT
 
-    def json_values(self, column: str) -> tuple[list[Any], np.ndarray]:
+    @cached_property
+    def present_rows(self) -> list[int | None]:
+        """The view row of each key as a Python int, or None where the key has no present row."""
+        return [
+            row if code == PRESENT else None
+            for row, code in zip(self.rows.tolist(), self.codes.tolist(), strict=True)
+        ]
+
+    @cached_property
+    def key_statuses(self) -> list[str]:
+        """The status name of each key's row, which is each value's status unless it is null."""
+        return STATUS_NAMES[self.codes].tolist()
+
+    def json_values(self, column: str) -> tuple[list[Any], np.ndarray | list[bool]]:
         """Return the values of `column` for each key, as Python values that encode to the same
         JSON as the typed column (timestamps as ISO 8601 text), and a mask of the nulls."""
+        if len(self.rows) <= SCALAR_LOOKUP_LIMIT:
+            return self._scalar_values(column)
+
         numbers = self.view.numpy_arrays.get(column)
         if numbers is not None:
             # A numeric column without nulls: numpy indexing avoids Arrow's per-call overhead.
@@ -116,15 +132,33 @@ class Lookup:
             boxed[~self.present] = None
             return boxed.tolist(), ~self.present
 
-        array = self.view.json_arrays[column]
-        if len(self.rows) <= SCALAR_LOOKUP_LIMIT:
-            found = [
-                array[int(row)].as_py() if present else None
-                for row, present in zip(self.rows, self.present, strict=True)
-            ]
-            return found, np.array([value is None for value in found], dtype=bool)
-        taken = array.take(self.indices)
+        taken = self.view.json_arrays[column].take(self.indices)
         return taken.to_pylist(), taken.is_null().to_numpy(zero_copy_only=False)
+
+    def statuses(self, nulls: np.ndarray | list[bool]) -> list[str]:
+        """Return the status name of each value: the lookup's code, or NULL_VALUE for a null
+        value of a present row. `nulls` is the mask that `json_values` returned."""
+        if isinstance(nulls, list):
+            if not any(nulls):
+                return self.key_statuses
+            return [
+                STATUS_NAMES[NULL_VALUE] if null and code == PRESENT else STATUS_NAMES[code]
+                for code, null in zip(self.codes.tolist(), nulls, strict=True)
+            ]
+        return STATUS_NAMES[
+            np.where((self.codes == PRESENT) & nulls, NULL_VALUE, self.codes)
+        ].tolist()
+
+    def _scalar_values(self, column: str) -> tuple[list[Any], list[bool]]:
+        """Return what `json_values` returns, for a few keys. Indexing with Python ints avoids
+        the fixed cost of each numpy or Arrow call, which is most of the work for so few."""
+        numbers = self.view.numpy_arrays.get(column)
+        if numbers is not None:
+            values = [None if row is None else numbers.item(row) for row in self.present_rows]
+        else:
+            array = self.view.json_arrays[column]
+            values = [None if row is None else array[row].as_py() for row in self.present_rows]
+        return values, [value is None for value in values]
 
 
 class IntegerKeyIndex:

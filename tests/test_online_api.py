@@ -3,6 +3,8 @@ errors, writes seen by every worker, the memory budget and eager loading."""
 
 from __future__ import annotations
 
+import itertools
+import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_online import all_keys, point_in_time_rows
 
 from sqlstore.client import FeatureStoreClient
+from sqlstore.online import SCALAR_LOOKUP_LIMIT
 from sqlstore.store import FeatureStore, TableDefinition
 
 ENDPOINT = "/get-online-features"
@@ -98,6 +101,57 @@ def test_endpoint_equals_point_in_time(
         assert results[name]["statuses"] == result["statuses"], name
         times = [t and datetime.fromisoformat(t) for t in results[name]["event_timestamps"]]
         assert times == result["event_timestamps"], name
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "content/movie_genres",
+        "content/movie_ratings",
+        "user/user_activity",
+        "user/user_preferences",
+        "interaction/user_movie_interactions",
+    ],
+)
+def test_few_entities_equal_point_in_time(
+    demo_server: RunningServer, demo_root: Path, reference: str
+) -> None:
+    # Requests of up to SCALAR_LOOKUP_LIMIT keys take a separate path in the server. These
+    # send a seeded sample of keys, plus every key the table lacks, 1 to 9 keys at a time.
+    store = FeatureStore(demo_root)
+    keys = all_keys(store, reference)
+    count = len(next(iter(keys.values())))
+    chosen = sorted(random.Random(7).sample(range(count - 4), 40)) + list(range(count - 4, count))
+    sample = {column: [values[i] for i in chosen] for column, values in keys.items()}
+    expected = expected_results(store, reference, sample, datetime.now(UTC))
+
+    returned: dict[str, dict[str, list[Any]]] = {name: {} for name in expected}
+    start = 0
+    for size in itertools.cycle(range(1, SCALAR_LOOKUP_LIMIT + 2)):
+        if start >= len(chosen):
+            break
+        chunk = {column: values[start : start + size] for column, values in sample.items()}
+        response = post(demo_server.base_url, {"entities": chunk, "features": [reference]})
+        assert response.status_code == 200, response.text
+        results = dict(
+            zip(
+                response.json()["metadata"]["feature_names"],
+                response.json()["results"],
+                strict=True,
+            )
+        )
+        for name in expected:
+            for field in ("values", "statuses", "event_timestamps"):
+                returned[name].setdefault(field, []).extend(results[name][field])
+        start += size
+
+    for name, result in expected.items():
+        assert decoded(returned[name], result["values"]) == result["values"], name
+        assert returned[name]["statuses"] == result["statuses"], name
+        times = [t and datetime.fromisoformat(t) for t in returned[name]["event_timestamps"]]
+        assert times == result["event_timestamps"], name
+    statuses = [status for result in expected.values() for status in result["statuses"]]
+    assert "NOT_FOUND" in statuses
 
 
 def test_composite_key_every_pair(demo_server: RunningServer, demo_root: Path) -> None:

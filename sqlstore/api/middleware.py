@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,7 +36,8 @@ class RequestIdMiddleware:
         for name, value in scope["headers"]:
             if name == REQUEST_ID_HEADER and REQUEST_ID_PATTERN.fullmatch(value):
                 request_id = value.decode()
-        request_id = request_id or uuid.uuid4().hex
+        # 32 hex digits like uuid4().hex, which took 2 µs per call here against 0.45 µs.
+        request_id = request_id or os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: Message) -> None:
@@ -152,14 +153,19 @@ class MetricsMiddleware:
 def log_request(scope: Scope, status: int, elapsed: float, cache_result: str) -> None:
     """Log one request at INFO, with its fields also as `extra` attributes for JSON logs.
 
-    The query string is left out, because it can carry long SQL text or filter values.
+    The query string is left out, because it can carry long SQL text or filter values. The
+    record is made without the caller lookup and the %-formatting of `logger.info`, because
+    this line is written for every request. Measured in process, that cut its cost from about
+    35 to 25 µs.
     """
+    if not logger.isEnabledFor(logging.INFO):
+        return
+
     state = scope.get("state", {})
     client = scope.get("client")
     fields = {
         "method": scope["method"],
-        # Escaped, so that a client cannot write terminal escapes or NUL bytes into the log.
-        "path": scope["path"].encode("unicode_escape").decode("ascii"),
+        "path": _loggable_path(scope["path"]),
         "route": route_template(scope),
         "status": status,
         "duration_ms": round(elapsed * 1000, 3),
@@ -168,12 +174,23 @@ def log_request(scope: Scope, status: int, elapsed: float, cache_result: str) ->
         "token": state.get("token_name", "-"),
         "client": f"{client[0]}:{client[1]}" if client else "-",
     }
-    logger.info(
-        "%(method)s %(path)s %(status)d %(duration_ms).3f ms cache=%(cache)s "
-        "request=%(request_id)s token=%(token)s client=%(client)s",
-        fields,
-        extra=fields,
+    message = (
+        f"{fields['method']} {fields['path']} {status} {fields['duration_ms']:.3f} ms "
+        f"cache={cache_result} request={fields['request_id']} token={fields['token']} "
+        f"client={fields['client']}"
     )
+    record = logger.makeRecord(
+        logger.name, logging.INFO, __file__, 0, message, None, None, "log_request", fields
+    )
+    logger.handle(record)
+
+
+def _loggable_path(path: str) -> str:
+    """Return `path` with escapes for everything but printable ASCII other than the backslash,
+    so that a client cannot write terminal escapes or NUL bytes into the log."""
+    if path.isascii() and path.isprintable() and "\\" not in path:
+        return path
+    return path.encode("unicode_escape").decode("ascii")
 
 
 def route_template(scope: Scope) -> str:

@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import orjson
 from fastapi import APIRouter, FastAPI, Request
 from starlette.concurrency import run_in_threadpool
@@ -29,9 +28,6 @@ from sqlstore.api.pagecache import RouteStandIn
 from sqlstore.errors import InvalidInput, PayloadTooLarge
 from sqlstore.identifiers import validate_group, validate_table_name
 from sqlstore.online import (
-    NULL_VALUE,
-    PRESENT,
-    STATUS_NAMES,
     DuckDBPath,
     Lookup,
     OnlineSettings,
@@ -275,17 +271,11 @@ def table_results(found: Lookup, columns: list[str]) -> list[dict[str, list[Any]
         results.append(
             {
                 "values": values,
-                "statuses": _statuses(found.codes, nulls),
+                "statuses": found.statuses(nulls),
                 "event_timestamps": event_timestamps,
             }
         )
     return results
-
-
-def _statuses(codes: np.ndarray, nulls: np.ndarray) -> list[str]:
-    """Return the status name of each value: the lookup's code, or NULL_VALUE for a null value
-    of a present row."""
-    return STATUS_NAMES[np.where((codes == PRESENT) & nulls, NULL_VALUE, codes)].tolist()
 
 
 ONLINE_PATH = "/get-online-features"
