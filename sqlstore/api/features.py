@@ -84,6 +84,12 @@ def require_json_body(request: Request) -> None:
         )
 
 
+async def json_body(request: Request) -> None:
+    """`require_json_body` as a dependency. As an `async` function it runs on the event loop,
+    where a plain function would cost each request a trip through the thread pool."""
+    require_json_body(request)
+
+
 @router.get("", response_model=TableList)
 def list_tables(request: Request) -> Response:
     """List every feature table with its registry entry."""
@@ -93,7 +99,7 @@ def list_tables(request: Request) -> Response:
     return JSONBytesResponse({"count": len(tables), "tables": tables})
 
 
-@router.post("/batch", response_model=BatchResponse, dependencies=[Depends(require_json_body)])
+@router.post("/batch", response_model=BatchResponse, dependencies=[Depends(json_body)])
 def batch_features(request: Request, body: BatchRequest) -> Response:
     """Return the latest row per entity of several tables, as of `timestamp` (default: now)."""
     store = _store(request)
@@ -262,7 +268,7 @@ def _encode_page(
 
 
 @router.post(
-    "/{group}/{name}", response_model=WriteResponse, dependencies=[Depends(require_json_body)]
+    "/{group}/{name}", response_model=WriteResponse, dependencies=[Depends(json_body)]
 )
 def write_table(request: Request, group: str, name: str, body: WriteRequest) -> Response:
     """Write records to a table: replace it (mode=overwrite, the default) or append to it.

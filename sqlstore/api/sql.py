@@ -26,7 +26,7 @@ from sqlstore.api.encoding import (
     table_records,
 )
 from sqlstore.api.errors import request_id_of
-from sqlstore.api.features import require_json_body
+from sqlstore.api.features import json_body
 from sqlstore.api.models import ErrorResponse
 from sqlstore.cache import CachedResponse
 from sqlstore.settings import Settings
@@ -105,7 +105,7 @@ def _service(request: Request) -> SqlService:
     return request.app.state.sql
 
 
-@router.post("/sql", responses=TABULAR_CONTENT, dependencies=[Depends(require_json_body)])
+@router.post("/sql", responses=TABULAR_CONTENT, dependencies=[Depends(json_body)])
 def post_sql(request: Request, body: SqlRequest) -> Response:
     """Run one read-only query over the feature views (`group.name`)."""
     file_format = negotiate_format(request.headers.get("accept"))
@@ -151,7 +151,7 @@ def get_named_query(
 
 
 @router.post(
-    "/queries/{name}", responses=TABULAR_CONTENT, dependencies=[Depends(require_json_body)]
+    "/queries/{name}", responses=TABULAR_CONTENT, dependencies=[Depends(json_body)]
 )
 def post_named_query(request: Request, name: QueryName, body: NamedQueryRequest) -> Response:
     """Run a named query with parameters from the body."""

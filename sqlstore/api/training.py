@@ -22,7 +22,7 @@ from sqlstore.api.encoding import (
     table_records,
 )
 from sqlstore.api.errors import request_id_of
-from sqlstore.api.features import ERROR_RESPONSES, require_json_body
+from sqlstore.api.features import ERROR_RESPONSES, json_body
 from sqlstore.cache import CachedResponse
 from sqlstore.errors import InvalidInput, SqlstoreError
 from sqlstore.pointintime import DEFAULT_TIMESTAMP_COLUMN, JoinOptions, get_historical_features
@@ -67,7 +67,7 @@ class TrainingSetRequest(BaseModel):
 @router.post(
     "/training-set",
     responses={200: {"content": {t: {} for t in FORMAT_MEDIA_TYPES.values()}}},
-    dependencies=[Depends(require_json_body)],
+    dependencies=[Depends(json_body)],
 )
 def training_set(request: Request, body: TrainingSetRequest) -> Response:
     """Join features to entities as of each entity's timestamp; one output row per entity row.
