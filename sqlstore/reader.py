@@ -122,14 +122,25 @@ def _query_page(
     select_list = ", ".join(quote_identifier(column) for column in selected)
 
     with store.catalog.cursor() as cursor:
-        count_sql = f"SELECT count(*) FROM {view}{where}"
-        total = cursor.execute(count_sql, parameters).fetchall()[0][0]
         table = query_arrow(
             cursor,
             f"SELECT {select_list} FROM {view}{where}{order} LIMIT ? OFFSET ?",
             [*parameters, limit, offset],
         )
+        total = _total_from_page(table.num_rows, limit, offset)
+        if total is None:
+            count_sql = f"SELECT count(*) FROM {view}{where}"
+            total = cursor.execute(count_sql, parameters).fetchall()[0][0]
     return Page(table=table, total_rows=total, entry=entry)
+
+
+def _total_from_page(rows: int, limit: int, offset: int) -> int | None:
+    """Return the number of matching rows when the page itself shows it: a page with fewer
+    rows than the limit is the last one, unless it is empty because the offset is past the
+    end. Return None when a count query must tell."""
+    if 0 < rows < limit or (rows == 0 and offset == 0 and limit > 0):
+        return offset + rows
+    return None
 
 
 def file_version(path: Path) -> int | None:

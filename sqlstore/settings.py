@@ -72,6 +72,10 @@ class Settings:
     # Threads of each worker's DuckDB catalog; 0 means one per CPU core. `serve` sets it to the
     # cores divided by the workers unless it is given.
     duckdb_threads: int = 0
+    # How long a thread may hold the GIL before another may take it (Python's default is
+    # 0.005). A shorter interval lets the event loop answer cache hits while a thread pool
+    # thread computes a miss; docs/operations.md describes it.
+    switch_interval_seconds: float = 0.0005
     queries_dir: Path = field(default_factory=lambda: default_queries_dir())
     # Read-only SQL (/sql and named queries); docs/sql.md describes each limit.
     sql_max_rows: int = 10_000
@@ -105,6 +109,11 @@ class Settings:
         if self.online_load not in ONLINE_LOAD_MODES:
             raise ValueError(
                 f"invalid SQLSTORE_ONLINE_LOAD={self.online_load!r}: use lazy or eager"
+            )
+        if not 0 < self.switch_interval_seconds <= 1:
+            raise ValueError(
+                f"invalid SQLSTORE_SWITCH_INTERVAL_SECONDS={self.switch_interval_seconds}: use "
+                "a number of seconds above 0 and at most 1, such as 0.0005"
             )
         if self.duckdb_threads < 0:
             raise ValueError(

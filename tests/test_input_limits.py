@@ -197,6 +197,7 @@ def test_limit_over_maximum_rejected(http: httpx.Client, lookup_table: str) -> N
         ({"SQLSTORE_ONLINE_LOAD": "sometimes"}, "invalid SQLSTORE_ONLINE_LOAD='sometimes'"),
         ({"SQLSTORE_DUCKDB_THREADS": "-1"}, "invalid SQLSTORE_DUCKDB_THREADS=-1"),
         ({"SQLSTORE_ACCESS_LOG": "maybe"}, "invalid SQLSTORE_ACCESS_LOG='maybe'"),
+        ({"SQLSTORE_SWITCH_INTERVAL_SECONDS": "0"}, "invalid SQLSTORE_SWITCH_INTERVAL_SECONDS=0.0"),
     ],
 )
 def test_invalid_setting_fails_start(

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sqlstore.errors import Conflict, InvalidIdentifier, InvalidInput, NotFound, StorageError
+from sqlstore.reader import parse_filters, read_page
 from sqlstore.store import FeatureStore, TableDefinition
 
 
@@ -660,3 +661,37 @@ def test_unwritable_group_folder_rejected(store: FeatureStore) -> None:
         store.write("blocked", "table", users(2))
 
     assert store.registry.find("blocked", "table") is None
+
+
+# Page totals
+
+
+@pytest.mark.parametrize(
+    ("limit", "offset", "filters", "rows", "total"),
+    [
+        (10, 0, [], 7, 7),  # a short first page
+        (3, 6, [], 1, 7),  # a short last page
+        (3, 0, [], 3, 7),  # a full page: the total needs a count
+        (7, 0, [], 7, 7),  # a full page that is also the last one
+        (3, 20, [], 0, 7),  # past the end
+        (0, 0, [], 0, 7),  # no rows requested
+        (10, 0, [("entity_id__gt", "100")], 0, 0),  # nothing matches
+        (2, 0, [("entity_id__gte", "4")], 2, 3),  # a full page of a filtered read
+    ],
+)
+def test_page_total_rows(
+    store: FeatureStore,
+    limit: int,
+    offset: int,
+    filters: list[tuple[str, str]],
+    rows: int,
+    total: int,
+) -> None:
+    store.write("user", "scores", users(7))
+
+    page = read_page(
+        store, "user", "scores", filters=parse_filters(filters), limit=limit, offset=offset
+    )
+
+    assert page.table.num_rows == rows
+    assert page.total_rows == total

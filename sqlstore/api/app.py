@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_columns=settings.max_columns,
         )
         store.recover()
+        sys.setswitchinterval(settings.switch_interval_seconds)
         tables = store.list_tables()
         app.state.store = store
         app.state.settings = settings
