@@ -72,9 +72,9 @@ class Settings:
     # Threads of each worker's DuckDB catalog; 0 means one per CPU core. `serve` sets it to the
     # cores divided by the workers unless it is given.
     duckdb_threads: int = 0
-    # How long a thread may hold the GIL before another may take it (Python's default is
-    # 0.005). A shorter interval lets the event loop answer cache hits while a thread pool
-    # thread computes a miss; docs/operations.md describes it.
+    # Seconds a thread may hold the GIL while another thread waits for it (Python's default
+    # is 0.005). A shorter interval lets the event loop serve cache hits while a thread of
+    # the thread pool computes a miss.
     switch_interval_seconds: float = 0.0005
     queries_dir: Path = field(default_factory=lambda: default_queries_dir())
     # Read-only SQL (/sql and named queries); docs/sql.md describes each limit.
