@@ -279,6 +279,23 @@ def test_tokens_never_logged(protected: ProtectedServer) -> None:
     assert "token=only-read" in log
 
 
+def test_scope_rejection_logs_token_name(protected: ProtectedServer) -> None:
+    headers = {
+        "Authorization": f"Bearer {protected.tokens['write']}",
+        "X-Request-ID": "scope-rejection-log",
+    }
+    response = httpx.post(
+        protected.server.base_url + "/sql", json={"sql": "SELECT 1"}, headers=headers, timeout=30
+    )
+    log = protected.server.log().splitlines()
+    lines = [line for line in log if "request=scope-rejection-log " in line]
+
+    assert response.status_code == 403
+    assert len(lines) == 1
+    assert "POST /sql 403 " in lines[0]
+    assert "token=only-write " in lines[0]
+
+
 def test_token_file_stores_hashes_only(protected: ProtectedServer) -> None:
     path = tokens_path(protected.server.root)
     content = path.read_text()

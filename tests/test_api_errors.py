@@ -138,8 +138,8 @@ SHAPE_CASES = [
         "POST",
         "/features/batch",
         {"content": b"{", "headers": {"content-type": "application/json"}},
-        422,
-        "validation_error",
+        400,
+        "invalid_input",
     ),
 ]
 
@@ -297,7 +297,9 @@ def test_malformed_json(writer: httpx.Client) -> None:
         "/features/bad/json", content=b'{"records": [', headers={"Content-Type": "application/json"}
     )
 
-    assert_error(response, 422, "validation_error")
+    assert_error(response, 400, "invalid_input")
+    assert "invalid JSON body: " in response.json()["error"]["message"]
+    assert "at character 13" in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(

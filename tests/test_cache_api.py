@@ -335,7 +335,7 @@ def test_sql_second_identical_hit(client: httpx.Client) -> None:
     [
         "select v from sqlg.t order by v",
         "SELECT   v\n  FROM sqlg.t\n ORDER BY v  ",
-        # sqlglot's canonical form keeps comments (validate.py renders with comments=True).
+        # The canonical form is DuckDB's syntax tree, which has no comments.
         "SELECT v -- the value\nFROM sqlg.t /* all rows */ ORDER BY v",
         "SeLeCt v FrOm sqlg.t OrDeR bY v;",
     ],

@@ -107,6 +107,19 @@ def test_streamed_body_boundary(http: httpx.Client, size: int, status: int) -> N
     assert response.status_code == status, response.text
 
 
+def test_streamed_online_body_over_limit(http: httpx.Client) -> None:
+    # The online lookup reads its body before routing, so the limit is hit outside the route.
+    body = padded_body(MAX_BODY_BYTES + 1)
+    chunks = (body[start : start + 1000] for start in range(0, len(body), 1000))
+
+    response = http.post(
+        "/get-online-features", content=chunks, headers={"Content-Type": "application/json"}
+    )
+
+    message = error_message(response, 413)
+    assert "SQLSTORE_MAX_BODY_BYTES" in message
+
+
 # Records per write
 
 

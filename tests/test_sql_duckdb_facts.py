@@ -22,7 +22,7 @@ from sqlglot import exp
 
 from sqlstore.errors import QueryRejected, QuerySyntaxError
 from sqlstore.identifiers import quote_string
-from sqlstore.sql.duckdb_check import select_statement
+from sqlstore.sql.duckdb_check import check_with_duckdb, select_statement
 from sqlstore.sql.limits import SqlLimits
 from sqlstore.sql.sandbox import Sandbox
 from sqlstore.sql.validate import validate_query
@@ -106,6 +106,62 @@ def test_execute_runs_every_stacked_statement() -> None:
         select_statement(connection, "SELECT 1; CREATE TABLE other AS SELECT 1")
     with pytest.raises(QueryRejected, match="2 statements"):
         validate_query("SELECT 1; CREATE TABLE other AS SELECT 1", VIEWS)
+
+
+def test_json_serialize_sql_describes_only_select() -> None:
+    connection = duckdb.connect()
+
+    def serialized(sql: str) -> dict:
+        return json.loads(connection.execute("SELECT json_serialize_sql($1)", [sql]).fetchone()[0])
+
+    assert len(serialized("SELECT 1; SELECT 2")["statements"]) == 2
+    for sql in ("COPY (SELECT 1) TO 'x.csv'", "SET threads = 1", "PIVOT t ON y USING sum(z)"):
+        assert serialized(sql)["error"] is True, sql
+        assert "Only SELECT statements" in serialized(sql)["error_message"], sql
+
+    # The DuckDB layer parses once with json_serialize_sql and names the type from
+    # extract_statements only when that fails.
+    cases = {
+        "SELECT 1; SELECT 2": "DuckDB reads 2 statements",
+        "COPY (SELECT 1) TO 'x.csv'": "as a COPY statement",
+        "PIVOT shop.users ON name USING count(*)": "PIVOT without an IN list",
+        "SELECT 1 FROM": "syntax error",
+    }
+    for sql, message in cases.items():
+        with pytest.raises((QueryRejected, QuerySyntaxError), match=message):
+            check_with_duckdb(sql, VIEWS, {}, SqlLimits())
+
+
+def connection_tree(sql: str) -> dict:
+    """Return json_serialize_sql's output for `sql`, bound as a parameter."""
+    text = duckdb.connect().execute("SELECT json_serialize_sql($1)", [sql]).fetchone()[0]
+    return json.loads(text)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 'it''s', '\\', E'a\\nb', '\"quoted\"' AS \"col \"\"x\"\"\"",
+        "SELECT '\",\"query_location\":5' AS trap, 'caf\u00e9 \u6771\u4eac' AS s",
+        "SELECT 1 -- it's a comment with a quote\n",
+    ],
+)
+def test_canonical_is_duckdb_tree_without_positions(sql: str) -> None:
+    bound = connection_tree(sql)
+
+    def strip_positions(node: object) -> object:
+        if isinstance(node, dict):
+            return {
+                key: strip_positions(value)
+                for key, value in node.items()
+                if key not in ("query_location", "query_location_length")
+            }
+        if isinstance(node, list):
+            return [strip_positions(item) for item in node]
+        return node
+
+    canonical = check_with_duckdb(sql, VIEWS, {}, SqlLimits())
+    assert json.loads(canonical) == strip_positions(bound)
 
 
 def parquet_view_connection(folder: Path) -> duckdb.DuckDBPyConnection:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from sqlstore.errors import QueryRejected, QuerySyntaxError
+from sqlstore.sql.duckdb_check import check_with_duckdb
 from sqlstore.sql.limits import SqlLimits
 from sqlstore.sql.validate import validate_query
 
@@ -159,3 +162,67 @@ def test_unregistered_view_is_rejected_after_removal() -> None:
 def test_describe_of_unregistered_table_is_rejected() -> None:
     with pytest.raises(QueryRejected, match="shop.secrets"):
         validate_query("DESCRIBE shop.secrets", VIEWS)
+
+
+def test_canonical_ignores_spacing_comments_and_keyword_case() -> None:
+    reference = validate_query("SELECT name, count(*) AS n FROM shop.users GROUP BY name", VIEWS)
+    variants = [
+        "select name, COUNT(*) as n from shop.users group by name",
+        "SELECT name,\n       count(*) AS n -- per name\nFROM shop.users /* all */ GROUP BY name;",
+    ]
+
+    for sql in variants:
+        assert validate_query(sql, VIEWS).canonical == reference.canonical, sql
+
+
+def test_canonical_keeps_identifier_case_and_literal_types() -> None:
+    reference = validate_query("SELECT name FROM shop.users WHERE user_id = 1", VIEWS)
+    # The first names its output column NAME; the second compares with a string.
+    different = [
+        "SELECT NAME FROM shop.users WHERE user_id = 1",
+        "SELECT name FROM shop.users WHERE user_id = '1'",
+    ]
+
+    for sql in different:
+        assert validate_query(sql, VIEWS).canonical != reference.canonical, sql
+
+
+def test_canonical_has_no_source_positions() -> None:
+    canonical = validate_query("SELECT  name FROM shop.users", VIEWS).canonical
+
+    assert "query_location" not in canonical
+    assert json.loads(canonical)["statements"][0]["node"]["type"] == "SELECT_NODE"
+
+
+@pytest.mark.parametrize(
+    ("sql", "volatile"),
+    [
+        ("SELECT name FROM shop.users", False),
+        ("SELECT random() FROM shop.users", True),
+        ("SELECT now()", True),
+        ("SELECT CURRENT_DATE", True),
+        ("SELECT gen_random_uuid()", True),
+        ("SELECT * FROM shop.users USING SAMPLE 10%", True),
+        ("WITH r AS (SELECT uuid() AS u) SELECT * FROM r", True),
+    ],
+)
+def test_volatile_queries_are_marked(sql: str, volatile: bool) -> None:
+    assert validate_query(sql, VIEWS).volatile is volatile
+
+
+def test_cte_names_count_for_whole_statement() -> None:
+    # Both layers accept a CTE name from any query of the statement, also where the walk meets
+    # the reference before the definition, as with `c` in the outer FROM here. Running the
+    # query then fails in DuckDB with "Table with name c does not exist".
+    sql = "SELECT * FROM c, (WITH c AS (SELECT 1 AS x) SELECT x FROM c) AS s"
+
+    assert validate_query(sql, VIEWS).tables == frozenset()
+    check_with_duckdb(sql, VIEWS, {}, SqlLimits())
+
+
+def test_duckdb_layer_rejects_unknown_bare_table() -> None:
+    # No CTE defines `d`, and check_with_duckdb must reject it without the sqlglot layer.
+    sql = "WITH c AS (SELECT 1 AS x) SELECT x FROM c ORDER BY (SELECT max(x) FROM d)"
+
+    with pytest.raises(QueryRejected, match="not a CTE of this query"):
+        check_with_duckdb(sql, VIEWS, {}, SqlLimits())

@@ -114,11 +114,12 @@ class AccessControlMiddleware:
         if record is None:
             await self._reject_unauthenticated(request, needed, template, token, receive, send)
             return
+        # Set before the scope check, so that the access log names the token of a 403 too.
+        scope.setdefault("state", {})["token_name"] = record.name
         if not record.allows(needed):
             await self._reject_scope(request, needed, template, record, receive, send)
             return
 
-        scope.setdefault("state", {})["token_name"] = record.name
         await self.app(scope, receive, send)
 
     async def _reject_unauthenticated(

@@ -93,6 +93,10 @@ async def handle_sqlstore_error(request: Request, error: SqlstoreError) -> Respo
 
 
 async def handle_validation_error(request: Request, error: RequestValidationError) -> Response:
+    for item in error.errors():
+        if item.get("type") == "json_invalid":
+            return _invalid_json(request, item)
+
     details = [
         {
             "location": ".".join(str(part) for part in item.get("loc", ())),
@@ -112,6 +116,23 @@ async def handle_validation_error(request: Request, error: RequestValidationErro
     return error_response(
         request, 422, "validation_error", f"invalid request: {summary}", details=details
     )
+
+
+def _invalid_json(request: Request, item: dict[str, Any]) -> Response:
+    """Return 400 for a body that is not JSON. pydantic reports it as a validation error whose
+    location is the character position, which would read like a field name."""
+    location = item.get("loc", ())
+    position = f" at character {location[1]}" if len(location) > 1 else ""
+    reason = item.get("ctx", {}).get("error", "JSON decode error")
+    message = f"invalid JSON body: {reason}{position}; send one JSON object"
+    logger.info(
+        "%s %s failed with 400 (request %s): %s",
+        request.method,
+        loggable_path(request),
+        request_id_of(request),
+        message,
+    )
+    return error_response(request, 400, "invalid_input", message)
 
 
 async def handle_http_error(request: Request, error: StarletteHTTPException) -> Response:

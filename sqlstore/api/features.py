@@ -267,9 +267,7 @@ def _encode_page(
     return CachedResponse(dumps(body), JSON_MEDIA_TYPE, headers)
 
 
-@router.post(
-    "/{group}/{name}", response_model=WriteResponse, dependencies=[Depends(json_body)]
-)
+@router.post("/{group}/{name}", response_model=WriteResponse, dependencies=[Depends(json_body)])
 def write_table(request: Request, group: str, name: str, body: WriteRequest) -> Response:
     """Write records to a table: replace it (mode=overwrite, the default) or append to it.
 

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, FastAPI, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -180,7 +181,7 @@ def _parse_body(payload: Any, max_entities: int) -> tuple[dict[str, list[Any]], 
     if count > max_entities:
         raise PayloadTooLarge(
             f"{count} entities is more than the maximum {max_entities} per request; "
-            "split the request"
+            "split the request, or raise SQLSTORE_MAX_ENTITY_IDS"
         )
     for column, values in entities.items():
         _check_key_values(column, values)
@@ -295,7 +296,13 @@ class OnlineLookupMiddleware:
             await self.app(scope, receive, send)
             return
 
-        body = await _read_body(receive)
+        try:
+            body = await _read_body(receive)
+        except HTTPException as error:
+            # The body limit raises while the body streams in. The route reads the body again
+            # and gets the same error, which its exception handlers turn into the response.
+            await self.app(scope, _raising(error), send)
+            return
         replay = _replaying(body)
         try:
             response = await get_online_features(Request(scope, replay))
@@ -315,6 +322,15 @@ async def _read_body(receive: Receive) -> bytes:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def _raising(error: Exception) -> Receive:
+    """Return a receive callable that raises `error`."""
+
+    async def receive() -> Message:
+        raise error
+
+    return receive
 
 
 def _replaying(body: bytes) -> Receive:

@@ -150,9 +150,7 @@ def get_named_query(
     return _run_named(request, name, values, limit, file_format)
 
 
-@router.post(
-    "/queries/{name}", responses=TABULAR_CONTENT, dependencies=[Depends(json_body)]
-)
+@router.post("/queries/{name}", responses=TABULAR_CONTENT, dependencies=[Depends(json_body)])
 def post_named_query(request: Request, name: QueryName, body: NamedQueryRequest) -> Response:
     """Run a named query with parameters from the body."""
     file_format = negotiate_format(request.headers.get("accept"))

@@ -1,9 +1,14 @@
 """The second validation layer: DuckDB's own parser.
 
-`check_with_duckdb` splits the text with `extract_statements`, requires exactly one statement of
-type SELECT, and walks the syntax tree that `json_serialize_sql` returns. In that tree every
-function call carries the exact name DuckDB will resolve, so the function allow-list is applied
-here without guessing, and the literal sizes of functions that build large values are bounded.
+`check_with_duckdb` requires that DuckDB's parser reads exactly one statement of type SELECT,
+and walks the syntax tree that `json_serialize_sql` returns. In that tree every function call
+carries the exact name DuckDB will resolve, so the function allow-list is applied here without
+guessing, and the literal sizes of functions that build large values are bounded.
+
+`json_serialize_sql` (DuckDB 2.0.1) lists every statement of the text and reports an error for
+any statement that is not a SELECT, so one serialized statement means one SELECT and the text is
+parsed once. Only when serialization fails does `extract_statements` parse it again, to name the
+statement type in the error.
 
 The worker process repeats these checks on its own connection and then runs the Statement object
 that `extract_statements` returned, so text that DuckDB would read as more than one statement,
@@ -14,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 import logging
 import math
 import re
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import duckdb
+import orjson
 
 from sqlstore.errors import QueryRejected, QuerySyntaxError
 from sqlstore.sql.functions import is_allowed_function, is_allowed_table_function
@@ -70,6 +75,8 @@ EXPRESSION_CLASSES = frozenset(
     }
 )
 SHOW_TYPES = frozenset({"DESCRIBE", "SUMMARY"})
+# JSON values that can contain other values.
+CONTAINER_TYPES = (dict, list)
 
 # Functions that build a value whose size is one of their arguments: that argument's index,
 # and its role as error messages name it.
@@ -174,6 +181,10 @@ TIMESTAMP_TYPES = frozenset(
 # printf widths given by an argument ("%*d") and fmt widths given by a nested field ("{:{}}").
 DYNAMIC_WIDTH_PATTERN = re.compile(r"%[-+ #0]*\*|\{[^{}]*\{")
 DIGITS_PATTERN = re.compile(r"\d+")
+# Source positions in json_serialize_sql's output, with the comma before them, so that what
+# remains is valid JSON. Inside JSON strings every quote is escaped, so the pattern matches only
+# these keys, never the text of a string literal.
+SOURCE_POSITION_PATTERN = re.compile(r',"query_location(?:_length)?":\d+')
 
 
 @dataclass
@@ -237,6 +248,7 @@ class TreeFacts:
     tables: tuple[BaseTable, ...]
     parameter_names: frozenset[str]
     depends_on_parameters: bool
+    canonical: str
 
 
 def check_with_duckdb(
@@ -244,14 +256,15 @@ def check_with_duckdb(
     views: Collection[tuple[str, str]],
     parameters: Mapping[str, Any],
     limits: SqlLimits,
-) -> None:
+) -> str:
     """Raise QuerySyntaxError or QueryRejected unless DuckDB parses `sql` as one SELECT that reads
     only `views` and CTEs and calls only allowed functions with bounded sizes.
 
-    The walk over the syntax tree is cached by text and limits. Only a query whose size
-    arguments are $parameters is walked again, with the values of `parameters`.
+    Return the query's canonical form: DuckDB's JSON syntax tree without source positions, the
+    same for texts that differ only in spacing, comments or keyword case. The walk over the
+    syntax tree is cached by text and limits. Only a query whose size arguments are
+    $parameters is walked again, with the values of `parameters`.
     """
-    _check_statement_type(sql)
     facts = _analyse_tree(sql, limits)
 
     missing = sorted(facts.parameter_names - set(parameters))
@@ -269,6 +282,7 @@ def check_with_duckdb(
 
     if facts.depends_on_parameters:
         _TreeChecker(sql, limits, parameters).check(_syntax_tree(sql))
+    return facts.canonical
 
 
 def select_statement(connection: duckdb.DuckDBPyConnection, sql: str) -> duckdb.Statement:
@@ -276,7 +290,12 @@ def select_statement(connection: duckdb.DuckDBPyConnection, sql: str) -> duckdb.
     return _single_select(connection, sql)
 
 
-@functools.lru_cache(maxsize=512)
+def clear_caches() -> None:
+    """Empty the caches of parsed and checked texts, so that the next check parses again."""
+    _serialize.cache_clear()
+    _analyse_tree.cache_clear()
+
+
 def _check_statement_type(sql: str) -> None:
     parser = parse_connection()
     with parser.lock:
@@ -291,6 +310,7 @@ def _analyse_tree(sql: str, limits: SqlLimits) -> TreeFacts:
         tables=tuple(checker.tables),
         parameter_names=frozenset(checker.parameter_names),
         depends_on_parameters=checker.depends_on_parameters,
+        canonical=SOURCE_POSITION_PATTERN.sub("", _serialize(sql)),
     )
 
 
@@ -325,28 +345,37 @@ def _single_select(connection: duckdb.DuckDBPyConnection, sql: str) -> duckdb.St
 
 
 def _syntax_tree(sql: str) -> dict[str, Any]:
-    """Return DuckDB's syntax tree of the one statement in `sql`; callers must not change it."""
-    text = _serialize(sql)
+    """Return DuckDB's syntax tree of `sql` when DuckDB reads it as exactly one SELECT, else raise
+    QuerySyntaxError or QueryRejected."""
     try:
-        serialized = json.loads(text)
-    except RecursionError as error:
-        raise QueryRejected("query is nested too deeply to validate") from error
+        text = _serialize(sql)
+    except duckdb.Error as error:
+        _check_statement_type(sql)
+        raise QueryRejected(f"DuckDB could not describe the query: {_first_line(error)}") from error
+    try:
+        serialized = orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        # orjson rejects JSON nested more than 1024 levels deep with "depth limit exceeded".
+        if "depth" in str(error):
+            raise QueryRejected("query is nested too deeply to validate") from error
+        raise QueryRejected(f"DuckDB could not describe the query: {error}") from error
 
-    if serialized.get("error"):
-        message = serialized.get("error_message", "unknown error")
+    statements = serialized.get("statements") or []
+    if serialized.get("error") or len(statements) != 1:
+        # json_serialize_sql reports any statement but a SELECT as an error without naming its
+        # type, so extract_statements runs to name the type or the number of statements.
+        _check_statement_type(sql)
+        message = serialized.get("error_message") or f"{len(statements)} statements"
         raise QueryRejected(f"DuckDB could not describe the query: {message}")
-    return serialized["statements"][0]
+    return statements[0]
 
 
 @functools.lru_cache(maxsize=512)
 def _serialize(sql: str) -> str:
     """Return DuckDB's JSON syntax tree of `sql`, cached by text."""
     parser = parse_connection()
-    try:
-        with parser.lock:
-            [(text,)] = parser.connection.execute("SELECT json_serialize_sql($1)", [sql]).fetchall()
-    except duckdb.Error as error:
-        raise QueryRejected(f"DuckDB could not describe the query: {_first_line(error)}") from error
+    with parser.lock:
+        [(text,)] = parser.connection.execute("SELECT json_serialize_sql($1)", [sql]).fetchall()
     return text
 
 
@@ -372,6 +401,9 @@ class _TreeChecker:
         self.limits = limits
         self.parameters = parameters
         self.cte_names: set[str] = set()
+        # Tables without a schema whose name no CTE found so far has. A CTE of any query node of
+        # the statement may define them, so they are checked after the walk.
+        self.unresolved_tables: list[tuple[str, dict[str, Any]]] = []
         self.generated_rows = 1
         self.tables: list[BaseTable] = []
         self.parameter_names: set[str] = set()
@@ -379,37 +411,47 @@ class _TreeChecker:
 
     def check(self, statement: dict[str, Any]) -> None:
         try:
-            self._collect_ctes(statement)
             self._visit(statement, None)
         except RecursionError as error:
             raise QueryRejected("query is nested too deeply to validate") from error
+        for reference, node in self.unresolved_tables:
+            if reference not in self.cte_names:
+                raise self._rejected(
+                    f"table {reference} is not a CTE of this query: read feature views as "
+                    "group.name",
+                    node,
+                    reference,
+                )
 
-    def _collect_ctes(self, node: Any) -> None:
-        if isinstance(node, list):
-            for item in node:
-                self._collect_ctes(item)
-            return
-        if not isinstance(node, dict):
-            return
-        cte_map = node.get("cte_map")
+    def _add_ctes(self, cte_map: Any) -> None:
         entries = cte_map.get("map", []) if isinstance(cte_map, dict) else []
         for entry in entries:
             value = entry.get("value", {})
             if value.get("key_targets"):
                 raise self._rejected("recursive CTEs with USING KEY are not allowed", value, "CTE")
             self.cte_names.add(str(entry.get("key", "")).lower())
-        for value in node.values():
-            self._collect_ctes(value)
 
     # Dispatch
 
     def _visit(self, node: Any, key: str | None) -> int:
         """Check `node` and return an estimate of its value's size in elements (1 if plain)."""
         if isinstance(node, list):
-            return max((self._visit(item, key) for item in node), default=1)
+            size = 1
+            for item in node:
+                # Only dictionaries and lists can contain constructs to check.
+                if item and isinstance(item, CONTAINER_TYPES):
+                    item_size = self._visit(item, key)
+                    if item_size > size:
+                        size = item_size
+            return size
         if not isinstance(node, dict):
             return 1
 
+        # Query nodes carry the CTEs they define. Registering them before the children are
+        # visited resolves most references at once, and the rest wait for the end of the walk.
+        cte_map = node.get("cte_map")
+        if cte_map:
+            self._add_ctes(cte_map)
         if "class" in node:
             return self._visit_expression(node)
         node_type = node.get("type")
@@ -424,8 +466,10 @@ class _TreeChecker:
     def _visit_children(self, node: dict[str, Any]) -> int:
         size = 1
         for key, value in node.items():
-            if isinstance(value, dict | list):
-                size = max(size, self._visit(value, key))
+            if value and isinstance(value, CONTAINER_TYPES):
+                value_size = self._visit(value, key)
+                if value_size > size:
+                    size = value_size
         return size
 
     def _visit_query_node(self, node: dict[str, Any]) -> None:
@@ -474,13 +518,8 @@ class _TreeChecker:
             details = self._details(node, reference)
             self.tables.append(BaseTable(group=schema, name=table, details=details))
             return
-        if table in self.cte_names:
-            return
-        raise self._rejected(
-            f"table {reference} is not a CTE of this query: read feature views as group.name",
-            node,
-            reference,
-        )
+        if table not in self.cte_names:
+            self.unresolved_tables.append((reference, node))
 
     def _check_table_function(self, node: dict[str, Any]) -> None:
         function = node.get("function") or {}
@@ -683,8 +722,10 @@ class _TreeChecker:
         """Return the rejected construct and, when DuckDB kept it, its line and column."""
         details: dict[str, object] = {"construct": construct}
         location = node.get("query_location")
+        if not isinstance(location, int):
+            return details
         encoded = self.sql.encode()
-        if isinstance(location, int) and 0 <= location < len(encoded):
+        if 0 <= location < len(encoded):
             # DuckDB reports byte offsets into the UTF-8 text.
             prefix = encoded[:location].decode(errors="ignore")
             line, column = location_of_offset(prefix, len(prefix))

@@ -19,6 +19,7 @@ check is DuckDB's layer.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import functools
 import inspect
 import logging
@@ -49,6 +50,9 @@ logger = logging.getLogger(__name__)
 ALLOWED_INVISIBLE_CHARACTERS = frozenset({" ", "\t", "\n", "\r"})
 REJECTED_CHARACTER_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
 
+# Printable ASCII, tabs and line breaks: text of only these characters needs no check per
+# character.
+PLAIN_TEXT_PATTERN = re.compile(r"[\t\n\r\x20-\x7e]*")
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_PARAMETERS = 100
 
@@ -154,7 +158,6 @@ class QueryShape:
 
     tables: frozenset[tuple[str, str]]
     parameters: frozenset[str]
-    canonical: str = ""
     volatile: bool = False
 
 
@@ -162,8 +165,8 @@ class QueryShape:
 class ValidatedQuery:
     """A query both parsers accepted, with the views it reads and its bound parameter values.
 
-    `canonical` is sqlglot's rendering of the parsed query, the same for texts that differ
-    only in spacing, comments or keyword case; result caches key on it.
+    `canonical` is DuckDB's syntax tree of the query without source positions, the same for
+    texts that differ only in spacing, comments or keyword case; result caches key on it.
     """
 
     sql: str
@@ -193,12 +196,12 @@ def validate_query(
     check_tables(shape.tables, views)
     check_parameters(shape.parameters, parameters)
 
-    check_with_duckdb(text, views, parameters, limits)
+    canonical = check_with_duckdb(text, views, parameters, limits)
     return ValidatedQuery(
         sql=text,
         tables=shape.tables,
         parameters=parameters,
-        canonical=shape.canonical,
+        canonical=canonical,
         volatile=shape.volatile,
     )
 
@@ -215,6 +218,8 @@ def check_text(sql: object, limits: SqlLimits) -> str:
             "(SQLSTORE_SQL_MAX_LENGTH); shorten the query"
         )
 
+    if PLAIN_TEXT_PATTERN.fullmatch(sql):
+        return sql
     for offset, character in enumerate(sql):
         if character in ALLOWED_INVISIBLE_CHARACTERS:
             continue
@@ -238,25 +243,57 @@ def analyse_query(sql: str) -> QueryShape:
     text raises again on every call.
     """
     statement = _parse_one_statement(sql)
-    shape = _QueryWalker(sql).check(statement)
+    walker = _QueryWalker(sql)
+    walker.check(statement)
     return QueryShape(
-        tables=shape.tables,
-        parameters=shape.parameters,
-        canonical=statement.sql(dialect="duckdb", comments=False),
-        volatile=_calls_volatile_function(statement),
+        tables=frozenset(walker.tables),
+        parameters=frozenset(walker.parameters),
+        volatile=walker.volatile,
     )
 
 
-def _calls_volatile_function(statement: exp.Expression) -> bool:
-    """Return True when the query calls a function whose result changes between runs (random
-    numbers, UUIDs, the current time) or samples rows, so its result must not be cached."""
-    if statement.find(exp.TableSample) is not None:
-        return True
-    for node in statement.find_all(exp.Func):
-        name = node.name if isinstance(node, exp.Anonymous) else node.sql_name()
-        if name.lower() in VOLATILE_FUNCTIONS:
-            return True
-    return False
+class _NodeKind(enum.Enum):
+    """Action of the allow-list walk for the nodes of one sqlglot class."""
+
+    FORBIDDEN = enum.auto()
+    WITH = enum.auto()
+    TABLE = enum.auto()
+    FUNCTION = enum.auto()
+    PLACEHOLDER = enum.auto()
+    OTHER = enum.auto()
+
+
+@dataclass(frozen=True)
+class _NodeClass:
+    """The facts about a sqlglot class that the walk needs, computed once per class."""
+
+    kind: _NodeKind
+    is_cte: bool
+    # True for row sampling and for typed functions whose result changes between runs
+    # (random numbers, UUIDs, the current time). Anonymous functions are judged by name.
+    volatile: bool
+
+
+@functools.cache
+def _node_class(cls: type[exp.Expression]) -> _NodeClass:
+    """Classify `cls` with the isinstance tests of the walk, so that each node costs one lookup."""
+    if issubclass(cls, FORBIDDEN_NODES):
+        kind = _NodeKind.FORBIDDEN
+    elif issubclass(cls, exp.With):
+        kind = _NodeKind.WITH
+    elif issubclass(cls, exp.Table):
+        kind = _NodeKind.TABLE
+    elif issubclass(cls, exp.Func):
+        kind = _NodeKind.FUNCTION
+    elif issubclass(cls, exp.Placeholder):
+        kind = _NodeKind.PLACEHOLDER
+    else:
+        kind = _NodeKind.OTHER
+
+    volatile = issubclass(cls, exp.TableSample)
+    if kind is _NodeKind.FUNCTION and cls is not exp.Anonymous:
+        volatile = volatile or cls.sql_name().lower() in VOLATILE_FUNCTIONS
+    return _NodeClass(kind=kind, is_cte=issubclass(cls, exp.CTE), volatile=volatile)
 
 
 def check_tables(tables: frozenset[tuple[str, str]], views: Collection[tuple[str, str]]) -> None:
@@ -367,30 +404,33 @@ def _syntax_error(sql: str, error: ParseError) -> QuerySyntaxError | QueryReject
 
 
 class _QueryWalker:
-    """One pass over a sqlglot tree, collecting views and parameters and raising on the first
-    rejected construct."""
+    """One pass over a sqlglot tree, collecting views and parameters, noting volatile
+    functions and raising on the first rejected construct."""
 
     def __init__(self, sql: str) -> None:
         self.sql = sql
         self.tables: set[tuple[str, str]] = set()
         self.parameters: set[str] = set()
         self.cte_names: set[str] = set()
+        # Whether the query samples rows or calls a function whose result changes between
+        # runs, so that its result must not be cached.
+        self.volatile = False
 
-    def check(self, statement: exp.Expression) -> QueryShape:
+    def check(self, statement: exp.Expression) -> None:
         self._check_statement_kind(statement)
         try:
-            nodes = list(statement.walk())
+            nodes = [(node, _node_class(type(node))) for node in statement.walk()]
         except RecursionError as error:
             raise QueryRejected(
                 "query is nested too deeply to validate; flatten nested expressions"
             ) from error
 
-        for node in nodes:
-            if isinstance(node, exp.CTE):
+        for node, node_class in nodes:
+            if node_class.is_cte:
                 self._add_cte(node)
-        for node in nodes:
-            self._check_node(node)
-        return QueryShape(tables=frozenset(self.tables), parameters=frozenset(self.parameters))
+        for node, node_class in nodes:
+            if node_class.kind is not _NodeKind.OTHER or node_class.volatile:
+                self._check_node(node, node_class)
 
     def _check_statement_kind(self, statement: exp.Expression) -> None:
         if isinstance(statement, QUERY_STATEMENTS):
@@ -410,24 +450,27 @@ class _QueryWalker:
             )
         self.cte_names.add(name.lower())
 
-    def _check_node(self, node: exp.Expression) -> None:
-        if isinstance(node, FORBIDDEN_NODES):
+    def _check_node(self, node: exp.Expression, node_class: _NodeClass) -> None:
+        if node_class.volatile:
+            self.volatile = True
+        kind = node_class.kind
+        if kind is _NodeKind.FORBIDDEN:
             keyword = _statement_keyword(node)
             raise self._rejected(
                 f"{keyword} is not allowed inside a query: queries may only read", node, keyword
             )
-        if isinstance(node, exp.With) and node.args.get("recursive"):
+        if kind is _NodeKind.WITH and node.args.get("recursive"):
             raise self._rejected(
                 "recursive CTEs are not allowed, because nothing bounds how long they run; use "
                 "range() or generate_series() for sequences",
                 node,
                 "WITH RECURSIVE",
             )
-        if isinstance(node, exp.Table):
+        if kind is _NodeKind.TABLE:
             self._check_table(node)
-        elif isinstance(node, exp.Func):
+        elif kind is _NodeKind.FUNCTION:
             self._check_function(node)
-        elif isinstance(node, exp.Placeholder):
+        elif kind is _NodeKind.PLACEHOLDER:
             self._check_placeholder(node)
 
     def _check_table(self, table: exp.Table) -> None:
@@ -469,6 +512,8 @@ class _QueryWalker:
             allowed = is_allowed_table_function(name) if in_from else is_allowed_function(name)
             if not allowed:
                 raise self._rejected(_function_message(name, in_from), function, name)
+            if name in VOLATILE_FUNCTIONS:
+                self.volatile = True
             return
 
         denied_name = DENIED_SQLGLOT_FUNCTIONS.get(type(function))
