@@ -1004,7 +1004,7 @@ def summarize_throughput(
 
 
 def measure_hit_steps(root: Path, work_dir: Path) -> dict[str, dict[str, float]]:
-    """Time the steps that CachedPageMiddleware runs on every page request before a memory
+    """Time the steps that the fast lane runs on every page request before a memory
     hit is sent, on the demo store and a cache of the server's default bounds."""
     store = FeatureStore(root)
     cache = ResultCache(

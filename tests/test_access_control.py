@@ -592,3 +592,61 @@ def test_malformed_token_file_raises(tmp_path: Path, content: str) -> None:
         read_tokens(path)
 
     assert str(path) in raised.value.message
+
+
+# Requests that the fast lane serves before the middleware: memory hits of page reads and
+# online lookups.
+
+
+def test_cached_page_still_needs_token(protected: ProtectedServer) -> None:
+    path = "/features/g/t?limit=1&entity_id=2"
+    warm = [call(protected.server, "GET", path, protected.tokens["read"]) for _ in range(4)]
+
+    anonymous = call(protected.server, "GET", path, None)
+    wrong_scope = call(protected.server, "GET", path, protected.tokens["write"])
+    invalid = call(protected.server, "GET", path, "sqlst_not-a-token")
+    allowed = call(protected.server, "GET", path, protected.tokens["read"])
+
+    assert all(response.status_code == 200 for response in warm)
+    assert anonymous.status_code == 401
+    assert wrong_scope.status_code == 403
+    assert invalid.status_code == 401
+    assert allowed.status_code == 200
+    assert allowed.headers["x-cache"] == "hit-memory"
+    assert [(row["entity_id"], row["value"]) for row in allowed.json()["data"]] == [(2, 1.5)]
+
+
+def test_online_lookup_still_needs_token(protected: ProtectedServer) -> None:
+    body = {"entities": {"entity_id": [1]}, "features": ["g/t:value"]}
+
+    anonymous = call(protected.server, "POST", "/get-online-features", None, body)
+    wrong_scope = call(
+        protected.server, "POST", "/get-online-features", protected.tokens["sql"], body
+    )
+    allowed = call(protected.server, "POST", "/get-online-features", protected.tokens["read"], body)
+
+    assert anonymous.status_code == 401
+    assert wrong_scope.status_code == 403
+    assert allowed.status_code == 200
+    assert allowed.json()["results"][1]["values"] == [0.5]
+
+
+def test_fast_lane_logs_request_id_and_token(protected: ProtectedServer) -> None:
+    path = "/features/g/t?limit=1&entity_id=1"
+    headers = {"Authorization": f"Bearer {protected.tokens['read']}"}
+    for _ in range(4):
+        httpx.get(protected.server.base_url + path, headers=headers, timeout=30)
+
+    hit = httpx.get(
+        protected.server.base_url + path,
+        headers={**headers, "X-Request-ID": "fast-lane-hit"},
+        timeout=30,
+    )
+    lines = [line for line in protected.server.log().splitlines() if "fast-lane-hit" in line]
+
+    assert hit.headers["x-cache"] == "hit-memory"
+    assert hit.headers["x-request-id"] == "fast-lane-hit"
+    assert len(lines) == 1
+    assert "GET /features/g/t 200 " in lines[0]
+    assert "cache=hit-memory" in lines[0]
+    assert "token=only-read " in lines[0]

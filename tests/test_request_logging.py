@@ -210,3 +210,42 @@ def test_access_log_can_be_turned_off(
     assert request_lines(records) == []
     # Caught errors are still logged with their request id.
     assert any(missing.headers["x-request-id"] in json.dumps(record) for record in records)
+
+
+HOSTILE_PATH = "/features/us%0aer/x%1b%5C"
+# The path as the server receives it (percent-decoded), and as a text log line must show it.
+RECEIVED_PATH = "/features/us\ner/x\x1b\\"
+ESCAPED_PATH = "/features/us\\ner/x\\x1b\\\\"
+
+
+def test_text_log_escapes_path(tmp_path: Path) -> None:
+    server = start_server(make_store(tmp_path / "store"), tmp_path / "server.log")
+    try:
+        response = httpx.get(server.base_url + HOSTILE_PATH)
+    finally:
+        stop_server(server)
+    log = server.log()
+    request_id = response.headers["x-request-id"]
+    lines = [line for line in log.splitlines() if request_id in line]
+
+    assert response.status_code == 400
+    assert "\x1b" not in log
+    # The access line and the error line each show the same escaped path.
+    assert len(lines) == 2
+    assert all(f"GET {ESCAPED_PATH} " in line for line in lines)
+
+
+def test_json_log_keeps_received_path(tmp_path: Path) -> None:
+    server = start_server(
+        make_store(tmp_path / "store"), tmp_path / "server.log", options=("--log-format", "json")
+    )
+    try:
+        response = httpx.get(server.base_url + HOSTILE_PATH)
+    finally:
+        stop_server(server)
+    records = json_lines(server)
+    by_id = {record["request_id"]: record for record in request_lines(records)}
+
+    line = by_id[response.headers["x-request-id"]]
+    assert line["path"] == RECEIVED_PATH
+    assert line["message"].startswith(f"GET {ESCAPED_PATH} 400 ")

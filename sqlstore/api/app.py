@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 import sqlstore
 from sqlstore import metrics
@@ -16,12 +17,12 @@ from sqlstore.api import caching, features, health, online, training
 from sqlstore.api import sql as sql_routes
 from sqlstore.api.access import AccessControlMiddleware
 from sqlstore.api.errors import install_error_handlers
+from sqlstore.api.fastlane import FastLane
 from sqlstore.api.middleware import (
     BodySizeLimitMiddleware,
     MetricsMiddleware,
     RequestIdMiddleware,
 )
-from sqlstore.api.pagecache import CachedPageMiddleware
 from sqlstore.cache import CacheSettings, ResultCache
 from sqlstore.settings import Settings
 from sqlstore.store import FeatureStore
@@ -51,6 +52,20 @@ def build_cache(settings: Settings) -> ResultCache | None:
         settings.cache_disk_bytes,
     )
     return ResultCache(cache_settings, on_event=caching.record_cache_event)
+
+
+class SqlstoreAPI(FastAPI):
+    """FastAPI with the fast lane (`sqlstore.api.fastlane`) in front of all its layers."""
+
+    fast_lane: FastLane | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.fast_lane is not None:
+            remaining = await self.fast_lane.serve(scope, receive, send)
+            if remaining is None:
+                return
+            receive = remaining
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -96,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if app.state.cache is not None:
             app.state.cache.close()
 
-    app = FastAPI(
+    app = SqlstoreAPI(
         title="sqlstore",
         version=sqlstore.__version__,
         description="Feature tables stored as Parquet and served through DuckDB.",
@@ -106,10 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # measured in process.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
+    app.fast_lane = FastLane(app.state, verifier, settings.access_log)
     install_error_handlers(app)
-    # Innermost, so that every check of the outer middleware also applies to cache hits.
-    app.add_middleware(CachedPageMiddleware)
-    app.add_middleware(online.OnlineLookupMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Outside the body size limit, so that a request without a valid token is rejected before
     # its body is read, and inside the request id, so that the rejection carries one.

@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from sqlstore import metrics
 from sqlstore.api.encoding import JSONBytesResponse
-from sqlstore.api.middleware import route_template
+from sqlstore.api.middleware import escape_path, route_template
 from sqlstore.errors import SqlstoreError
 
 logger = logging.getLogger(__name__)
@@ -28,9 +28,10 @@ HTTP_CODES = {
 
 
 def loggable_path(request: Request) -> str:
-    """Return the request path with control characters escaped, so a client cannot write
-    terminal escapes or NUL bytes into the log."""
-    return request.url.path.encode("unicode_escape").decode("ascii")
+    """Return the request path as the access log writes it: control characters escaped, so a
+    client cannot write terminal escapes or NUL bytes into the log. `request.url.path` would
+    drop line breaks and tabs, which URL parsing removes."""
+    return escape_path(request.scope["path"])
 
 
 def request_id_of(request: Request) -> str:

@@ -32,13 +32,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
 
-        request_id = None
-        for name, value in scope["headers"]:
-            if name == REQUEST_ID_HEADER and REQUEST_ID_PATTERN.fullmatch(value):
-                request_id = value.decode()
-        # 32 hex digits like uuid4().hex, which took 2 µs per call here against 0.45 µs.
-        request_id = request_id or os.urandom(16).hex()
-        scope.setdefault("state", {})["request_id"] = request_id
+        request_id = assign_request_id(scope)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -48,6 +42,19 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+def assign_request_id(scope: Scope) -> str:
+    """Return the request's id, the client's X-Request-ID when it is plain or a new one, and
+    store it in the scope's state."""
+    request_id = None
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID_HEADER and REQUEST_ID_PATTERN.fullmatch(value):
+            request_id = value.decode()
+    # 32 hex digits like uuid4().hex, which took 2 µs per call here against 0.45 µs.
+    request_id = request_id or os.urandom(16).hex()
+    scope.setdefault("state", {})["request_id"] = request_id
+    return request_id
 
 
 class BodySizeLimitMiddleware:
@@ -141,19 +148,29 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            elapsed = time.perf_counter() - started
-            route = route_template(scope)
-            method = scope["method"]
-            metrics.child(metrics.REQUESTS, route, method, str(status)).inc()
-            metrics.child(metrics.REQUEST_SECONDS, route, method).observe(elapsed)
-            if self.access_log:
-                log_request(scope, status, elapsed, cache_result)
+            record_request(
+                scope, status, time.perf_counter() - started, cache_result, self.access_log
+            )
+
+
+def record_request(
+    scope: Scope, status: int, elapsed: float, cache_result: str, access_log: bool
+) -> None:
+    """Count and time one finished request, and log it when `access_log` is true."""
+    route = route_template(scope)
+    method = scope["method"]
+    metrics.child(metrics.REQUESTS, route, method, str(status)).inc()
+    metrics.child(metrics.REQUEST_SECONDS, route, method).observe(elapsed)
+    if access_log:
+        log_request(scope, status, elapsed, cache_result)
 
 
 def log_request(scope: Scope, status: int, elapsed: float, cache_result: str) -> None:
     """Log one request at INFO, with its fields also as `extra` attributes for JSON logs.
 
-    The query string is left out, because it can carry long SQL text or filter values. The
+    The path is escaped in the message, and kept as it was received in the `path` field,
+    which JSON logs encode with escapes of their own. The query string is left out, because it
+    can carry long SQL text or filter values. The
     record is made without the caller lookup and the %-formatting of `logger.info`, because
     this line is written for every request. Measured in process, that cut its cost from about
     35 to 25 µs.
@@ -165,7 +182,7 @@ def log_request(scope: Scope, status: int, elapsed: float, cache_result: str) ->
     client = scope.get("client")
     fields = {
         "method": scope["method"],
-        "path": _loggable_path(scope["path"]),
+        "path": scope["path"],
         "route": route_template(scope),
         "status": status,
         "duration_ms": round(elapsed * 1000, 3),
@@ -175,7 +192,7 @@ def log_request(scope: Scope, status: int, elapsed: float, cache_result: str) ->
         "client": f"{client[0]}:{client[1]}" if client else "-",
     }
     message = (
-        f"{fields['method']} {fields['path']} {status} {fields['duration_ms']:.3f} ms "
+        f"{fields['method']} {escape_path(scope['path'])} {status} {fields['duration_ms']:.3f} ms "
         f"cache={cache_result} request={fields['request_id']} token={fields['token']} "
         f"client={fields['client']}"
     )
@@ -185,7 +202,7 @@ def log_request(scope: Scope, status: int, elapsed: float, cache_result: str) ->
     logger.handle(record)
 
 
-def _loggable_path(path: str) -> str:
+def escape_path(path: str) -> str:
     """Return `path` with escapes for everything but printable ASCII other than the backslash,
     so that a client cannot write terminal escapes or NUL bytes into the log."""
     if path.isascii() and path.isprintable() and "\\" not in path:

@@ -18,14 +18,11 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, FastAPI, Request
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sqlstore.api.encoding import JSON_MEDIA_TYPE, JSONBytesResponse, dumps
 from sqlstore.api.features import require_json_body
 from sqlstore.api.models import ERROR_RESPONSES
-from sqlstore.api.pagecache import RouteStandIn
 from sqlstore.errors import InvalidInput, PayloadTooLarge
 from sqlstore.identifiers import validate_group, validate_table_name
 from sqlstore.online import (
@@ -92,10 +89,16 @@ async def get_online_features(request: Request) -> Response:
     `group/name:column` for each feature) and, in the same order, one result per name with
     `values`, `statuses` (PRESENT, NULL_VALUE, NOT_FOUND or OUTSIDE_MAX_AGE) and
     `event_timestamps`, one item per entity."""
-    online: OnlineStore = request.app.state.online
-    settings: Settings = request.app.state.settings
-    payload = await _read_json(request)
-    entities, features = _parse_body(payload, settings.max_entity_ids)
+    require_json_body(request)
+    return await lookup_response(request.app.state, await request.body())
+
+
+async def lookup_response(state: Any, body: bytes) -> Response:
+    """Return the response of `POST /get-online-features` for the raw JSON `body`, with the
+    online store and settings of the application `state`. Raises the request's error."""
+    online: OnlineStore = state.online
+    settings: Settings = state.settings
+    entities, features = _parse_body(_parse_json(body), settings.max_entity_ids)
     now_us = time.time_ns() // 1_000
 
     tables = await _group_by_table(online, features)
@@ -135,9 +138,7 @@ def online_state(request: Request) -> Response:
     return JSONBytesResponse(online.describe())
 
 
-async def _read_json(request: Request) -> Any:
-    require_json_body(request)
-    body = await request.body()
+def _parse_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as error:
@@ -197,7 +198,8 @@ def _check_key_values(column: str, values: list[Any]) -> None:
             raise InvalidInput(f"entities.{column}[{position}] is null; give a key value")
         raise InvalidInput(
             f"invalid value {orjson.dumps(value).decode()} at entities.{column}[{position}]: "
-            "give an integer or a string"
+            "give an integer of at most 64 bits or a string (JSON numbers beyond 64 bits are "
+            "read as floating-point numbers)"
         )
 
 
@@ -280,68 +282,3 @@ def table_results(found: Lookup, columns: list[str]) -> list[dict[str, list[Any]
 
 
 ONLINE_PATH = "/get-online-features"
-ONLINE_ROUTE_STAND_IN = RouteStandIn(ONLINE_PATH)
-
-
-class OnlineLookupMiddleware:
-    """Run `POST /get-online-features` without FastAPI's routing, which costs about as much as
-    the lookup. A request that fails goes on to the route with its body, so that the route's
-    exception handlers write the error response."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != ONLINE_PATH:
-            await self.app(scope, receive, send)
-            return
-
-        try:
-            body = await _read_body(receive)
-        except HTTPException as error:
-            # The body limit raises while the body streams in. The route reads the body again
-            # and gets the same error, which its exception handlers turn into the response.
-            await self.app(scope, _raising(error), send)
-            return
-        replay = _replaying(body)
-        try:
-            response = await get_online_features(Request(scope, replay))
-        except Exception:
-            # The route raises the same error again and turns it into a response.
-            await self.app(scope, _replaying(body), send)
-            return
-
-        scope["route"] = ONLINE_ROUTE_STAND_IN
-        await response(scope, replay, send)
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _raising(error: Exception) -> Receive:
-    """Return a receive callable that raises `error`."""
-
-    async def receive() -> Message:
-        raise error
-
-    return receive
-
-
-def _replaying(body: bytes) -> Receive:
-    """Return a receive callable that delivers `body` once, as one message."""
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive

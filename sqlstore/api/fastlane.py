@@ -1,0 +1,189 @@
+"""The fast lane: cached page reads and online lookups served before FastAPI's own layers.
+
+These two requests are the most frequent ones a feature service gets. The layers around every
+route are FastAPI's error and telemetry middleware, then sqlstore's metrics, request id, access
+control and body limit middleware, and together they cost more than the work of a memory hit or
+a one-entity lookup. So `FastLane` does for these requests, in one pass, what those layers do:
+
+- the request id, from X-Request-ID or a new one, echoed in the response;
+- access control, with the same scope table and tokens as `AccessControlMiddleware`;
+- the body size limit, by Content-Length and while the body streams in;
+- request metrics and the access log line, as `MetricsMiddleware` records them.
+
+Anything it cannot settle goes to the full application unchanged, with the body it read
+replayed: a request without a valid token (to be rejected there), a page that is not in the
+memory tier, a request that fails. So the full application stays the only place that rejects a
+request or writes an error response.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from sqlstore.api.access import bearer_token, required_scope
+from sqlstore.api.caching import cached_response
+from sqlstore.api.middleware import REQUEST_ID_HEADER, assign_request_id, record_request
+from sqlstore.api.online import ONLINE_PATH, lookup_response
+from sqlstore.api.pagecache import PAGE_PATH, PAGE_ROUTE_STAND_IN, RouteStandIn, memory_hit
+from sqlstore.tokens import TokenFileInvalid, TokenVerifier
+
+logger = logging.getLogger(__name__)
+
+ONLINE_ROUTE_STAND_IN = RouteStandIn(ONLINE_PATH)
+
+
+class FastLane:
+    """The fast lane of one application: memory hits of page reads and online lookups."""
+
+    def __init__(self, state: Any, verifier: TokenVerifier, access_log: bool) -> None:
+        self.state = state
+        self.verifier = verifier
+        self.access_log = access_log
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        """Serve the request and return None, or return the receive callable with which the
+        full application must handle it: `receive` itself, or a replay of the body read."""
+        method = scope["method"]
+        if method == "GET":
+            match = PAGE_PATH.fullmatch(scope["path"])
+            if match is not None:
+                return await self._serve_page(scope, match, receive, send)
+        elif method == "POST" and scope["path"] == ONLINE_PATH:
+            return await self._serve_lookup(scope, receive, send)
+        return receive
+
+    async def _serve_page(
+        self, scope: Scope, match: re.Match[str], receive: Receive, send: Send
+    ) -> Receive | None:
+        started = time.perf_counter()
+        try:
+            settled_here = not _over_limit(scope, self.state.settings.max_body_bytes)
+            settled_here = settled_here and self._authorized(scope)
+            cached = memory_hit(scope, match, self.state) if settled_here else None
+        except Exception:
+            logger.exception("fast lane: page lookup failed; the route serves the request")
+            return receive
+        if cached is None:
+            return receive
+
+        scope["route"] = PAGE_ROUTE_STAND_IN
+        await self._send(scope, cached_response(cached, "hit-memory"), "hit-memory", started, send)
+        return None
+
+    async def _serve_lookup(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        started = time.perf_counter()
+        try:
+            max_bytes = self.state.settings.max_body_bytes
+            settled_here = self._authorized(scope) and _plain_json_request(scope, max_bytes)
+        except Exception:
+            logger.exception("fast lane: checking a lookup failed; the route serves the request")
+            return receive
+        if not settled_here:
+            return receive
+
+        body = await _read_body(receive, max_bytes)
+        if isinstance(body, list):
+            # Over the limit: the full application reads the same chunks and rejects them.
+            return _replaying(body, complete=False, receive=receive)
+
+        try:
+            response = await lookup_response(self.state, body)
+        except Exception:
+            # The route raises the same error again and turns it into a response.
+            return _replaying([body], complete=True, receive=receive)
+        scope["route"] = ONLINE_ROUTE_STAND_IN
+        await self._send(scope, response, "-", started, send)
+        return None
+
+    def _authorized(self, scope: Scope) -> bool:
+        """Return True when the request needs no token or carries a token with the scope of its
+        route. The token's name is stored in the scope's state for the access log."""
+        if not self.verifier.enabled:
+            return True
+        needed, _ = required_scope(scope["method"], scope["path"])
+        if needed is None:
+            return True
+        token = bearer_token(scope)
+        if not token:
+            return False
+        try:
+            record = self.verifier.verify(token)
+        except TokenFileInvalid:
+            return False
+        if record is None or not record.allows(needed):
+            return False
+        scope.setdefault("state", {})["token_name"] = record.name
+        return True
+
+    async def _send(
+        self, scope: Scope, response: Response, cache_result: str, started: float, send: Send
+    ) -> None:
+        request_id = assign_request_id(scope)
+        response.raw_headers.append((REQUEST_ID_HEADER, request_id.encode()))
+        status = 500
+        try:
+            await response(scope, _no_body, send)
+            status = response.status_code
+        finally:
+            elapsed = time.perf_counter() - started
+            record_request(scope, status, elapsed, cache_result, self.access_log)
+
+
+def _over_limit(scope: Scope, max_bytes: int) -> bool:
+    """Return True when the Content-Length header is over `max_bytes` or not a number."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and (not value.isdigit() or int(value) > max_bytes):
+            return True
+    return False
+
+
+def _plain_json_request(scope: Scope, max_bytes: int) -> bool:
+    """Return True for a JSON body that its Content-Length, if any, does not put over
+    `max_bytes`; the full application handles the others."""
+    if _over_limit(scope, max_bytes):
+        return False
+    content_type = Headers(scope=scope).get("content-type")
+    if content_type is None:
+        return False
+    media_type = content_type.split(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+async def _read_body(receive: Receive, max_bytes: int) -> bytes | list[bytes]:
+    """Return the whole body, or the chunks read so far once they pass `max_bytes`."""
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            return chunks
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replaying(chunks: list[bytes], complete: bool, receive: Receive) -> Receive:
+    """Return a receive callable that delivers `chunks` again, then what `receive` delivers.
+    `complete` is True when the chunks are the whole body."""
+    pending = list(chunks)
+
+    async def replay() -> Message:
+        if not pending:
+            return await receive()
+        chunk = pending.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(pending) or not complete}
+
+    return replay
+
+
+async def _no_body() -> Message:
+    return {"type": "http.disconnect"}
