@@ -303,6 +303,24 @@ def test_malformed_json(writer: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize(
+    "encoded",
+    [
+        '{"feature_names": ["content/movie_genres"], "entity_ids": [1]}'.encode("utf-16"),
+        '{"feature_names": ["content/movie_genres"], "entity_ids": [1]}'.encode("utf-32-le"),
+        b"\xef\xbb\xbf" + b'{"feature_names": ["content/movie_genres"], "entity_ids": [1]}',
+    ],
+    ids=["utf-16", "utf-32", "utf-8 with byte order mark"],
+)
+def test_body_not_plain_utf8(writer: httpx.Client, encoded: bytes) -> None:
+    response = writer.post(
+        "/features/batch", content=encoded, headers={"Content-Type": "application/json"}
+    )
+
+    message = assert_error(response, 400, "invalid_input")
+    assert "not UTF-8 JSON" in message
+
+
+@pytest.mark.parametrize(
     "content_type", ["text/plain", "application/x-www-form-urlencoded", "text/csv"]
 )
 def test_wrong_content_type(writer: httpx.Client, error_server: RunningServer, content_type: str):

@@ -68,6 +68,11 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+# Byte order marks of UTF-8, UTF-16 and UTF-32 text, which JSON sent over a network must not
+# start with (RFC 8259, section 8.1).
+BYTE_ORDER_MARKS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+
+
 def require_json_body(request: Request) -> None:
     """Reject a request body sent without a Content-Type or with one other than JSON.
 
@@ -85,9 +90,17 @@ def require_json_body(request: Request) -> None:
 
 
 async def json_body(request: Request) -> None:
-    """`require_json_body` as a dependency. As an `async` function it runs on the event loop,
-    where a plain function would cost each request a trip through the thread pool."""
+    """`require_json_body` as a dependency, which also rejects a body that starts as UTF-16 or
+    UTF-32 text does. As an `async` function it runs on the event loop, where a plain function
+    would cost each request a trip through the thread pool."""
     require_json_body(request)
+    # FastAPI reads the body before it runs the dependencies, so this read is not a second one.
+    start = (await request.body())[:4]
+    if start.startswith(BYTE_ORDER_MARKS) or b"\x00" in start:
+        raise InvalidInput(
+            "the request body is not UTF-8 JSON: it starts with a byte order mark or NUL bytes, "
+            "as UTF-16 and UTF-32 text does; send JSON encoded as UTF-8 without a byte order mark"
+        )
 
 
 @router.get("", response_model=TableList)
