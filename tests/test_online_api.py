@@ -4,7 +4,10 @@ errors, writes seen by every worker, the memory budget and eager loading."""
 from __future__ import annotations
 
 import itertools
+import json
 import random
+import socket
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -482,3 +485,27 @@ def test_lookups_counted_under_their_route(demo_server: RunningServer) -> None:
             before, ENDPOINT, status
         )
         assert difference == count
+
+
+def test_client_gone_mid_body_not_served(demo_server: RunningServer) -> None:
+    # The client sends a whole lookup but announces 20 bytes more, then stops sending: the
+    # request must be abandoned, not answered as if the body had ended.
+    body = json.dumps({"entities": {"user_id": [1]}, "features": USER_FEATURES}).encode()
+    host, port = demo_server.base_url.removeprefix("http://").split(":")
+    head = (
+        f"POST {ENDPOINT} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body) + 20}\r\nX-Request-ID: gone-mid-body\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(head.encode() + body)
+        connection.shutdown(socket.SHUT_WR)
+        reply = connection.recv(65536)
+
+    deadline = time.monotonic() + 10
+    lines: list[str] = []
+    while time.monotonic() < deadline and not lines:
+        lines = [line for line in demo_server.log().splitlines() if "gone-mid-body" in line]
+        time.sleep(0.1)
+    assert reply == b""
+    assert lines
+    assert not any(" 200 " in line for line in lines)

@@ -90,7 +90,8 @@ class FastLane:
 
         body = await _read_body(receive, max_bytes)
         if isinstance(body, list):
-            # Over the limit: the full application reads the same chunks and rejects them.
+            # Over the limit or cut short: the full application reads the same chunks and then
+            # the limit's error or the disconnect, as it would without the fast lane.
             return _replaying(body, complete=False, receive=receive)
 
         try:
@@ -157,11 +158,14 @@ def _plain_json_request(scope: Scope, max_bytes: int) -> bool:
 
 
 async def _read_body(receive: Receive, max_bytes: int) -> bytes | list[bytes]:
-    """Return the whole body, or the chunks read so far once they pass `max_bytes`."""
+    """Return the whole body, or the chunks read so far once they pass `max_bytes` or the
+    client disconnects before the end of the body."""
     chunks = []
     size = 0
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            return chunks
         chunk = message.get("body", b"")
         chunks.append(chunk)
         size += len(chunk)
