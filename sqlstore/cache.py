@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import sqlite3
 import struct
 import threading
 import time
@@ -292,6 +293,23 @@ class ResultCache:
         if response is not None:
             self._put_memory(key, response)
         return response
+
+    def disk_entry_is_inline(self, key: str) -> bool:
+        """Return True when the disk tier has an entry for `key` whose value diskcache keeps
+        inside its SQLite file (values under 32 KiB), rather than in a file of its own. Reads
+        the index only, so it costs the same whatever the entry's size."""
+        if self._disk is None:
+            return False
+        try:
+            # NOTE: `_sql` is diskcache's private statement helper (diskcache 5.6); its public
+            # API has no way to ask where a value is stored without reading it.
+            rows = self._disk._sql(
+                "SELECT filename IS NULL FROM Cache WHERE key = ? AND raw = 1", (key,)
+            ).fetchall()
+        except (OSError, sqlite3.Error) as error:
+            logger.warning("could not look up cache entry %s: %s", key[:12], error)
+            return False
+        return bool(rows and rows[0][0])
 
     def put(self, key: str, response: CachedResponse, table: str | None = None) -> None:
         """Store `response` in the tiers whose entry size limit it fits; a body larger than

@@ -587,3 +587,22 @@ def test_cache_key_big_integer() -> None:
     assert big == cache_key("sql", {"params": {"a": 2**80}}, {})
     assert big != cache_key("sql", {"params": {"a": 2**80 + 1}}, {})
     assert len(big) == 64
+
+
+def test_disk_entry_inline_by_size(tmp_path: Path) -> None:
+    cache = disk_only(tmp_path)
+    cache.put("small", response("s", size=1_000))
+    cache.put("large", response("l", size=100_000))
+
+    assert cache.disk_entry_is_inline("small")
+    assert not cache.disk_entry_is_inline("large")
+    assert not cache.disk_entry_is_inline("missing")
+    # Both are still read whole from the disk tier.
+    assert len(cache.get_disk("large").body) == 100_000
+
+
+def test_disk_entry_inline_without_disk_tier() -> None:
+    cache = memory_only()
+    cache.put("small", response("s", size=1_000))
+
+    assert not cache.disk_entry_is_inline("small")
