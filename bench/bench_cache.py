@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import logging
 import math
 import os
@@ -104,6 +105,8 @@ MAX_GENERATED_REQUESTS = 10_000_000
 IDLE_CHECK_SECONDS = 1.0
 IDLE_CPU_SECONDS = 0.05
 CONNECT_INTERVAL_SECONDS = 0.05
+# Connections opened per connection kept, at most, while spreading them over the workers.
+BALANCE_ATTEMPTS = 20
 STEP_CALLS = 2_000
 STEP_REPEATS = 5
 HALF_MILLISECOND = 0.0005
@@ -428,6 +431,16 @@ class HttpConnection:
         latency_ms = (time.perf_counter() - started) * 1000
         return Sample(latency_ms, headers.get(CACHE_HEADER.lower(), "none"), status)
 
+    async def get_json(self, path: str) -> Any:
+        """Send one GET request and return its JSON body."""
+        self._writer.write(f"GET {path} HTTP/1.1\r\nHost: {self._host}\r\n\r\n".encode())
+        head = await asyncio.wait_for(self._reader.readuntil(b"\r\n\r\n"), HTTP_TIMEOUT_SECONDS)
+        _, headers = parse_response_head(head)
+        body = await asyncio.wait_for(
+            self._reader.readexactly(int(headers["content-length"])), HTTP_TIMEOUT_SECONDS
+        )
+        return json.loads(body)
+
     async def close(self) -> None:
         self._writer.close()
         await self._writer.wait_closed()
@@ -472,15 +485,54 @@ async def open_connections(base_url: str, count: int) -> list[HttpConnection]:
     return connections
 
 
+async def open_balanced_connections(
+    base_url: str, count: int, workers: int
+) -> list[HttpConnection]:
+    """Open `count` connections, the same number to each of `workers` server processes.
+
+    Which worker accepts a connection is up to the kernel, and a split of three connections
+    to one worker and one to the other made the latency of the Zipf run depend on chance. Each
+    new connection asks `GET /online` which worker process serves it, and is closed and opened
+    again while that worker already has its share.
+    """
+    share = math.ceil(count / workers)
+    by_worker: dict[int, int] = {}
+    connections: list[HttpConnection] = []
+    try:
+        for _ in range(count * BALANCE_ATTEMPTS):
+            if len(connections) == count:
+                return connections
+            connection = await HttpConnection.open(base_url)
+            worker = (await connection.get_json("/online"))["worker_pid"]
+            if by_worker.get(worker, 0) < share:
+                by_worker[worker] = by_worker.get(worker, 0) + 1
+                connections.append(connection)
+            else:
+                await connection.close()
+            await asyncio.sleep(CONNECT_INTERVAL_SECONDS)
+    except BaseException:
+        await close_connections(connections)
+        raise
+    logger.warning("could not spread %d connections evenly: %s", count, by_worker)
+    return connections
+
+
 async def close_connections(connections: list[HttpConnection]) -> None:
     for connection in connections:
         await connection.close()
 
 
 async def _send_all(
-    base_url: str, paths: Iterator[str], connections: int, max_seconds: float
+    base_url: str,
+    paths: Iterator[str],
+    connections: int,
+    max_seconds: float,
+    workers: int | None = None,
 ) -> tuple[list[Sample], float]:
-    opened = await open_connections(base_url, connections)
+    if workers:
+        opened = await open_balanced_connections(base_url, connections, workers)
+    else:
+        opened = await open_connections(base_url, connections)
     deadline = time.perf_counter() + max_seconds
     started = time.perf_counter()
     samples: list[Sample] = []
@@ -502,14 +554,19 @@ def run_on_uvloop(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 def send_concurrently(
-    base_url: str, paths: Iterable[str], connections: int, max_seconds: float
+    base_url: str,
+    paths: Iterable[str],
+    connections: int,
+    max_seconds: float,
+    workers: int | None = None,
 ) -> tuple[list[Sample], float]:
-    """Send `paths` from `connections` asyncio tasks, each with its own keep-alive connection.
+    """Send `paths` from `connections` asyncio tasks, each with its own keep-alive connection,
+    spread evenly over `workers` sqlstore worker processes when given.
 
     Returns the samples and the wall time in seconds, which leaves out opening the
     connections. Sending stops at `max_seconds`.
     """
-    return run_on_uvloop(_send_all(base_url, iter(paths), connections, max_seconds))
+    return run_on_uvloop(_send_all(base_url, iter(paths), connections, max_seconds, workers))
 
 
 def warn_if_stopped_early(label: str, sent: int, planned: int, max_seconds: float) -> None:
@@ -647,7 +704,7 @@ def measure_zipf_reads(
     with httpx.Client(base_url=server.base_url, timeout=HTTP_TIMEOUT_SECONDS) as client:
         before = read_cache_totals(client)
         samples, wall_seconds = send_concurrently(
-            server.base_url, paths, args.zipf_connections, args.loop_seconds
+            server.base_url, paths, args.zipf_connections, args.loop_seconds, args.workers
         )
         cache = cache_totals_delta(before, read_cache_totals(client))
     warn_if_stopped_early("Zipf reads", len(samples), len(paths), args.loop_seconds)
