@@ -112,6 +112,9 @@ async def serve_cached_async(
 
     # A small disk entry is read here: the read took tens of microseconds, where the hop to
     # the thread pool and back waited milliseconds for the GIL while misses were computed.
+    # NOTE: the read also records the access time for LRU eviction, a short SQLite write that
+    # blocks the event loop while another worker holds the write lock. diskcache writes and
+    # deletes in small transactions, so such a wait is short but not bounded here.
     if cache.disk_entry_is_inline(key):
         cached = cache.get_disk(key)
         if cached is not None:
