@@ -492,8 +492,8 @@ async def open_balanced_connections(
 
     Which worker accepts a connection is up to the kernel, and a split of three connections
     to one worker and one to the other made the latency of the Zipf run depend on chance. Each
-    new connection asks `GET /online` which worker process serves it, and is closed and opened
-    again while that worker already has its share.
+    new connection requests `GET /online`, whose body names the worker process that serves it.
+    The connection is closed and opened again while that worker already has its share.
     """
     share = math.ceil(count / workers)
     by_worker: dict[int, int] = {}

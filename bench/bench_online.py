@@ -185,8 +185,8 @@ def measure_in_process(store: FeatureStore) -> dict[str, Any]:
 def run_wrk_script(
     server: ServerProcess, url: str, script: Path | None, duration: int
 ) -> dict[str, Any]:
-    """Run wrk against `url`; add the CPU time that the server's worker processes used per
-    request, which leaves out the time they waited for a CPU on a shared machine."""
+    """Run wrk against `url` and add the CPU time that the server's worker processes used per
+    request. Unlike the request rate, that leaves out time spent waiting for a CPU."""
     command = ["wrk", f"-t{WRK_THREADS}", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency"]
     if script is not None:
         command += ["-s", str(script)]
@@ -256,7 +256,7 @@ def measure_http(root: Path, work_dir: Path, args: argparse.Namespace) -> dict[s
             bare_post_url = bare.base_url + "/post/features/content/movie_ratings"
             for _ in range(args.rounds):
                 runs["bare"].append(run_wrk_script(bare, bare_url, None, args.duration))
-                # The same POST requests as the 1-entity lookups, answered with fixed bytes.
+                # The same POST requests as the 1-entity lookups, served with fixed bytes.
                 runs["bare_post"].append(
                     run_wrk_script(bare, bare_post_url, scripts[1], args.duration)
                 )

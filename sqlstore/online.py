@@ -132,8 +132,8 @@ class Lookup:
             boxed[~self.present] = None
             return boxed.tolist(), ~self.present
 
-        taken = self.view.json_arrays[column].take(self.indices)
-        return taken.to_pylist(), taken.is_null().to_numpy(zero_copy_only=False)
+        selected = self.view.json_arrays[column].take(self.indices)
+        return selected.to_pylist(), selected.is_null().to_numpy(zero_copy_only=False)
 
     def statuses(self, nulls: np.ndarray | list[bool]) -> list[str]:
         """Return the status name of each value: the lookup's code, or NULL_VALUE for a null

@@ -74,15 +74,26 @@ def decoded(result: dict[str, list[Any]], like: list[Any]) -> list[Any]:
     ]
 
 
-@pytest.mark.parametrize(
-    "reference",
-    [
-        "content/movie_genres",
-        "content/movie_ratings",
-        "user/user_activity",
-        "user/user_preferences",
-    ],
-)
+def assert_same_results(
+    returned: dict[str, dict[str, list[Any]]], expected: dict[str, dict[str, list[Any]]]
+) -> None:
+    """Check values, statuses and event timestamps of every expected feature name."""
+    for name, result in expected.items():
+        assert decoded(returned[name], result["values"]) == result["values"], name
+        assert returned[name]["statuses"] == result["statuses"], name
+        times = [t and datetime.fromisoformat(t) for t in returned[name]["event_timestamps"]]
+        assert times == result["event_timestamps"], name
+
+
+SINGLE_KEY_TABLES = [
+    "content/movie_genres",
+    "content/movie_ratings",
+    "user/user_activity",
+    "user/user_preferences",
+]
+
+
+@pytest.mark.parametrize("reference", SINGLE_KEY_TABLES)
 def test_endpoint_equals_point_in_time(
     demo_server: RunningServer, demo_root: Path, reference: str
 ) -> None:
@@ -99,23 +110,10 @@ def test_endpoint_equals_point_in_time(
     assert names == [*keys, *expected]
     results = dict(zip(names, body["results"], strict=True))
     assert results[next(iter(keys))]["values"] == next(iter(keys.values()))
-    for name, result in expected.items():
-        assert decoded(results[name], result["values"]) == result["values"], name
-        assert results[name]["statuses"] == result["statuses"], name
-        times = [t and datetime.fromisoformat(t) for t in results[name]["event_timestamps"]]
-        assert times == result["event_timestamps"], name
+    assert_same_results(results, expected)
 
 
-@pytest.mark.parametrize(
-    "reference",
-    [
-        "content/movie_genres",
-        "content/movie_ratings",
-        "user/user_activity",
-        "user/user_preferences",
-        "interaction/user_movie_interactions",
-    ],
-)
+@pytest.mark.parametrize("reference", [*SINGLE_KEY_TABLES, "interaction/user_movie_interactions"])
 def test_few_entities_equal_point_in_time(
     demo_server: RunningServer, demo_root: Path, reference: str
 ) -> None:
@@ -136,23 +134,14 @@ def test_few_entities_equal_point_in_time(
         chunk = {column: values[start : start + size] for column, values in sample.items()}
         response = post(demo_server.base_url, {"entities": chunk, "features": [reference]})
         assert response.status_code == 200, response.text
-        results = dict(
-            zip(
-                response.json()["metadata"]["feature_names"],
-                response.json()["results"],
-                strict=True,
-            )
-        )
+        body = response.json()
+        results = dict(zip(body["metadata"]["feature_names"], body["results"], strict=True))
         for name in expected:
             for field in ("values", "statuses", "event_timestamps"):
                 returned[name].setdefault(field, []).extend(results[name][field])
         start += size
 
-    for name, result in expected.items():
-        assert decoded(returned[name], result["values"]) == result["values"], name
-        assert returned[name]["statuses"] == result["statuses"], name
-        times = [t and datetime.fromisoformat(t) for t in returned[name]["event_timestamps"]]
-        assert times == result["event_timestamps"], name
+    assert_same_results(returned, expected)
     statuses = [status for result in expected.values() for status in result["statuses"]]
     assert "NOT_FOUND" in statuses
 
@@ -488,8 +477,8 @@ def test_lookups_counted_under_their_route(demo_server: RunningServer) -> None:
 
 
 def test_client_gone_mid_body_not_served(demo_server: RunningServer) -> None:
-    # The client sends a whole lookup but announces 20 bytes more, then stops sending: the
-    # request must be abandoned, not answered as if the body had ended.
+    # The client sends a whole lookup but announces 20 bytes more, then stops sending, so the
+    # server must abandon the request instead of serving it as if the body had ended.
     body = json.dumps({"entities": {"user_id": [1]}, "features": USER_FEATURES}).encode()
     host, port = demo_server.base_url.removeprefix("http://").split(":")
     head = (

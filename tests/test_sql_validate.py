@@ -73,6 +73,16 @@ def test_syntax_error_names_line_and_column() -> None:
     assert raised.value.details == [{"line": 2, "column": 14}]
 
 
+def test_incomplete_clause_error_is_readable() -> None:
+    with pytest.raises(QuerySyntaxError) as raised:
+        validate_query("SELECT * FROM shop.users WHERE", VIEWS)
+
+    assert raised.value.message.startswith("syntax error at line 1, column ")
+    assert "incomplete WHERE clause" in raised.value.message
+    assert "sqlglot" not in raised.value.message
+    assert "<class" not in raised.value.message
+
+
 def test_rejection_names_construct_and_position() -> None:
     with pytest.raises(QueryRejected) as raised:
         validate_query("SELECT 1,\n  current_setting('threads')", VIEWS)

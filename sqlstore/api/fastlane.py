@@ -29,7 +29,13 @@ from starlette.types import Message, Receive, Scope, Send
 
 from sqlstore.api.access import bearer_token, required_scope
 from sqlstore.api.caching import cached_response
-from sqlstore.api.middleware import REQUEST_ID_HEADER, assign_request_id, record_request
+from sqlstore.api.features import is_json_media_type
+from sqlstore.api.middleware import (
+    REQUEST_ID_HEADER,
+    assign_request_id,
+    declared_length_over,
+    record_request,
+)
 from sqlstore.api.online import ONLINE_PATH, lookup_response
 from sqlstore.api.pagecache import PAGE_PATH, PAGE_ROUTE_STAND_IN, RouteStandIn, memory_hit
 from sqlstore.tokens import TokenFileInvalid, TokenVerifier
@@ -64,7 +70,7 @@ class FastLane:
     ) -> Receive | None:
         started = time.perf_counter()
         try:
-            settled_here = not _over_limit(scope, self.state.settings.max_body_bytes)
+            settled_here = not declared_length_over(scope, self.state.settings.max_body_bytes)
             settled_here = settled_here and self._authorized(scope)
             cached = memory_hit(scope, match, self.state) if settled_here else None
         except Exception:
@@ -137,24 +143,13 @@ class FastLane:
             record_request(scope, status, elapsed, cache_result, self.access_log)
 
 
-def _over_limit(scope: Scope, max_bytes: int) -> bool:
-    """Return True when the Content-Length header is over `max_bytes` or not a number."""
-    for name, value in scope["headers"]:
-        if name == b"content-length" and (not value.isdigit() or int(value) > max_bytes):
-            return True
-    return False
-
-
 def _plain_json_request(scope: Scope, max_bytes: int) -> bool:
     """Return True for a JSON body that its Content-Length, if any, does not put over
-    `max_bytes`; the full application handles the others."""
-    if _over_limit(scope, max_bytes):
+    `max_bytes`. The full application handles the others."""
+    if declared_length_over(scope, max_bytes):
         return False
     content_type = Headers(scope=scope).get("content-type")
-    if content_type is None:
-        return False
-    media_type = content_type.split(";")[0].strip().lower()
-    return media_type == "application/json" or media_type.endswith("+json")
+    return content_type is not None and is_json_media_type(content_type)
 
 
 async def _read_body(receive: Receive, max_bytes: int) -> bytes | list[bytes]:

@@ -81,12 +81,17 @@ def require_json_body(request: Request) -> None:
     content_type = request.headers.get("content-type")
     if content_type is None:
         raise HTTPException(415, detail="missing Content-Type: send the body as application/json")
-    media_type = content_type.split(";")[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json"):
+    if not is_json_media_type(content_type):
         raise HTTPException(
             415,
             detail=f"unsupported Content-Type {content_type!r}: send the body as application/json",
         )
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """Return True for a Content-Type of application/json or a +json type, any parameters."""
+    media_type = content_type.split(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
 
 
 async def json_body(request: Request) -> None:

@@ -51,10 +51,19 @@ def assign_request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == REQUEST_ID_HEADER and REQUEST_ID_PATTERN.fullmatch(value):
             request_id = value.decode()
-    # 32 hex digits like uuid4().hex, which took 2 µs per call here against 0.45 µs.
+    # 32 hex digits like uuid4().hex: on the development machine uuid4().hex took 2 µs per
+    # call and this 0.45 µs.
     request_id = request_id or os.urandom(16).hex()
     scope.setdefault("state", {})["request_id"] = request_id
     return request_id
+
+
+def declared_length_over(scope: Scope, max_bytes: int) -> bool:
+    """Return True when the request's Content-Length header is a number over `max_bytes`."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > max_bytes:
+            return True
+    return False
 
 
 class BodySizeLimitMiddleware:
@@ -69,10 +78,9 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
 
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._reject(scope, send)
-                return
+        if declared_length_over(scope, self.max_bytes):
+            await self._reject(scope, send)
+            return
 
         received = 0
 

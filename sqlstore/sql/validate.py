@@ -54,6 +54,9 @@ REJECTED_CHARACTER_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "
 # character.
 PLAIN_TEXT_PATTERN = re.compile(r"[\t\n\r\x20-\x7e]*")
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# sqlglot's description of an incomplete clause, such as "Required keyword: 'this' missing for
+# <class 'sqlglot.expressions.query.Where'>".
+MISSING_PART_PATTERN = re.compile(r"missing for <class '[\w.]*\.(\w+)'>")
 MAX_PARAMETERS = 100
 
 # Statement forms a query may take, as sqlglot parses them.
@@ -375,11 +378,20 @@ def _parse_one_statement(sql: str) -> exp.Expression:
     return statements[0]
 
 
+def _readable_description(description: str) -> str:
+    """Return sqlglot's error description without the names of its Python classes, which mean
+    nothing to the author of the query."""
+    match = MISSING_PART_PATTERN.search(description)
+    if match is None:
+        return description
+    return f"incomplete {match.group(1).upper()} clause: something is missing after it"
+
+
 def _syntax_error(sql: str, error: ParseError) -> QuerySyntaxError | QueryRejected:
     first = error.errors[0] if error.errors else {}
     line = first.get("line")
     column = first.get("col")
-    description = first.get("description") or str(error)
+    description = _readable_description(first.get("description") or str(error))
     details = [{"line": line, "column": column}] if line is not None else None
     where = f" at line {line}, column {column}" if line is not None else ""
 
