@@ -60,7 +60,8 @@ EVENT_UNITS_COLUMN = "__event_units"
 KEYS_VIEW = "__online_keys"
 # Per-value status codes of a lookup, in the order of STATUS_NAMES.
 PRESENT, NULL_VALUE, NOT_FOUND, OUTSIDE_MAX_AGE = 0, 1, 2, 3
-STATUS_NAMES = np.array(["PRESENT", "NULL_VALUE", "NOT_FOUND", "OUTSIDE_MAX_AGE"], dtype=object)
+STATUS_TEXTS = ("PRESENT", "NULL_VALUE", "NOT_FOUND", "OUTSIDE_MAX_AGE")
+STATUS_NAMES = np.array(STATUS_TEXTS, dtype=object)
 # Up to this many keys, values are read one by one, which is faster than Arrow's take.
 SCALAR_LOOKUP_LIMIT = 8
 # Arrow types whose numpy values convert to the same Python values as Arrow's to_pylist.
@@ -82,14 +83,17 @@ class OnlineSettings:
     load: str = "lazy"
 
 
-@dataclass
 class Lookup:
     """Rows of a view for requested keys: `rows[i]` is the view row of key i and `codes[i]` its
     status, PRESENT, NOT_FOUND or OUTSIDE_MAX_AGE (NULL_VALUE is decided per column)."""
 
-    view: OnlineView
-    rows: np.ndarray
-    codes: np.ndarray
+    def __init__(self, view: OnlineView, rows: np.ndarray, codes: np.ndarray) -> None:
+        self.view = view
+        self.rows = rows
+        self.codes = codes
+
+    def __len__(self) -> int:
+        return len(self.codes)
 
     def take(self, columns: Sequence[str]) -> pa.Table:
         """Return `columns` of the looked-up rows, with nulls where a key has no present row."""
@@ -103,25 +107,9 @@ class Lookup:
     def present(self) -> np.ndarray:
         return self.codes == PRESENT
 
-    @cached_property
-    def present_rows(self) -> list[int | None]:
-        """The view row of each key as a Python int, or None where the key has no present row."""
-        return [
-            row if code == PRESENT else None
-            for row, code in zip(self.rows.tolist(), self.codes.tolist(), strict=True)
-        ]
-
-    @cached_property
-    def key_statuses(self) -> list[str]:
-        """The status name of each key's row, which is each value's status unless it is null."""
-        return STATUS_NAMES[self.codes].tolist()
-
-    def json_values(self, column: str) -> tuple[list[Any], np.ndarray | list[bool]]:
+    def json_values(self, column: str) -> tuple[list[Any], Sequence[bool]]:
         """Return the values of `column` for each key, as Python values that encode to the same
         JSON as the typed column (timestamps as ISO 8601 text), and a mask of the nulls."""
-        if len(self.rows) <= SCALAR_LOOKUP_LIMIT:
-            return self._scalar_values(column)
-
         numbers = self.view.numpy_arrays.get(column)
         if numbers is not None:
             # A numeric column without nulls: numpy indexing avoids Arrow's per-call overhead.
@@ -135,23 +123,40 @@ class Lookup:
         selected = self.view.json_arrays[column].take(self.indices)
         return selected.to_pylist(), selected.is_null().to_numpy(zero_copy_only=False)
 
-    def statuses(self, nulls: np.ndarray | list[bool]) -> list[str]:
+    def statuses(self, nulls: Sequence[bool]) -> list[str]:
         """Return the status name of each value: the lookup's code, or NULL_VALUE for a null
         value of a present row. `nulls` is the mask that `json_values` returned."""
-        if isinstance(nulls, list):
-            if not any(nulls):
-                return self.key_statuses
-            return [
-                STATUS_NAMES[NULL_VALUE] if null and code == PRESENT else STATUS_NAMES[code]
-                for code, null in zip(self.codes.tolist(), nulls, strict=True)
-            ]
         return STATUS_NAMES[
             np.where((self.codes == PRESENT) & nulls, NULL_VALUE, self.codes)
         ].tolist()
 
-    def _scalar_values(self, column: str) -> tuple[list[Any], list[bool]]:
-        """Return what `json_values` returns, for a few keys. Indexing with Python ints avoids
-        the fixed cost of each numpy or Arrow call, which is most of the work for so few."""
+
+class FewLookup(Lookup):
+    """A `Lookup` of at most SCALAR_LOOKUP_LIMIT keys, made of Python lists and read with
+    Python ints. For so few keys, the fixed cost of each numpy or Arrow call would be most of
+    the work, so the numpy arrays are built only when asked for."""
+
+    def __init__(self, view: OnlineView, rows: list[int], codes: list[int]) -> None:
+        self.view = view
+        self.row_list = rows
+        self.code_list = codes
+        self.present_rows = [
+            row if code == PRESENT else None for row, code in zip(rows, codes, strict=True)
+        ]
+        self.key_statuses = [STATUS_TEXTS[code] for code in codes]
+
+    @cached_property
+    def rows(self) -> np.ndarray:  # type: ignore[override]
+        return np.array(self.row_list, dtype=np.int64)
+
+    @cached_property
+    def codes(self) -> np.ndarray:  # type: ignore[override]
+        return np.array(self.code_list, dtype=np.int8)
+
+    def __len__(self) -> int:
+        return len(self.code_list)
+
+    def json_values(self, column: str) -> tuple[list[Any], list[bool]]:
         numbers = self.view.numpy_arrays.get(column)
         if numbers is not None:
             values = [None if row is None else numbers.item(row) for row in self.present_rows]
@@ -159,6 +164,14 @@ class Lookup:
             array = self.view.json_arrays[column]
             values = [None if row is None else array[row].as_py() for row in self.present_rows]
         return values, [value is None for value in values]
+
+    def statuses(self, nulls: Sequence[bool]) -> list[str]:
+        if not any(nulls):
+            return self.key_statuses
+        return [
+            STATUS_TEXTS[NULL_VALUE] if null and code == PRESENT else STATUS_TEXTS[code]
+            for code, null in zip(self.code_list, nulls, strict=True)
+        ]
 
 
 class IntegerKeyIndex:
@@ -192,6 +205,16 @@ class IntegerKeyIndex:
         found = self.sorted_keys[positions] == keys
         return np.where(found, self.rows[positions], -1)
 
+    def find_few(self, columns: list[list[int]]) -> list[int]:
+        """Return what `find` returns, as a list, searching for one key at a time."""
+        sorted_keys = self.sorted_keys
+        rows = []
+        for key in columns[0]:
+            position = int(sorted_keys.searchsorted(key))
+            found = position < len(sorted_keys) and sorted_keys.item(position) == key
+            rows.append(self.rows.item(position) if found else -1)
+        return rows
+
 
 class HashKeyIndex:
     """Index of string, date or composite keys: a dict from the key (a tuple for composite
@@ -214,6 +237,12 @@ class HashKeyIndex:
         keys = columns[0] if len(columns) == 1 else list(zip(*columns, strict=True))
         get = self.rows.get
         return np.fromiter((get(key, -1) for key in keys), dtype=np.int64, count=len(keys))
+
+    def find_few(self, columns: list[list[Any]]) -> list[int]:
+        """Return what `find` returns, as a list."""
+        keys = columns[0] if len(columns) == 1 else zip(*columns, strict=True)
+        get = self.rows.get
+        return [get(key, -1) for key in keys]
 
 
 def _object_size(key: Any) -> int:
@@ -246,6 +275,14 @@ class OnlineView:
     numpy_arrays: dict[str, np.ndarray] = field(default_factory=dict)
     resolved: dict[str, list[str]] = field(default_factory=dict)
 
+    @cached_property
+    def integer_key(self) -> bool:
+        """Whether every key column has an integer type."""
+        schema = self.table.schema
+        return all(
+            type_family(schema.field(column).type) == "integer" for column in self.entry.entity_key
+        )
+
     @property
     def nbytes(self) -> int:
         events = 0 if self.event_units is None else self.event_units.nbytes
@@ -271,13 +308,30 @@ class OnlineView:
         NOTE: a clock reading before the build time (a request that read the clock just before
         another thread rebuilt the view) is served as of the build time, microseconds later.
         """
-        rows = self.index.find([columns[column] for column in self.entry.entity_key])
+        key_columns = [columns[column] for column in self.entry.entity_key]
+        if len(key_columns[0]) <= SCALAR_LOOKUP_LIMIT:
+            return self._find_few(key_columns, now_us)
+
+        rows = self.index.find(key_columns)
         codes = np.where(rows >= 0, PRESENT, NOT_FOUND).astype(np.int8)
         if self.max_age_units is not None and self.event_units is not None:
-            now = max(now_us, self.built_units_us) * (self.units_per_second // 1_000_000)
-            ages = now - self.event_units[np.maximum(rows, 0)]
+            ages = self._now_units(now_us) - self.event_units[np.maximum(rows, 0)]
             codes[(rows >= 0) & (ages > self.max_age_units)] = OUTSIDE_MAX_AGE
         return Lookup(view=self, rows=rows, codes=codes)
+
+    def _find_few(self, key_columns: list[list[Any]], now_us: int) -> FewLookup:
+        """Return what `find` returns, for at most SCALAR_LOOKUP_LIMIT keys (see `FewLookup`)."""
+        rows = self.index.find_few(key_columns)
+        codes = [PRESENT if row >= 0 else NOT_FOUND for row in rows]
+        if self.max_age_units is not None and self.event_units is not None:
+            now = self._now_units(now_us)
+            for position, row in enumerate(rows):
+                if row >= 0 and now - self.event_units.item(row) > self.max_age_units:
+                    codes[position] = OUTSIDE_MAX_AGE
+        return FewLookup(view=self, rows=rows, codes=codes)
+
+    def _now_units(self, now_us: int) -> int:
+        return max(now_us, self.built_units_us) * (self.units_per_second // 1_000_000)
 
     @property
     def built_units_us(self) -> int:
@@ -387,6 +441,8 @@ class OnlineStore:
         """Convert request values (one list per key column) and look them up in the view, or
         in DuckDB for a table without a view, which reads only the requested keys."""
         if isinstance(state, OnlineView):
+            if state.integer_key and all(map(_all_int64, raw_columns.values())):
+                return state.find(raw_columns, now_us)
             columns = convert_key_columns(state.entry, state.table.schema, raw_columns)
             return state.find(columns, now_us)
         return self._find_in_duckdb(state.entry, raw_columns, now_us, converted=False)
@@ -717,9 +773,7 @@ def convert_key_columns(
     for column in entry.entity_key:
         values = columns[column]
         arrow_type = schema.field(column).type
-        if type_family(arrow_type) == "integer" and all(
-            type(value) is int and INT64_MIN <= value <= INT64_MAX for value in values
-        ):
+        if type_family(arrow_type) == "integer" and _all_int64(values):
             converted[column] = values
             continue
         what = f"entity id of key {column!r} in {entry.reference}"
@@ -727,6 +781,12 @@ def convert_key_columns(
             _convert_key(value, arrow_type, what, column, entry) for value in values
         ]
     return converted
+
+
+def _all_int64(values: Sequence[Any]) -> bool:
+    """Return True when every value is an int in the int64 range, which needs no conversion
+    for an integer key."""
+    return all(type(value) is int and INT64_MIN <= value <= INT64_MAX for value in values)
 
 
 def _convert_key(
@@ -745,7 +805,7 @@ def unique_entities(
     response reports them: converted scalars, or objects of converted values."""
     key_columns = entry.entity_key
     if len(key_columns) == 1 and type_family(schema.field(key_columns[0]).type) == "integer":
-        if all(type(value) is int and INT64_MIN <= value <= INT64_MAX for value in entity_ids):
+        if _all_int64(entity_ids):
             unique = list(dict.fromkeys(entity_ids))
             return {key_columns[0]: unique}, unique
 

@@ -13,12 +13,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from sqlstore.api.online import table_results
 from sqlstore.lookup import lookup_entities
 from sqlstore.online import (
     NOT_FOUND,
     OUTSIDE_MAX_AGE,
     PRESENT,
+    SCALAR_LOOKUP_LIMIT,
     DuckDBPath,
+    FewLookup,
     OnlineSettings,
     OnlineStore,
     OnlineView,
@@ -198,6 +201,40 @@ def test_view_hand_computed_values(scores_store: tuple[FeatureStore, datetime]) 
     assert codes == [PRESENT, PRESENT, NOT_FOUND, OUTSIDE_MAX_AGE, PRESENT, NOT_FOUND]
     assert rows[0]["event_timestamp"] == base - timedelta(seconds=100)
     assert rows[4]["score"] is None
+
+
+def test_few_keys_give_the_json_of_many(scores_store: tuple[FeatureStore, datetime]) -> None:
+    # Up to SCALAR_LOOKUP_LIMIT keys are read with Python ints. The same keys twice take the
+    # numpy path, and the first half of its results must be the same.
+    store, _ = scores_store
+    online = OnlineStore(store, OnlineSettings())
+    now = now_us()
+    view = online.state("user", "scores", now)
+    assert isinstance(view, OnlineView)
+    keys = [1, 2, 3, 4, 5, 6]
+    columns = ["score", "created"]
+
+    few = view.find({"user_id": keys}, now)
+    many = view.find({"user_id": keys * 2}, now)
+    few_results = table_results(few, columns)
+    many_results = table_results(many, columns)
+
+    assert len(keys) <= SCALAR_LOOKUP_LIMIT < 2 * len(keys)
+    assert isinstance(few, FewLookup)
+    assert not isinstance(many, FewLookup)
+    assert few_results[0]["values"] == [20, 40, None, None, None, None]
+    assert few_results[0]["statuses"] == [
+        "PRESENT",
+        "PRESENT",
+        "NOT_FOUND",
+        "OUTSIDE_MAX_AGE",
+        "NULL_VALUE",
+        "NOT_FOUND",
+    ]
+    for few_result, many_result in zip(few_results, many_results, strict=True):
+        assert few_result == {field: values[:6] for field, values in many_result.items()}
+    assert few.codes.tolist() == many.codes.tolist()[:6]
+    assert few.rows.tolist() == many.rows.tolist()[:6]
 
 
 def test_view_expires_at_future_row(scores_store: tuple[FeatureStore, datetime]) -> None:

@@ -29,6 +29,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from sqlstore.api.access import bearer_token, required_scope
 from sqlstore.api.caching import cached_response
+from sqlstore.api.encoding import JSON_MEDIA_TYPE
 from sqlstore.api.features import is_json_media_type
 from sqlstore.api.middleware import (
     REQUEST_ID_HEADER,
@@ -36,13 +37,14 @@ from sqlstore.api.middleware import (
     declared_length_over,
     record_request,
 )
-from sqlstore.api.online import ONLINE_PATH, lookup_response
+from sqlstore.api.online import ONLINE_PATH, lookup_body
 from sqlstore.api.pagecache import PAGE_PATH, PAGE_ROUTE_STAND_IN, RouteStandIn, memory_hit
 from sqlstore.tokens import TokenFileInvalid, TokenVerifier
 
 logger = logging.getLogger(__name__)
 
 ONLINE_ROUTE_STAND_IN = RouteStandIn(ONLINE_PATH)
+JSON_MEDIA_TYPE_BYTES = JSON_MEDIA_TYPE.encode()
 
 
 class FastLane:
@@ -101,12 +103,12 @@ class FastLane:
             return _replaying(body, complete=False, receive=receive)
 
         try:
-            response = await lookup_response(self.state, body)
+            content = await lookup_body(self.state, body)
         except Exception:
             # The route raises the same error again and turns it into a response.
             return _replaying([body], complete=True, receive=receive)
         scope["route"] = ONLINE_ROUTE_STAND_IN
-        await self._send(scope, response, "-", started, send)
+        await self._send_json(scope, content, started, send)
         return None
 
     def _authorized(self, scope: Scope) -> bool:
@@ -141,6 +143,23 @@ class FastLane:
         finally:
             elapsed = time.perf_counter() - started
             record_request(scope, status, elapsed, cache_result, self.access_log)
+
+    async def _send_json(self, scope: Scope, content: bytes, started: float, send: Send) -> None:
+        """Send `content` as a 200 JSON response, with the headers that the route's `Response`
+        would have, built here because that costs less than the `Response` object."""
+        headers = [
+            (b"content-length", str(len(content)).encode()),
+            (b"content-type", JSON_MEDIA_TYPE_BYTES),
+            (REQUEST_ID_HEADER, assign_request_id(scope).encode()),
+        ]
+        status = 500
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": content})
+            status = 200
+        finally:
+            elapsed = time.perf_counter() - started
+            record_request(scope, status, elapsed, "-", self.access_log)
 
 
 def _plain_json_request(scope: Scope, max_bytes: int) -> bool:

@@ -8,9 +8,10 @@ current; building a view and the DuckDB path run in the thread pool.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,10 @@ from sqlstore.settings import Settings
 logger = logging.getLogger(__name__)
 
 REQUEST_FIELDS = frozenset({"entities", "features"})
+# Feature lists of at most this many characters in all have their grouping by table kept, for
+# up to this many distinct lists: at most 1 MiB of text.
+GROUPING_CACHE_TEXT_LIMIT = 4096
+GROUPING_CACHE_SIZE = 256
 EXAMPLE_BODY = '{"entities": {"user_id": [1, 2]}, "features": ["user/user_activity:ratings_total"]}'
 
 
@@ -71,13 +76,13 @@ async def online_lifespan(app: FastAPI) -> AsyncIterator[None]:
 router = APIRouter(tags=["online serving"], responses=ERROR_RESPONSES, lifespan=online_lifespan)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TableRequest:
     """The features requested from one table, with their output names."""
 
     group: str
     name: str
-    texts: list[str]
+    texts: tuple[str, ...]
 
 
 @router.post("/get-online-features")
@@ -99,12 +104,13 @@ async def get_online_features(request: Request) -> Response:
         raise InvalidInput(
             "the client closed the connection before sending the whole body"
         ) from None
-    return await lookup_response(request.app.state, body)
+    return Response(await lookup_body(request.app.state, body), media_type=JSON_MEDIA_TYPE)
 
 
-async def lookup_response(state: Any, body: bytes) -> Response:
-    """Return the response of `POST /get-online-features` for the raw JSON `body`, with the
-    online store and settings of the application `state`. Raises the request's error."""
+async def lookup_body(state: Any, body: bytes) -> bytes:
+    """Return the JSON response body of `POST /get-online-features` for the raw JSON `body`,
+    with the online store and settings of the application `state`. Raises the request's
+    error."""
     online: OnlineStore = state.online
     settings: Settings = state.settings
     entities, features = _parse_body(_parse_json(body), settings.max_entity_ids)
@@ -135,8 +141,7 @@ async def lookup_response(state: Any, body: bytes) -> Response:
             f"entities has columns {unused} that are not the key of any requested feature "
             "table; remove them"
         )
-    body = {"metadata": {"feature_names": names}, "results": results}
-    return Response(dumps(body), media_type=JSON_MEDIA_TYPE)
+    return dumps({"metadata": {"feature_names": names}, "results": results})
 
 
 @router.get("/online")
@@ -212,22 +217,39 @@ def _check_key_values(column: str, values: list[Any]) -> None:
         )
 
 
-async def _group_by_table(online: OnlineStore, features: list[str]) -> list[TableRequest]:
+async def _group_by_table(online: OnlineStore, features: list[str]) -> tuple[TableRequest, ...]:
     """Group feature references by table, keeping the request order of the tables."""
-    tables: dict[tuple[str, str], TableRequest] = {}
+    if sum(map(len, features)) <= GROUPING_CACHE_TEXT_LIMIT and all(
+        "/" in text.partition(":")[0] for text in features
+    ):
+        return _group_named_tables(tuple(features))
+
+    tables: dict[tuple[str, str], list[str]] = {}
     for text in features:
         table_part = text.partition(":")[0]
         if "/" in table_part:
-            group, _, name = table_part.partition("/")
-            validate_group(group)
-            validate_table_name(name)
+            group, name = _checked_table_name(table_part)
         else:
             entries = await run_in_threadpool(online.store.list_tables)
             entry = resolve_reference(text, entries).entry
             group, name = entry.group, entry.name
-        table = tables.setdefault((group, name), TableRequest(group, name, []))
-        table.texts.append(text)
-    return list(tables.values())
+        tables.setdefault((group, name), []).append(text)
+    return tuple(TableRequest(group, name, tuple(texts)) for (group, name), texts in tables.items())
+
+
+@functools.lru_cache(maxsize=GROUPING_CACHE_SIZE)
+def _group_named_tables(features: tuple[str, ...]) -> tuple[TableRequest, ...]:
+    """Return what `_group_by_table` returns for references that all name their group. Kept
+    for the next request with the same features, which most clients send every time."""
+    tables: dict[tuple[str, str], list[str]] = {}
+    for text in features:
+        tables.setdefault(_checked_table_name(text.partition(":")[0]), []).append(text)
+    return tuple(TableRequest(group, name, tuple(texts)) for (group, name), texts in tables.items())
+
+
+def _checked_table_name(table_part: str) -> tuple[str, str]:
+    group, _, name = table_part.partition("/")
+    return validate_group(group), validate_table_name(name)
 
 
 def _key_values(
@@ -253,7 +275,7 @@ def _entity_result(values: list[Any]) -> dict[str, list[Any]]:
     return {"values": values, "statuses": ["PRESENT"] * count, "event_timestamps": [None] * count}
 
 
-def requested_columns(view: OnlineView, texts: list[str], names: list[str]) -> list[str]:
+def requested_columns(view: OnlineView, texts: Sequence[str], names: list[str]) -> list[str]:
     """Return the columns that feature references `texts` select from the table of `view`,
     without repeats and without those whose output name is already in `names`."""
     entry = view.entry
@@ -276,7 +298,7 @@ def table_results(found: Lookup, columns: list[str]) -> list[dict[str, list[Any]
     if timestamp:
         event_timestamps = found.json_values(timestamp)[0]
     else:
-        event_timestamps = [None] * len(found.codes)
+        event_timestamps = [None] * len(found)
     results = []
     for column in columns:
         values, nulls = found.json_values(column)
