@@ -32,6 +32,7 @@ from sqlstore.logs import (
     LogFormat,
     LogLevel,
     configure_logging,
+    flush_seconds_from_environment,
     logging_config,
 )
 from sqlstore.records import read_input_file
@@ -208,6 +209,11 @@ def serve(
         if value is not None:
             os.environ[f"SQLSTORE_{name}"] = str(value)
     settings = _check_settings(resolved)
+    try:
+        flush_seconds = flush_seconds_from_environment()
+    except ValueError as error:
+        error_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=1) from error
     if settings.duckdb_threads == 0:
         # Workers that each start one DuckDB thread per core oversubscribe the CPUs.
         threads = max(1, (os.cpu_count() or 1) // workers)
@@ -226,7 +232,7 @@ def serve(
         host=host,
         port=port,
         workers=workers,
-        log_config=logging_config(log_level, log_format),
+        log_config=logging_config(log_level, log_format, flush_seconds),
         # The application logs one line per request itself, with the request id and cache result.
         access_log=False,
         timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,

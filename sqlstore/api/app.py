@@ -108,6 +108,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             logger.info("access control off: create a token to turn it on (%s)", tokens)
         yield
         store.catalog.close()
+        # Access lines buffered by the log handler (sqlstore.logs.BufferedStreamHandler).
+        for handler in logging.getLogger().handlers:
+            handler.flush()
         if app.state.cache is not None:
             app.state.cache.close()
 
