@@ -12,7 +12,8 @@ One run generates (or reuses, with --root) a store with one table of 10,000,000 
    as the 1-entity lookups. A Lua script sends a random entity per request.
 3. Memory of the online view in each worker against the size of the Parquet file.
 
-    .venv/bin/python bench/bench_online.py [--root DIR] [--duration S] [--rounds N] [--output FILE]
+    .venv/bin/python bench/bench_online.py [--root DIR] [--duration S] [--rounds N]
+        [--output FILE] [--bare-access-log]
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of wrk runs")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON result file")
+    parser.add_argument(
+        "--bare-access-log",
+        action="store_true",
+        help="run the bare app with uvicorn's access log, to compare with sqlstore's own",
+    )
     return parser.parse_args()
 
 
@@ -250,7 +256,7 @@ def measure_http(root: Path, work_dir: Path, args: argparse.Namespace) -> dict[s
         body_file.write_bytes(response.content)
         memory = worker_memory(server.base_url)
         wait_until_workers_idle(server, WORKERS)
-        with running_bare_app(body_file, WORKERS, work_dir) as bare:
+        with running_bare_app(body_file, WORKERS, work_dir, args.bare_access_log) as bare:
             wait_until_workers_idle(bare, WORKERS)
             bare_url = bare.base_url + "/features/content/movie_ratings"
             bare_post_url = bare.base_url + "/post/features/content/movie_ratings"
@@ -276,7 +282,13 @@ def measure_http(root: Path, work_dir: Path, args: argparse.Namespace) -> dict[s
     summary["online_1_share_of_bare_post"] = round(
         summary["online_1"]["requests_per_second"] / summary["bare_post"]["requests_per_second"], 3
     )
-    return {"runs": runs, "summary": summary, "memory": memory}
+    return {
+        "runs": runs,
+        "summary": summary,
+        "memory": memory,
+        "sqlstore_access_log": os.environ.get("SQLSTORE_ACCESS_LOG", "true"),
+        "bare_access_log": args.bare_access_log,
+    }
 
 
 def _median_run(results: list[dict[str, Any]]) -> dict[str, Any]:

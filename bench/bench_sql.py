@@ -4,9 +4,11 @@ One run builds the MovieLens demo store (or uses --root), then measures:
 
 - validation of a 20-line analyst query (both parsers): cold, with the validator's caches
   cleared before every run, and warm, when the same text was validated before;
-- end-to-end POST /sql over loopback HTTP (httpx, keep-alive, sequential) against a
-  `python -m sqlstore serve` process, for aggregates over interaction.user_movie_interactions,
-  next to the same query in DuckDB in this process over a view of the same Parquet file.
+- end-to-end POST /sql over loopback HTTP (keep-alive, sequential; with httpx and with the
+  standard library's http.client) against a `python -m sqlstore serve` process, for aggregates
+  over interaction.user_movie_interactions, next to the same query in DuckDB in this process
+  over a view of the same Parquet file;
+- the fixed costs: POST /sql of `SELECT 1`, and a POST to bench/bare_app.py, the HTTP floor.
 
 It prints Markdown tables and writes the results with machine details as JSON.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import http.client
 import json
 import logging
 import os
@@ -37,6 +40,9 @@ from typing import Any
 import duckdb
 import httpx
 import orjson
+from bench_cache import GROUP as BARE_GROUP
+from bench_cache import NAME as BARE_NAME
+from bench_cache import running_bare_app
 
 from sqlstore.demo import build_demo_store
 from sqlstore.identifiers import quote_string
@@ -50,6 +56,7 @@ logger = logging.getLogger("bench_sql")
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "sql.json"
 HOST = "127.0.0.1"
 SERVER_START_TIMEOUT_SECONDS = 60
+BARE_TABLE = f"{BARE_GROUP}/{BARE_NAME}"
 
 ANALYST_QUERY = """
 WITH recent AS (
@@ -213,35 +220,99 @@ def in_process_connection(store: FeatureStore) -> duckdb.DuckDBPyConnection:
 
 
 def measure_end_to_end(store: FeatureStore, repeats: int, log_path: Path) -> list[dict[str, Any]]:
+    """Time each query through /sql with httpx and with the standard library's http.client,
+    and in DuckDB in this process, side by side."""
     connection = in_process_connection(store)
     results = []
-    with running_server(store.root, log_path) as base_url, httpx.Client(base_url=base_url) as http:
+    with (
+        running_server(store.root, log_path) as base_url,
+        httpx.Client(base_url=base_url) as httpx_client,
+        stdlib_connection(base_url) as stdlib,
+    ):
         for label, sql in END_TO_END_QUERIES.items():
-            post = functools.partial(post_sql, http, sql)
-            in_process = functools.partial(run_in_process, connection, sql)
+            clients = {
+                "http": functools.partial(post_sql, httpx_client, sql),
+                "stdlib_http": functools.partial(post_sql_stdlib, stdlib, sql),
+                "duckdb_in_process": functools.partial(run_in_process, connection, sql),
+            }
             for _ in range(5):
-                post()
-                in_process()
-            http_ms = median_ms(post, repeats, before=None)
-            duckdb_ms = median_ms(in_process, repeats, before=None)
-            results.append(
-                {
-                    "query": label,
-                    "sql": sql,
-                    "http_median_ms": http_ms,
-                    "duckdb_in_process_median_ms": duckdb_ms,
-                    "ratio": http_ms / duckdb_ms,
-                    "target_ratio": 1.5,
-                }
-            )
+                for run in clients.values():
+                    run()
+            row: dict[str, Any] = {"query": label, "sql": sql}
+            for name, run in clients.items():
+                row[f"{name}_median_ms"] = median_ms(run, repeats, before=None)
+            duckdb_ms = row["duckdb_in_process_median_ms"]
+            row["ratio"] = row["http_median_ms"] / duckdb_ms
+            row["stdlib_ratio"] = row["stdlib_http_median_ms"] / duckdb_ms
+            row["target_ratio"] = 1.5
+            results.append(row)
     return results
 
 
-def post_sql(http: httpx.Client, sql: str) -> None:
+def measure_fixed_costs(store: FeatureStore, repeats: int, log_dir: Path) -> dict[str, float]:
+    """Return what any /sql request costs besides its query, and the floor of the HTTP part.
+
+    - `sql_select_1_ms`: POST /sql of `SELECT 1` with http.client: HTTP, routing, a validation
+      cache hit, the pipe to the worker process and back, and DuckDB's cost for any statement;
+    - `duckdb_select_1_ms`: `SELECT 1` in DuckDB in this process, which the ratio already has;
+    - `bare_post_ms`: a POST to the bare FastAPI app of bench_cache.py that returns fixed bytes,
+      with http.client: the HTTP round trip alone.
+    """
+    connection = in_process_connection(store)
+    with running_server(store.root, log_dir / "fixed_costs.log") as base_url:
+        with stdlib_connection(base_url) as stdlib:
+            select_1 = functools.partial(post_sql_stdlib, stdlib, "SELECT 1 AS one")
+            response = select_1()
+            sql_ms = warm_median_ms(select_1, repeats)
+    duckdb_ms = warm_median_ms(functools.partial(run_in_process, connection, "SELECT 1"), repeats)
+
+    body_file = log_dir / "select_1.json"
+    body_file.write_bytes(response)
+    with running_bare_app(body_file, 1, log_dir) as bare, stdlib_connection(bare.base_url) as raw:
+        path = f"/post/features/{BARE_TABLE}"
+        bare_ms = warm_median_ms(functools.partial(post_stdlib, raw, path, b"{}"), repeats)
+    return {"sql_select_1_ms": sql_ms, "duckdb_select_1_ms": duckdb_ms, "bare_post_ms": bare_ms}
+
+
+def warm_median_ms(run: Callable[[], object], repeats: int) -> float:
+    for _ in range(5):
+        run()
+    return median_ms(run, repeats, before=None)
+
+
+def post_sql(client: httpx.Client, sql: str) -> None:
     """Send the query and decode the JSON rows, as a client would."""
-    response = http.post("/sql", json={"sql": sql})
+    response = client.post("/sql", json={"sql": sql})
     response.raise_for_status()
     response.json()
+
+
+@contextmanager
+def stdlib_connection(base_url: str) -> Iterator[http.client.HTTPConnection]:
+    """Yield a keep-alive connection of the standard library's client, which costs less per
+    request than httpx."""
+    host, port = base_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def post_stdlib(connection: http.client.HTTPConnection, path: str, body: bytes) -> bytes:
+    connection.request("POST", path, body, {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    content = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"POST {path} returned {response.status}: {content[:200]!r}")
+    return content
+
+
+def post_sql_stdlib(connection: http.client.HTTPConnection, sql: str) -> bytes:
+    """Send the query with http.client and decode the JSON rows."""
+    content = post_stdlib(connection, "/sql", orjson.dumps({"sql": sql}))
+    orjson.loads(content)
+    return content
 
 
 def run_in_process(connection: duckdb.DuckDBPyConnection, sql: str) -> None:
@@ -263,7 +334,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-def print_tables(validation: dict[str, Any], end_to_end: list[dict[str, Any]]) -> None:
+def print_tables(
+    validation: dict[str, Any], end_to_end: list[dict[str, Any]], fixed_costs: dict[str, float]
+) -> None:
     lines = [
         f"Validation of a {validation['query_lines']}-line analyst query (median)",
         "",
@@ -283,14 +356,23 @@ def print_tables(validation: dict[str, Any], end_to_end: list[dict[str, Any]]) -
         "",
         "End-to-end POST /sql against DuckDB in process (median)",
         "",
-        "| query | /sql ms | DuckDB ms | ratio | target |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| query | /sql httpx ms | /sql http.client ms | DuckDB ms | ratios | target |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in end_to_end:
         lines.append(
             f"| {row['query']} | {row['http_median_ms']:.2f} | "
-            f"{row['duckdb_in_process_median_ms']:.2f} | {row['ratio']:.2f}x | 1.5x |"
+            f"{row['stdlib_http_median_ms']:.2f} | {row['duckdb_in_process_median_ms']:.2f} | "
+            f"{row['ratio']:.2f}x, {row['stdlib_ratio']:.2f}x | 1.5x |"
         )
+    lines += [
+        "",
+        "Fixed costs (median, http.client)",
+        "",
+        "| request | ms |",
+        "| --- | ---: |",
+        *(f"| {name} | {milliseconds:.3f} |" for name, milliseconds in fixed_costs.items()),
+    ]
     sys.stdout.write("\n".join(lines) + "\n")
 
 
@@ -306,14 +388,16 @@ def main(argv: list[str] | None = None) -> int:
 
         validation = measure_validation(store, args.repeats)
         end_to_end = measure_end_to_end(store, args.repeats, work_dir / "server.log")
+        fixed_costs = measure_fixed_costs(store, args.repeats, work_dir)
 
-    print_tables(validation, end_to_end)
+    print_tables(validation, end_to_end, fixed_costs)
     result = {
         "recorded_at": datetime.now(UTC).isoformat(),
         "machine": machine(),
         "repeats": args.repeats,
         "validation": validation,
         "end_to_end": end_to_end,
+        "fixed_costs": fixed_costs,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

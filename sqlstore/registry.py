@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
 from datetime import datetime
-from pathlib import Path
 from typing import BinaryIO
 
 import orjson
@@ -92,7 +92,7 @@ class Registry:
 
     def __init__(self, layout: StoreLayout) -> None:
         self.layout = layout
-        self._parsed: dict[Path, tuple[tuple[int, int, int], RegistryEntry]] = {}
+        self._parsed: dict[str, tuple[tuple[int, int, int], RegistryEntry]] = {}
         self._stamps = ReplacedFileReader(_parse_write_stamp)
 
     def get(self, group: str, name: str) -> RegistryEntry:
@@ -144,19 +144,17 @@ class Registry:
         last call, so listing costs a stat per table. Callers must not modify the entries.
         """
         entries = []
-        if not self.layout.registry_dir.is_dir():
-            return entries
-
-        parsed: dict[Path, tuple[tuple[int, int, int], RegistryEntry]] = {}
-        for path in sorted(self.layout.registry_dir.glob("*/*.json")):
+        parsed: dict[str, tuple[tuple[int, int, int], RegistryEntry]] = {}
+        for path in self._entry_files():
             try:
-                status = path.stat()
+                status = os.stat(path)
                 stamp = (status.st_ino, status.st_size, status.st_mtime_ns)
                 known = self._parsed.get(path)
                 if known is not None and known[0] == stamp:
                     entry = known[1]
                 else:
-                    entry = RegistryEntry.model_validate_json(path.read_bytes())
+                    with open(path, "rb") as file:
+                        entry = RegistryEntry.model_validate_json(file.read())
             except (OSError, ValidationError) as error:
                 logger.warning("skipping unreadable registry file %s: %s", path, error)
                 continue
@@ -164,3 +162,23 @@ class Registry:
             entries.append(entry)
         self._parsed = parsed
         return entries
+
+    def _entry_files(self) -> list[str]:
+        """Return the paths of the registry's `group/name.json` files, sorted by group and name.
+
+        The SQL endpoint lists the registry on every request, so this works on strings: with
+        `Path.glob` and `Path` objects, listing six tables took 0.1 ms.
+        """
+        try:
+            groups = sorted(
+                (entry.name, entry.path)
+                for entry in os.scandir(self.layout.registry_dir)
+                if entry.is_dir()
+            )
+        except FileNotFoundError:
+            return []
+        files = []
+        for _, folder in groups:
+            with os.scandir(folder) as names:
+                files += sorted(name.path for name in names if name.name.endswith(".json"))
+        return files
