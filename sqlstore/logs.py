@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging.config
 import os
+import select
 import threading
 import time
 import weakref
@@ -15,8 +16,13 @@ LOG_FORMAT_VARIABLE = "SQLSTORE_LOG_FORMAT"
 LOG_FLUSH_VARIABLE = "SQLSTORE_LOG_FLUSH_SECONDS"
 # How long the server's worker processes may buffer INFO lines before writing them.
 SERVER_FLUSH_SECONDS = 1.0
-# Buffered lines are written once they reach this many characters.
-BUFFER_CHARACTERS_LIMIT = 64 * 1024
+# Buffered lines are written once they reach about this many bytes.
+BUFFER_BYTES_LIMIT = 64 * 1024
+# The shortest interval between writes of buffered lines, other than 0 (each line at once).
+MIN_FLUSH_SECONDS = 0.01
+# Writes to a pipe of at most this many bytes are never interleaved with other processes'
+# writes to the same pipe, so worker processes that share stderr write lines whole.
+ATOMIC_WRITE_BYTES = getattr(select, "PIPE_BUF", 512)
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"
 # python-json-logger writes these record attributes, then every `extra` field of the call.
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
@@ -80,8 +86,8 @@ def configure_logging(level: LogLevel, log_format: LogFormat, flush_seconds: flo
 
 
 def flush_seconds_from_environment() -> float:
-    """Return SQLSTORE_LOG_FLUSH_SECONDS, or the server's default; raise ValueError naming the
-    variable for a value that is not a number from 0 to 60."""
+    """Return SQLSTORE_LOG_FLUSH_SECONDS, or the server's default. Raise ValueError naming the
+    variable for a value other than 0 or a number from MIN_FLUSH_SECONDS to 60."""
     text = os.environ.get(LOG_FLUSH_VARIABLE)
     if text is None:
         return SERVER_FLUSH_SECONDS
@@ -89,10 +95,10 @@ def flush_seconds_from_environment() -> float:
         seconds = float(text)
     except ValueError:
         seconds = -1.0
-    if not 0 <= seconds <= 60:
+    if seconds != 0 and not MIN_FLUSH_SECONDS <= seconds <= 60:
         raise ValueError(
-            f"invalid {LOG_FLUSH_VARIABLE}={text!r}: use a number of seconds from 0 to 60, "
-            "0 to write every line at once"
+            f"invalid {LOG_FLUSH_VARIABLE}={text!r}: use a number of seconds from "
+            f"{MIN_FLUSH_SECONDS} to 60, or 0 to write every line at once"
         )
     return seconds
 
@@ -126,18 +132,21 @@ class BufferedStreamHandler(logging.StreamHandler[TextIO]):
 
     - before any WARNING or higher line, which is written at once;
     - when the oldest has waited `flush_seconds`, by the next line or by a background thread;
-    - when they reach BUFFER_CHARACTERS_LIMIT characters;
-    - on `flush`, which `logging.shutdown` calls when the process exits.
+    - when they reach about BUFFER_BYTES_LIMIT bytes;
+    - on `flush`, which `logging.shutdown` calls when the process exits, and on
+      `stop_buffering`.
 
-    So a process killed without warning loses up to `flush_seconds` of INFO lines. With
+    Each write is at most ATOMIC_WRITE_BYTES long and ends at the end of a line, unless one line
+    is longer, so that processes writing to one pipe do not splice each other's lines. A
+    process killed without warning loses up to `flush_seconds` of INFO lines. With
     `flush_seconds` 0 it writes each line at once, like `logging.StreamHandler`.
     """
 
     def __init__(self, stream: TextIO | None = None, flush_seconds: float = 0.0) -> None:
         super().__init__(stream)
         self.flush_seconds = flush_seconds
-        self._buffer: list[str] = []
-        self._buffered_characters = 0
+        self._buffer: list[tuple[str, int]] = []
+        self._buffered_bytes = 0
         self._oldest = 0.0
         self._flusher_started = False
         self._stop_flusher = threading.Event()
@@ -153,11 +162,14 @@ class BufferedStreamHandler(logging.StreamHandler[TextIO]):
         now = time.monotonic()
         if not self._buffer:
             self._oldest = now
-        self._buffer.append(line)
-        self._buffered_characters += len(line)
+        # An upper bound of the encoded size: no character takes more than 10 bytes, even as a
+        # backslash escape.
+        size = len(line) if line.isascii() else 10 * len(line)
+        self._buffer.append((line, size))
+        self._buffered_bytes += size
         if (
             record.levelno >= logging.WARNING
-            or self._buffered_characters >= BUFFER_CHARACTERS_LIMIT
+            or self._buffered_bytes >= BUFFER_BYTES_LIMIT
             or now - self._oldest >= self.flush_seconds
         ):
             self._write_buffer()
@@ -169,6 +181,14 @@ class BufferedStreamHandler(logging.StreamHandler[TextIO]):
             self._write_buffer()
             super().flush()
 
+    def stop_buffering(self) -> None:
+        """Write the buffered lines, then write each new line at once. A server calls this as
+        it stops: uvicorn ends a worker with its signal's default action, so the flush at exit
+        does not run for the lines it logs last."""
+        with self.lock:
+            self.flush_seconds = 0.0
+            self._write_buffer()
+
     def close(self) -> None:
         self._stop_flusher.set()
         super().close()
@@ -176,15 +196,16 @@ class BufferedStreamHandler(logging.StreamHandler[TextIO]):
     def _write_buffer(self) -> None:
         if not self._buffer:
             return
-        text = "".join(self._buffer)
-        self._buffer.clear()
-        self._buffered_characters = 0
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except Exception:
-            # As `StreamHandler` does for a failed write: report it on stderr, keep serving.
-            self.handleError(logging.makeLogRecord({"msg": text.rstrip()}))
+        chunks = _atomic_chunks(self._buffer)
+        self._buffer = []
+        self._buffered_bytes = 0
+        for chunk in chunks:
+            try:
+                self.stream.write(chunk)
+                self.stream.flush()
+            except Exception:
+                # As `StreamHandler` does for a failed write: report it on stderr, keep serving.
+                self.handleError(logging.makeLogRecord({"msg": chunk.rstrip()}))
 
     def _start_flusher(self) -> None:
         self._flusher_started = True
@@ -193,13 +214,30 @@ class BufferedStreamHandler(logging.StreamHandler[TextIO]):
 
     def _flush_regularly(self) -> None:
         delay = self.flush_seconds
-        while not self._stop_flusher.wait(delay):
+        while not self._stop_flusher.wait(max(delay, MIN_FLUSH_SECONDS)):
             with self.lock:
                 waited = time.monotonic() - self._oldest if self._buffer else 0.0
                 if waited >= self.flush_seconds:
                     self._write_buffer()
                     waited = 0.0
             delay = self.flush_seconds - waited
+
+
+def _atomic_chunks(lines: list[tuple[str, int]]) -> list[str]:
+    """Join (line, size) pairs into texts of at most ATOMIC_WRITE_BYTES that end with a line.
+    A longer line is a text of its own."""
+    chunks = []
+    current: list[str] = []
+    current_bytes = 0
+    for line, size in lines:
+        if current and current_bytes + size > ATOMIC_WRITE_BYTES:
+            chunks.append("".join(current))
+            current, current_bytes = [], 0
+        current.append(line)
+        current_bytes += size
+    if current:
+        chunks.append("".join(current))
+    return chunks
 
 
 # After a fork, the child starts its own flushing thread, because threads do not survive a
@@ -210,8 +248,8 @@ _handlers: weakref.WeakSet[BufferedStreamHandler] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     for handler in _handlers:
         handler._flusher_started = False
-        handler._buffer.clear()
-        handler._buffered_characters = 0
+        handler._buffer = []
+        handler._buffered_bytes = 0
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from sqlstore.logs import (
-    BUFFER_CHARACTERS_LIMIT,
+    ATOMIC_WRITE_BYTES,
+    BUFFER_BYTES_LIMIT,
     BufferedStreamHandler,
     flush_seconds_from_environment,
 )
@@ -73,7 +74,7 @@ def test_lines_are_written_at_the_size_limit() -> None:
     stream = io.StringIO()
     logger, handler = make_logger(stream, flush_seconds=60)
     line = "x" * 1000
-    count = BUFFER_CHARACTERS_LIMIT // len("INFO \n" + line) + 1
+    count = BUFFER_BYTES_LIMIT // len("INFO \n" + line) + 1
 
     for _ in range(count):
         logger.info(line)
@@ -132,7 +133,7 @@ def test_forked_child_does_not_write_the_parent_lines() -> None:
     assert completed.stderr.count("from the child") == 1
 
 
-@pytest.mark.parametrize("text", ["-1", "61", "soon", "nan"])
+@pytest.mark.parametrize("text", ["-1", "61", "soon", "nan", "0.001", "1e-9"])
 def test_invalid_flush_seconds_named(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
     monkeypatch.setenv("SQLSTORE_LOG_FLUSH_SECONDS", text)
 
@@ -147,3 +148,48 @@ def test_flush_seconds_default_and_value(monkeypatch: pytest.MonkeyPatch) -> Non
 
     assert default == 1.0
     assert flush_seconds_from_environment() == 0.0
+
+
+class RecordingStream(io.StringIO):
+    """A text stream that keeps each write, as a pipe would receive it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_writes_fit_in_one_pipe_write_and_end_with_a_line() -> None:
+    stream = RecordingStream()
+    logger, handler = make_logger(stream, flush_seconds=60)
+    lines = [f"line {index} " + "x" * (index * 37 % 300) for index in range(200)]
+    long_line = "y" * (ATOMIC_WRITE_BYTES + 100)
+
+    for line in [*lines[:100], long_line, *lines[100:]]:
+        logger.info(line)
+    handler.flush()
+
+    expected = "".join(f"INFO {line}\n" for line in [*lines[:100], long_line, *lines[100:]])
+    assert "".join(stream.writes) == expected
+    assert len(stream.writes) > 2
+    for text in stream.writes:
+        assert text.endswith("\n")
+        assert len(text.encode()) <= ATOMIC_WRITE_BYTES or text == f"INFO {long_line}\n"
+    handler.close()
+
+
+def test_stop_buffering_writes_at_once_from_then_on() -> None:
+    stream = io.StringIO()
+    logger, handler = make_logger(stream, flush_seconds=60)
+
+    logger.info("before")
+    handler.stop_buffering()
+    after_stop = stream.getvalue()
+    logger.info("after")
+
+    assert after_stop == "INFO before\n"
+    assert stream.getvalue() == "INFO before\nINFO after\n"
+    handler.close()

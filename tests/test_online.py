@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from sqlstore.api.online import table_results
+from sqlstore.api.online import RESOLVED_TEXTS_LIMIT, requested_columns, table_results
 from sqlstore.lookup import lookup_entities
 from sqlstore.online import (
     NOT_FOUND,
@@ -235,6 +235,22 @@ def test_few_keys_give_the_json_of_many(scores_store: tuple[FeatureStore, dateti
         assert few_result == {field: values[:6] for field, values in many_result.items()}
     assert few.codes.tolist() == many.codes.tolist()[:6]
     assert few.rows.tolist() == many.rows.tolist()[:6]
+
+
+def test_resolved_references_are_bounded(scores_store: tuple[FeatureStore, datetime]) -> None:
+    # Every distinct reference text names the same column; a client sending new ones on every
+    # request must not grow the view's memory without bound.
+    store, _ = scores_store
+    online = OnlineStore(store, OnlineSettings())
+    view = online.state("user", "scores", now_us())
+    assert isinstance(view, OnlineView)
+    texts = [f"user/scores:{','.join(['score'] * count)}" for count in range(1, 1200)]
+
+    selected = [requested_columns(view, [text], ["user_id"]) for text in texts]
+
+    assert selected == [["score"]] * len(texts)
+    assert len(view.resolved) <= RESOLVED_TEXTS_LIMIT
+    assert all(len(text) <= 1024 for text in view.resolved)
 
 
 def test_view_expires_at_future_row(scores_store: tuple[FeatureStore, datetime]) -> None:

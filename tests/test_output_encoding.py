@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 from conftest import RunningServer
 
-from sqlstore.store import FeatureStore
+from sqlstore.store import FeatureStore, TableDefinition
 
 CSV = "text/csv"
 
@@ -97,3 +97,56 @@ def test_unsigned_hugeint_values_exact(http: httpx.Client) -> None:
 
     assert response.status_code == 200, response.text
     assert response.json()["data"] == [{"top": str(2**128 - 1), "half": str(2**127), "small": "7"}]
+
+
+NANOSECOND_TEXTS = [
+    "2024-01-01T00:00:00.123456789+00:00",
+    "2024-01-02T00:00:00.000000001+00:00",
+    "2024-01-03T00:00:00+00:00",
+]
+
+
+@pytest.fixture(scope="module")
+def nanosecond_table(module_server: RunningServer) -> str:
+    """A keyed table whose event timestamp and one feature have nanoseconds."""
+    moments = pa.array(
+        [1_704_067_200_123_456_789, 1_704_153_600_000_000_001, 1_704_240_000_000_000_000],
+        pa.timestamp("ns", tz="UTC"),
+    )
+    table = pa.table({"entity_id": [1, 2, 3], "event_timestamp": moments, "seen": moments})
+    FeatureStore(module_server.root).write(
+        "encoding", "nanos", table, definition=TableDefinition(entity_key=["entity_id"])
+    )
+    return "encoding/nanos"
+
+
+def test_nanosecond_page_keeps_nanoseconds(http: httpx.Client, nanosecond_table: str) -> None:
+    response = http.get(f"/features/{nanosecond_table}")
+
+    assert response.status_code == 200, response.text
+    assert [row["seen"] for row in response.json()["data"]] == NANOSECOND_TEXTS
+
+
+@pytest.mark.parametrize("repeats", [1, 4])
+def test_nanosecond_online_lookup(http: httpx.Client, nanosecond_table: str, repeats: int) -> None:
+    # One pass of three keys takes the few-keys path; four passes (12 keys) the numpy path.
+    keys = [1, 2, 3] * repeats
+    body = {"entities": {"entity_id": keys}, "features": [f"{nanosecond_table}:seen"]}
+
+    response = http.post("/get-online-features", json=body)
+
+    assert response.status_code == 200, response.text
+    seen = response.json()["results"][1]
+    assert seen["values"] == NANOSECOND_TEXTS * repeats
+    assert seen["event_timestamps"] == NANOSECOND_TEXTS * repeats
+    assert seen["statuses"] == ["PRESENT"] * len(keys)
+
+
+def test_nanosecond_batch_lookup(http: httpx.Client, nanosecond_table: str) -> None:
+    body = {"feature_names": [f"{nanosecond_table}:seen"], "entity_ids": [3, 1]}
+
+    response = http.post("/features/batch", json=body)
+
+    assert response.status_code == 200, response.text
+    assert NANOSECOND_TEXTS[0] in response.text
+    assert NANOSECOND_TEXTS[2] in response.text

@@ -24,6 +24,7 @@ from sqlstore.api.middleware import (
     RequestIdMiddleware,
 )
 from sqlstore.cache import CacheSettings, ResultCache
+from sqlstore.logs import BufferedStreamHandler
 from sqlstore.settings import Settings
 from sqlstore.store import FeatureStore
 from sqlstore.tokens import TokenVerifier, tokens_path
@@ -108,9 +109,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             logger.info("access control off: create a token to turn it on (%s)", tokens)
         yield
         store.catalog.close()
-        # Access lines buffered by the log handler (sqlstore.logs.BufferedStreamHandler).
         for handler in logging.getLogger().handlers:
-            handler.flush()
+            if isinstance(handler, BufferedStreamHandler):
+                handler.stop_buffering()
         if app.state.cache is not None:
             app.state.cache.close()
 

@@ -32,6 +32,10 @@ FORMAT_MEDIA_TYPES = {
 
 
 def _default(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        # A subclass that orjson does not encode: pyarrow returns pandas Timestamps for
+        # nanosecond columns, and their isoformat keeps the nanoseconds.
+        return value.isoformat()
     if isinstance(value, decimal.Decimal):
         return str(value)
     if isinstance(value, dt.timedelta):

@@ -18,6 +18,9 @@ from sqlstore.errors import SqlstoreError
 
 logger = logging.getLogger(__name__)
 
+# Statuses of requests that the client got wrong, logged at INFO; other errors at WARNING.
+CLIENT_INPUT_STATUSES = frozenset({400, 413, 415, 422})
+
 HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
@@ -78,7 +81,10 @@ def describe_unreadable_body(error: BaseException) -> str | None:
 
 
 async def handle_sqlstore_error(request: Request, error: SqlstoreError) -> Response:
-    logger.warning(
+    # A request the client got wrong is logged like FastAPI's validation errors, at INFO.
+    level = logging.INFO if error.status in CLIENT_INPUT_STATUSES else logging.WARNING
+    logger.log(
+        level,
         "%s %s failed with %d (request %s): %s",
         request.method,
         loggable_path(request),

@@ -45,6 +45,10 @@ REQUEST_FIELDS = frozenset({"entities", "features"})
 # up to this many distinct lists: at most 1 MiB of text.
 GROUPING_CACHE_TEXT_LIMIT = 4096
 GROUPING_CACHE_SIZE = 256
+# Each view keeps the columns of up to this many reference texts of up to this many characters,
+# at most 1 MiB of text per view.
+RESOLVED_TEXTS_LIMIT = 1024
+RESOLVED_TEXT_LENGTH = 1024
 EXAMPLE_BODY = '{"entities": {"user_id": [1, 2]}, "features": ["user/user_activity:ratings_total"]}'
 
 
@@ -285,7 +289,8 @@ def requested_columns(view: OnlineView, texts: Sequence[str], names: list[str]) 
         if selected is None:
             reference = resolve_reference(text, [entry])
             selected = reference.columns or default_feature_columns(entry)
-            view.resolved[text] = selected
+            if len(view.resolved) < RESOLVED_TEXTS_LIMIT and len(text) <= RESOLVED_TEXT_LENGTH:
+                view.resolved[text] = selected
         for column in selected:
             if column not in columns and f"{entry.reference}:{column}" not in names:
                 columns.append(column)
