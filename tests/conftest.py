@@ -37,6 +37,16 @@ class RunningServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def log_containing(self, text: str, timeout: float = 10.0) -> str:
+        """Return the log once it contains `text`, or as it is after `timeout` seconds. The
+        server buffers INFO lines for up to SQLSTORE_LOG_FLUSH_SECONDS (1 s by default)."""
+        deadline = time.monotonic() + timeout
+        log = self.log()
+        while text not in log and time.monotonic() < deadline:
+            time.sleep(0.05)
+            log = self.log()
+        return log
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -271,7 +271,7 @@ def test_tokens_never_logged(protected: ProtectedServer) -> None:
     call(protected.server, "GET", "/features", protected.tokens["read"])
     call(protected.server, "GET", "/metrics", protected.tokens["read"])
     call(protected.server, "GET", "/features", "sqlst_leaked-guess")
-    log = protected.server.log()
+    log = protected.server.log_containing("token=only-read")
 
     for token in protected.tokens.values():
         assert token not in log
@@ -287,7 +287,7 @@ def test_scope_rejection_logs_token_name(protected: ProtectedServer) -> None:
     response = httpx.post(
         protected.server.base_url + "/sql", json={"sql": "SELECT 1"}, headers=headers, timeout=30
     )
-    log = protected.server.log().splitlines()
+    log = protected.server.log_containing("request=scope-rejection-log ").splitlines()
     lines = [line for line in log if "request=scope-rejection-log " in line]
 
     assert response.status_code == 403
@@ -642,7 +642,8 @@ def test_fast_lane_logs_request_id_and_token(protected: ProtectedServer) -> None
         headers={**headers, "X-Request-ID": "fast-lane-hit"},
         timeout=30,
     )
-    lines = [line for line in protected.server.log().splitlines() if "fast-lane-hit" in line]
+    log = protected.server.log_containing("fast-lane-hit")
+    lines = [line for line in log.splitlines() if "fast-lane-hit" in line]
 
     assert hit.headers["x-cache"] == "hit-memory"
     assert hit.headers["x-request-id"] == "fast-lane-hit"
