@@ -307,9 +307,18 @@ def _tabular(body: dict[str, Any], as_frame: bool) -> dict[str, Any] | pd.DataFr
 
 def _records(data: Sequence[Mapping[str, Any]] | pd.DataFrame) -> list[dict[str, Any]]:
     if isinstance(data, pd.DataFrame):
-        # to_json turns timestamps into ISO 8601 and NaN into null, which the server reads back.
-        return json.loads(data.to_json(orient="records", date_format="iso", date_unit="us"))
+        # to_json turns NaN into null, which the server reads back. Timestamps become ISO 8601
+        # text first, because to_json cuts them to microseconds even with date_unit="ns".
+        frame = data.copy(deep=False)
+        for column in frame.columns:
+            if pd.api.types.is_datetime64_any_dtype(frame[column]):
+                frame[column] = frame[column].map(_iso_text).astype(object)
+        return json.loads(frame.to_json(orient="records", date_format="iso", date_unit="us"))
     return [dict(record) for record in data]
+
+
+def _iso_text(moment: pd.Timestamp) -> str | None:
+    return None if pd.isna(moment) else moment.isoformat()
 
 
 def _frame(

@@ -284,6 +284,17 @@ def test_save_frame_converts_timestamps(store_client: FeatureStoreClient) -> Non
     assert pd.isna(read["value"].iloc[1])
 
 
+def test_save_frame_keeps_nanoseconds(store_client: FeatureStoreClient) -> None:
+    texts = ["2024-01-01T00:00:00.123456789Z", "2024-01-02T00:00:00.000000001Z"]
+    frame = pd.DataFrame({"entity_id": [5, 6], "event_timestamp": pd.to_datetime(texts)})
+
+    store_client.save_feature("client", "nanos", frame, timestamp_column="event_timestamp")
+    read = store_client.get_feature("client", "nanos", order_by="entity_id", as_frame=True)
+
+    assert read["event_timestamp"].tolist() == [pd.Timestamp(text) for text in texts]
+    assert read["event_timestamp"].iloc[1].nanosecond == 1
+
+
 def test_save_append_mode(store_client: FeatureStoreClient) -> None:
     store_client.save_feature("client", "appended", [{"entity_id": 1}])
     result = store_client.save_feature("client", "appended", [{"entity_id": 2}], mode="append")

@@ -498,3 +498,18 @@ def test_client_gone_mid_body_not_served(demo_server: RunningServer) -> None:
     assert reply == b""
     assert lines
     assert not any(" 200 " in line for line in lines)
+
+
+def test_long_reference_is_cut_in_the_message(demo_server: RunningServer) -> None:
+    # The message quotes the client's text; a 200,000-character column name must not come back
+    # (or go to the log) in full.
+    column = "y" * 200_000
+    body = {"entities": {"user_id": [1]}, "features": [f"user/user_activity:{column}"]}
+
+    response = post(demo_server.base_url, body)
+
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert len(message) < 2_100
+    assert message.endswith("more characters)")
+    assert column not in demo_server.log_containing(message[:60])

@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 # Statuses of requests that the client got wrong, logged at INFO; other errors at WARNING.
 CLIENT_INPUT_STATUSES = frozenset({400, 413, 415, 422})
+# Error messages are cut to this many characters, in responses and in the log.
+MAX_MESSAGE_CHARACTERS = 2000
 
 HTTP_CODES = {
     400: "bad_request",
@@ -50,7 +52,7 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> Response:
     body: dict[str, Any] = {
-        "error": {"code": code, "message": message, "request_id": request_id_of(request)}
+        "error": {"code": code, "message": shortened(message), "request_id": request_id_of(request)}
     }
     if details:
         body["error"]["details"] = details
@@ -80,6 +82,15 @@ def describe_unreadable_body(error: BaseException) -> str | None:
     return None
 
 
+def shortened(message: str) -> str:
+    """Return `message` cut to MAX_MESSAGE_CHARACTERS. Messages quote the values a client sent,
+    and a value can be as long as the body limit allows."""
+    if len(message) <= MAX_MESSAGE_CHARACTERS:
+        return message
+    cut = len(message) - MAX_MESSAGE_CHARACTERS
+    return f"{message[:MAX_MESSAGE_CHARACTERS]}… ({cut} more characters)"
+
+
 async def handle_sqlstore_error(request: Request, error: SqlstoreError) -> Response:
     # A request the client got wrong is logged like FastAPI's validation errors, at INFO.
     level = logging.INFO if error.status in CLIENT_INPUT_STATUSES else logging.WARNING
@@ -90,7 +101,7 @@ async def handle_sqlstore_error(request: Request, error: SqlstoreError) -> Respo
         loggable_path(request),
         error.status,
         request_id_of(request),
-        error.message,
+        shortened(error.message),
     )
     headers = {"Retry-After": "1"} if error.status == 503 else None
     details = getattr(error, "details", None)

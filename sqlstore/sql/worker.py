@@ -20,6 +20,7 @@ import logging
 import os
 import resource
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -49,6 +50,10 @@ class ViewDefinition:
 def main(argv: list[str] | None = None) -> int:
     """Serve queries on the pipes named on the command line until the server closes them."""
     arguments = _parse_arguments(argv)
+    # Ctrl-C in a terminal reaches the whole process group. The server stops this worker by
+    # closing its pipe, so the worker ignores SIGINT rather than print a traceback into the
+    # server's log.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
         level=os.environ.get("SQLSTORE_SQL_WORKER_LOG_LEVEL", "WARNING").upper(),
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
