@@ -35,6 +35,10 @@ class Filter:
     value: str
 
 
+# Filters per page request.
+MAX_FILTERS = 100
+
+
 @dataclass(frozen=True)
 class Page:
     """One page of a table, with the number of rows matching the filters before pagination."""
@@ -45,7 +49,17 @@ class Page:
 
 
 def parse_filters(params: Iterable[tuple[str, str]]) -> list[Filter]:
-    """Turn query parameters such as `rating__gte=4` or `user_id=7` into filters."""
+    """Turn query parameters such as `rating__gte=4` or `user_id=7` into filters.
+
+    At most MAX_FILTERS: DuckDB's planning time grows faster than linearly with the number of
+    conditions (measured: 0.75 s for 600 `<>` conditions, 3.6 s for 1,000).
+    """
+    params = list(params)
+    if len(params) > MAX_FILTERS:
+        raise InvalidInput(
+            f"{len(params)} filters is more than the maximum {MAX_FILTERS} per request; "
+            "give the values of one column as a list, such as movie_id__in=1,2,3"
+        )
     filters = []
     for key, value in params:
         column, _, operator = key.partition(OPERATOR_SEPARATOR)

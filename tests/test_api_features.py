@@ -355,6 +355,19 @@ def test_filter_in_list(http: httpx.Client) -> None:
     assert body["metadata"]["total_rows"] == 2
 
 
+def test_filter_count_limit(http: httpx.Client, movies: pd.DataFrame) -> None:
+    # 100 distinct `year__ne` filters are accepted; one more is a 400 naming the limit.
+    years = list(range(1900, 2000))
+    at_limit = http.get(MOVIE_GENRES, params=[("limit", "0"), *(("year__ne", y) for y in years)])
+    over = http.get(MOVIE_GENRES, params=[*(("year__ne", y) for y in years), ("year__ne", 2000)])
+    expected = movies["year"].notna() & ~movies["year"].isin(years)
+
+    assert at_limit.status_code == 200, at_limit.text
+    assert at_limit.json()["metadata"]["total_rows"] == int(expected.sum())
+    assert over.status_code == 400
+    assert "101 filters is more than the maximum 100" in over.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("value", ["true", "false"])
 def test_filter_isnull(http: httpx.Client, movies: pd.DataFrame, value: str) -> None:
     body = http.get(MOVIE_GENRES, params={"year__isnull": value, "limit": 0}).json()
