@@ -162,8 +162,8 @@ class BufferedStreamHandler(logging.StreamHandler[TextIO]):
         now = time.monotonic()
         if not self._buffer:
             self._oldest = now
-        # An upper bound of the encoded size: no character takes more than 10 bytes, even as a
-        # backslash escape.
+        # An upper bound of the encoded size: a character takes at most 4 bytes in UTF-8 and 10
+        # as a backslash escape such as \U0001f600.
         size = len(line) if line.isascii() else 10 * len(line)
         self._buffer.append((line, size))
         self._buffered_bytes += size
@@ -188,6 +188,7 @@ class BufferedStreamHandler(logging.StreamHandler[TextIO]):
         with self.lock:
             self.flush_seconds = 0.0
             self._write_buffer()
+        self._stop_flusher.set()
 
     def close(self) -> None:
         self._stop_flusher.set()

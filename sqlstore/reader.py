@@ -51,8 +51,9 @@ class Page:
 def parse_filters(params: Iterable[tuple[str, str]]) -> list[Filter]:
     """Turn query parameters such as `rating__gte=4` or `user_id=7` into filters.
 
-    At most MAX_FILTERS: DuckDB's planning time grows faster than linearly with the number of
-    conditions (measured: 0.75 s for 600 `<>` conditions, 3.6 s for 1,000).
+    At most MAX_FILTERS are accepted, because a page read slows down faster than the number
+    of conditions grows: 0.09 s for 100 `title__ne` filters, 0.71 s for 600 and 1.43 s for
+    1,000, measured in process on the demo store.
     """
     params = list(params)
     if len(params) > MAX_FILTERS:

@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -20,83 +22,89 @@ from sqlstore.logs import (
 )
 
 
-def make_logger(
+@contextmanager
+def buffered_logger(
     stream: io.StringIO, flush_seconds: float
-) -> tuple[logging.Logger, BufferedStreamHandler]:
+) -> Iterator[tuple[logging.Logger, BufferedStreamHandler]]:
+    """Yield a logger that writes `levelname message` lines to `stream` through a
+    BufferedStreamHandler, and close and detach the handler afterwards."""
     handler = BufferedStreamHandler(stream, flush_seconds=flush_seconds)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     logger = logging.getLogger(f"buffered.{id(stream)}")
     logger.propagate = False
     logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)
-    return logger, handler
+    try:
+        yield logger, handler
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
 
 
-def test_info_lines_wait_for_a_warning_and_keep_their_order() -> None:
+def test_warning_writes_buffered_lines_first() -> None:
     stream = io.StringIO()
-    logger, handler = make_logger(stream, flush_seconds=60)
 
-    logger.info("first")
-    logger.debug("second")
-    before_warning = stream.getvalue()
-    logger.warning("third")
+    with buffered_logger(stream, flush_seconds=60) as (logger, _):
+        logger.info("first")
+        logger.debug("second")
+        before_warning = stream.getvalue()
+        logger.warning("third")
 
     assert before_warning == ""
     assert stream.getvalue() == "INFO first\nDEBUG second\nWARNING third\n"
-    handler.close()
 
 
 def test_flush_writes_buffered_lines() -> None:
     stream = io.StringIO()
-    logger, handler = make_logger(stream, flush_seconds=60)
 
-    logger.info("buffered")
-    handler.flush()
+    with buffered_logger(stream, flush_seconds=60) as (logger, handler):
+        logger.info("buffered")
+        handler.flush()
+        after_flush = stream.getvalue()
 
-    assert stream.getvalue() == "INFO buffered\n"
-    handler.close()
+    assert after_flush == "INFO buffered\n"
 
 
 def test_zero_seconds_writes_each_line() -> None:
     stream = io.StringIO()
-    logger, handler = make_logger(stream, flush_seconds=0)
 
-    logger.info("one")
-    after_one = stream.getvalue()
-    logger.info("two")
+    with buffered_logger(stream, flush_seconds=0) as (logger, _):
+        logger.info("one")
+        after_one = stream.getvalue()
+        logger.info("two")
+        after_two = stream.getvalue()
 
     assert after_one == "INFO one\n"
-    assert stream.getvalue() == "INFO one\nINFO two\n"
-    handler.close()
+    assert after_two == "INFO one\nINFO two\n"
 
 
-def test_lines_are_written_at_the_size_limit() -> None:
+def test_size_limit_writes_lines() -> None:
     stream = io.StringIO()
-    logger, handler = make_logger(stream, flush_seconds=60)
     line = "x" * 1000
     count = BUFFER_BYTES_LIMIT // len("INFO \n" + line) + 1
 
-    for _ in range(count):
-        logger.info(line)
+    with buffered_logger(stream, flush_seconds=60) as (logger, _):
+        for _ in range(count):
+            logger.info(line)
+        after_limit = stream.getvalue()
 
-    assert stream.getvalue() == f"INFO {line}\n" * count
-    handler.close()
+    assert after_limit == f"INFO {line}\n" * count
 
 
-def test_background_thread_writes_a_lone_line() -> None:
+def test_background_thread_writes_lone_line() -> None:
     stream = io.StringIO()
-    logger, handler = make_logger(stream, flush_seconds=0.05)
 
-    logger.info("lone")
-    deadline = time.monotonic() + 10
-    while not stream.getvalue() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    with buffered_logger(stream, flush_seconds=0.05) as (logger, _):
+        logger.info("lone")
+        deadline = time.monotonic() + 10
+        while not stream.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        written = stream.getvalue()
 
-    assert stream.getvalue() == "INFO lone\n"
-    handler.close()
+    assert written == "INFO lone\n"
 
 
-def test_process_exit_writes_buffered_lines() -> None:
+def test_process_exit_writes_buffer() -> None:
     code = (
         "import logging\n"
         "from sqlstore.logs import LogFormat, LogLevel, configure_logging\n"
@@ -111,7 +119,7 @@ def test_process_exit_writes_buffered_lines() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_forked_child_does_not_write_the_parent_lines() -> None:
+def test_forked_child_skips_parent_lines() -> None:
     code = (
         "import logging, os\n"
         "from sqlstore.logs import LogFormat, LogLevel, configure_logging\n"
@@ -134,14 +142,14 @@ def test_forked_child_does_not_write_the_parent_lines() -> None:
 
 
 @pytest.mark.parametrize("text", ["-1", "61", "soon", "nan", "0.001", "1e-9"])
-def test_invalid_flush_seconds_named(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+def test_invalid_flush_seconds_rejected(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
     monkeypatch.setenv("SQLSTORE_LOG_FLUSH_SECONDS", text)
 
     with pytest.raises(ValueError, match="SQLSTORE_LOG_FLUSH_SECONDS"):
         flush_seconds_from_environment()
 
 
-def test_flush_seconds_default_and_value(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_flush_seconds_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SQLSTORE_LOG_FLUSH_SECONDS", raising=False)
     default = flush_seconds_from_environment()
     monkeypatch.setenv("SQLSTORE_LOG_FLUSH_SECONDS", "0")
@@ -162,34 +170,34 @@ class RecordingStream(io.StringIO):
         return super().write(text)
 
 
-def test_writes_fit_in_one_pipe_write_and_end_with_a_line() -> None:
+def test_writes_fit_pipe_buffer() -> None:
+    # Each write ends with a line and fits in one atomic pipe write, except a longer line.
     stream = RecordingStream()
-    logger, handler = make_logger(stream, flush_seconds=60)
     lines = [f"line {index} " + "x" * (index * 37 % 300) for index in range(200)]
     long_line = "y" * (ATOMIC_WRITE_BYTES + 100)
+    logged = [*lines[:100], long_line, *lines[100:]]
 
-    for line in [*lines[:100], long_line, *lines[100:]]:
-        logger.info(line)
-    handler.flush()
+    with buffered_logger(stream, flush_seconds=60) as (logger, handler):
+        for line in logged:
+            logger.info(line)
+        handler.flush()
 
-    expected = "".join(f"INFO {line}\n" for line in [*lines[:100], long_line, *lines[100:]])
-    assert "".join(stream.writes) == expected
+    assert "".join(stream.writes) == "".join(f"INFO {line}\n" for line in logged)
     assert len(stream.writes) > 2
     for text in stream.writes:
         assert text.endswith("\n")
         assert len(text.encode()) <= ATOMIC_WRITE_BYTES or text == f"INFO {long_line}\n"
-    handler.close()
 
 
-def test_stop_buffering_writes_at_once_from_then_on() -> None:
+def test_stop_buffering_writes_at_once() -> None:
     stream = io.StringIO()
-    logger, handler = make_logger(stream, flush_seconds=60)
 
-    logger.info("before")
-    handler.stop_buffering()
-    after_stop = stream.getvalue()
-    logger.info("after")
+    with buffered_logger(stream, flush_seconds=60) as (logger, handler):
+        logger.info("before")
+        handler.stop_buffering()
+        after_stop = stream.getvalue()
+        logger.info("after")
+        after_next = stream.getvalue()
 
     assert after_stop == "INFO before\n"
-    assert stream.getvalue() == "INFO before\nINFO after\n"
-    handler.close()
+    assert after_next == "INFO before\nINFO after\n"

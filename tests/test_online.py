@@ -203,7 +203,7 @@ def test_view_hand_computed_values(scores_store: tuple[FeatureStore, datetime]) 
     assert rows[4]["score"] is None
 
 
-def test_few_keys_give_the_json_of_many(scores_store: tuple[FeatureStore, datetime]) -> None:
+def test_few_keys_match_numpy_path(scores_store: tuple[FeatureStore, datetime]) -> None:
     # Up to SCALAR_LOOKUP_LIMIT keys are read with Python ints. The same keys twice take the
     # numpy path, and the first half of its results must be the same.
     store, _ = scores_store
@@ -237,9 +237,9 @@ def test_few_keys_give_the_json_of_many(scores_store: tuple[FeatureStore, dateti
     assert few.rows.tolist() == many.rows.tolist()[:6]
 
 
-def test_resolved_references_are_bounded(scores_store: tuple[FeatureStore, datetime]) -> None:
-    # Every distinct reference text names the same column; a client sending new ones on every
-    # request must not grow the view's memory without bound.
+def test_resolved_references_bounded(scores_store: tuple[FeatureStore, datetime]) -> None:
+    # Every distinct reference text names the same column. A client that sends new ones on
+    # every request must not grow the view's memory without bound.
     store, _ = scores_store
     online = OnlineStore(store, OnlineSettings())
     view = online.state("user", "scores", now_us())

@@ -120,7 +120,7 @@ def nanosecond_table(module_server: RunningServer) -> str:
     return "encoding/nanos"
 
 
-def test_nanosecond_page_keeps_nanoseconds(http: httpx.Client, nanosecond_table: str) -> None:
+def test_nanosecond_page_read(http: httpx.Client, nanosecond_table: str) -> None:
     response = http.get(f"/features/{nanosecond_table}")
 
     assert response.status_code == 200, response.text

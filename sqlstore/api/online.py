@@ -41,8 +41,8 @@ from sqlstore.settings import Settings
 logger = logging.getLogger(__name__)
 
 REQUEST_FIELDS = frozenset({"entities", "features"})
-# Feature lists of at most this many characters in all have their grouping by table kept, for
-# up to this many distinct lists: at most 1 MiB of text.
+# The grouping by table is cached for up to GROUPING_CACHE_SIZE feature lists of at most
+# GROUPING_CACHE_TEXT_LIMIT characters each, so the cache keeps at most 1 MiB of text.
 GROUPING_CACHE_TEXT_LIMIT = 4096
 GROUPING_CACHE_SIZE = 256
 # Each view keeps the columns of up to this many reference texts of up to this many characters,
@@ -238,7 +238,7 @@ async def _group_by_table(online: OnlineStore, features: list[str]) -> tuple[Tab
             entry = resolve_reference(text, entries).entry
             group, name = entry.group, entry.name
         tables.setdefault((group, name), []).append(text)
-    return tuple(TableRequest(group, name, tuple(texts)) for (group, name), texts in tables.items())
+    return _table_requests(tables)
 
 
 @functools.lru_cache(maxsize=GROUPING_CACHE_SIZE)
@@ -248,6 +248,10 @@ def _group_named_tables(features: tuple[str, ...]) -> tuple[TableRequest, ...]:
     tables: dict[tuple[str, str], list[str]] = {}
     for text in features:
         tables.setdefault(_checked_table_name(text.partition(":")[0]), []).append(text)
+    return _table_requests(tables)
+
+
+def _table_requests(tables: dict[tuple[str, str], list[str]]) -> tuple[TableRequest, ...]:
     return tuple(TableRequest(group, name, tuple(texts)) for (group, name), texts in tables.items())
 
 
