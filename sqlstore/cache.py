@@ -294,6 +294,11 @@ class ResultCache:
             self._put_memory(key, response)
         return response
 
+    @property
+    def has_disk_tier(self) -> bool:
+        """True when entries are also kept on disk, so that reads and writes do file I/O."""
+        return self._disk is not None
+
     def disk_entry_is_inline(self, key: str) -> bool:
         """Return True when the disk tier has an entry for `key` whose value diskcache keeps
         inside its SQLite file (values under 32 KiB), rather than in a file of its own. Reads

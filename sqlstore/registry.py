@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from datetime import datetime
+from pathlib import Path
 from typing import BinaryIO
 
 import orjson
@@ -87,6 +88,10 @@ def _parse_write_stamp(file: BinaryIO) -> str:
     return f"{fields['version']}@{fields['updated_at']}"
 
 
+# A random token in the registry folder that every change of an entry replaces.
+VERSION_FILE = ".version"
+
+
 class Registry:
     """Reads and writes registry entries. Callers hold the table's lock around a write."""
 
@@ -94,6 +99,9 @@ class Registry:
         self.layout = layout
         self._parsed: dict[str, tuple[tuple[int, int, int], RegistryEntry]] = {}
         self._stamps = ReplacedFileReader(_parse_write_stamp)
+        self._version_path = str(layout.registry_dir / VERSION_FILE)
+        # The last listing and the registry version it was made at.
+        self._listing: tuple[bytes | None, list[RegistryEntry]] = (None, [])
 
     def get(self, group: str, name: str) -> RegistryEntry:
         """Return the entry of one table, or raise NotFound."""
@@ -132,17 +140,47 @@ class Registry:
         """Write one entry atomically."""
         path = self.layout.registry_path(entry.group, entry.name)
         write_bytes_atomically(path, entry.model_dump_json(indent=2).encode())
+        self._new_version()
 
     def remove(self, group: str, name: str) -> None:
         """Delete one entry; a missing entry is not an error."""
         self.layout.registry_path(group, name).unlink(missing_ok=True)
+        self._new_version()
+
+    def _new_version(self) -> None:
+        """Give the registry a new version, after an entry changed.
+
+        NOTE: a process that crashes between changing an entry and this write leaves other
+        processes listing the registry as it was, until the next write or their restart.
+        """
+        write_bytes_atomically(Path(self._version_path), os.urandom(16).hex().encode())
 
     def list(self) -> list[RegistryEntry]:
         """Return every entry, sorted by group and name. Unreadable files are logged and skipped.
 
-        A file is parsed again only when its inode, size or modification time changed since the
-        last call, so listing costs a stat per table. Callers must not modify the entries.
+        Every write gives the registry a new version, in the file `.version`, and an unchanged
+        version returns the previous listing: one small read. A store without that file, not
+        yet written by this release, is listed in full each time. Callers must not modify the
+        entries.
         """
+        version = self._read_version()
+        listed_version, entries = self._listing
+        if version is not None and version == listed_version:
+            return list(entries)
+        entries = self._list_files()
+        self._listing = (version, entries)
+        return list(entries)
+
+    def _read_version(self) -> bytes | None:
+        try:
+            with open(self._version_path, "rb") as file:
+                return file.read()
+        except FileNotFoundError:
+            return None
+
+    def _list_files(self) -> list[RegistryEntry]:
+        """Read every entry file. A file is parsed again only when its inode, size or
+        modification time changed since the last call, so listing costs a stat per table."""
         entries = []
         parsed: dict[str, tuple[tuple[int, int, int], RegistryEntry]] = {}
         for path in self._entry_files():

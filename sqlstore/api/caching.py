@@ -6,7 +6,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -123,6 +123,40 @@ async def serve_cached_async(
         # The entry was unreadable, or gone since the first look: get_disk counted the miss.
         return await run_in_threadpool(_compute_and_store, cache, key, versions, compute)
     return await run_in_threadpool(_serve_past_memory, cache, key, versions, compute, None)
+
+
+async def serve_computed(
+    request: Request,
+    key: str | None,
+    compute: Callable[[], Awaitable[CachedResponse]],
+    versions: dict[str, str] | None = None,
+    on_hit: Callable[[CachedResponse], CachedResponse] | None = None,
+) -> Response:
+    """Like `serve_cached`, for a response that `compute` produces on the event loop. With
+    `key` None the response is not cached. Only the disk tier's reads and writes run in the
+    thread pool."""
+    cache: ResultCache | None = request.app.state.cache
+    if cache is None or key is None:
+        return cached_response(await compute(), "bypass")
+
+    cached = cache.get_memory(key)
+    if cached is not None:
+        return cached_response(on_hit(cached) if on_hit else cached, "hit-memory")
+    if cache.has_disk_tier:
+        cached = await run_in_threadpool(cache.get_disk, key)
+        if cached is not None:
+            # The entry was copied into the memory tier.
+            _publish_memory_usage(cache)
+            return cached_response(on_hit(cached) if on_hit else cached, "hit-disk")
+
+    response = await compute()
+    table = min(versions) if versions else None
+    if cache.has_disk_tier:
+        await run_in_threadpool(cache.put, key, response, table)
+    else:
+        cache.put(key, response, table)
+    _publish_memory_usage(cache)
+    return cached_response(response, "miss")
 
 
 def _serve_past_memory(

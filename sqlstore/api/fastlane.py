@@ -1,6 +1,8 @@
-"""The fast lane: cached page reads and online lookups served before FastAPI's own layers.
+"""The fast lane: cached page reads, online lookups and repeated SQL queries served before
+FastAPI's own layers.
 
-These two requests are the most frequent ones a feature service gets. The layers around every
+Page reads and lookups are the most frequent requests a feature service gets; dashboards
+send the same SQL again and again. The layers around every
 route are FastAPI's error and telemetry middleware, then sqlstore's metrics, request id, access
 control and body limit middleware, and together they cost more than the work of a memory hit or
 a one-entity lookup. So `FastLane` does for these requests, in one pass, what those layers do:
@@ -13,7 +15,9 @@ a one-entity lookup. So `FastLane` does for these requests, in one pass, what th
 Anything it cannot settle goes to the full application unchanged, with the body it read
 replayed: a request without a valid token (to be rejected there), a page that is not in the
 memory tier, a request that fails. So the full application stays the only place that rejects a
-request or writes an error response.
+request. The one exception is a query that ran and failed in the SQL sandbox: its error is
+written here, by the application's own error handler, because replaying the request would run
+the query a second time.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import time
 from typing import Any
 
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from sqlstore.api.access import bearer_token, required_scope
-from sqlstore.api.caching import cached_response
+from sqlstore.api.caching import CACHE_HEADER, cached_response
 from sqlstore.api.encoding import JSON_MEDIA_TYPE
+from sqlstore.api.errors import handle_sqlstore_error, handle_unexpected_error
 from sqlstore.api.features import is_json_media_type
 from sqlstore.api.middleware import (
     REQUEST_ID_HEADER,
@@ -39,11 +45,15 @@ from sqlstore.api.middleware import (
 )
 from sqlstore.api.online import ONLINE_PATH, lookup_body
 from sqlstore.api.pagecache import PAGE_PATH, PAGE_ROUTE_STAND_IN, RouteStandIn, memory_hit
+from sqlstore.api.sql import SQL_PATH
+from sqlstore.api.sql import lane_response as sql_lane_response
+from sqlstore.errors import SqlstoreError
 from sqlstore.tokens import TokenFileInvalid, TokenVerifier
 
 logger = logging.getLogger(__name__)
 
 ONLINE_ROUTE_STAND_IN = RouteStandIn(ONLINE_PATH)
+SQL_ROUTE_STAND_IN = RouteStandIn(SQL_PATH)
 JSON_MEDIA_TYPE_BYTES = JSON_MEDIA_TYPE.encode()
 
 
@@ -63,8 +73,11 @@ class FastLane:
             match = PAGE_PATH.fullmatch(scope["path"])
             if match is not None:
                 return await self._serve_page(scope, match, receive, send)
-        elif method == "POST" and scope["path"] == ONLINE_PATH:
-            return await self._serve_lookup(scope, receive, send)
+        elif method == "POST":
+            if scope["path"] == ONLINE_PATH:
+                return await self._serve_lookup(scope, receive, send)
+            if scope["path"] == SQL_PATH:
+                return await self._serve_sql(scope, receive, send)
         return receive
 
     async def _serve_page(
@@ -87,20 +100,9 @@ class FastLane:
 
     async def _serve_lookup(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         started = time.perf_counter()
-        try:
-            max_bytes = self.state.settings.max_body_bytes
-            settled_here = self._authorized(scope) and _plain_json_request(scope, max_bytes)
-        except Exception:
-            logger.exception("fast lane: checking a lookup failed; the route serves the request")
-            return receive
-        if not settled_here:
-            return receive
-
-        body = await _read_body(receive, max_bytes)
-        if isinstance(body, list):
-            # Over the limit or cut short: the full application reads the same chunks and then
-            # the limit's error or the disconnect, as it would without the fast lane.
-            return _replaying(body, complete=False, receive=receive)
+        body = await self._json_body(scope, receive, "a lookup")
+        if not isinstance(body, bytes):
+            return body
 
         try:
             content = await lookup_body(self.state, body)
@@ -110,6 +112,47 @@ class FastLane:
         scope["route"] = ONLINE_ROUTE_STAND_IN
         await self._send_json(scope, content, started, send)
         return None
+
+    async def _serve_sql(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        started = time.perf_counter()
+        body = await self._json_body(scope, receive, "a query")
+        if not isinstance(body, bytes):
+            return body
+
+        assign_request_id(scope)
+        scope["route"] = SQL_ROUTE_STAND_IN
+        try:
+            response = await sql_lane_response(self.state, scope, body)
+        except SqlstoreError as error:
+            # The query ran and failed: running it again in the route would only repeat it.
+            response = await handle_sqlstore_error(Request(scope), error)
+        except Exception as error:
+            response = await handle_unexpected_error(Request(scope), error)
+        if response is None:
+            del scope["route"]
+            return _replaying([body], complete=True, receive=receive)
+        cache_result = response.headers.get(CACHE_HEADER, "-")
+        await self._send(scope, response, cache_result, started, send)
+        return None
+
+    async def _json_body(self, scope: Scope, receive: Receive, what: str) -> bytes | Receive:
+        """Return the body of an authorized JSON request within the size limit, or the
+        receive callable with which the full application must handle the request."""
+        try:
+            max_bytes = self.state.settings.max_body_bytes
+            settled_here = self._authorized(scope) and _plain_json_request(scope, max_bytes)
+        except Exception:
+            logger.exception("fast lane: checking %s failed; the route serves the request", what)
+            return receive
+        if not settled_here:
+            return receive
+
+        body = await _read_body(receive, max_bytes)
+        if isinstance(body, list):
+            # Over the limit or cut short: the full application reads the same chunks and then
+            # the limit's error or the disconnect, as it would without the fast lane.
+            return _replaying(body, complete=False, receive=receive)
+        return body
 
     def _authorized(self, scope: Scope) -> bool:
         """Return True when the request needs no token or carries a token with the scope of its
@@ -134,7 +177,7 @@ class FastLane:
     async def _send(
         self, scope: Scope, response: Response, cache_result: str, started: float, send: Send
     ) -> None:
-        request_id = assign_request_id(scope)
+        request_id = scope.get("state", {}).get("request_id") or assign_request_id(scope)
         response.raw_headers.append((REQUEST_ID_HEADER, request_id.encode()))
         status = 500
         try:

@@ -13,11 +13,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.responses import Response
+from starlette.types import Scope
 
-from sqlstore.api.caching import serve_cached, serve_uncached, table_versions
+from sqlstore.api.caching import cached_response, serve_computed, table_versions
 from sqlstore.api.encoding import (
     FORMAT_MEDIA_TYPES,
     JSON_MEDIA_TYPE,
@@ -26,9 +30,10 @@ from sqlstore.api.encoding import (
     table_records,
 )
 from sqlstore.api.errors import request_id_of
-from sqlstore.api.features import json_body
+from sqlstore.api.features import BYTE_ORDER_MARKS, json_body
 from sqlstore.api.models import ErrorResponse
-from sqlstore.cache import CachedResponse
+from sqlstore.cache import CachedResponse, cache_key
+from sqlstore.errors import InvalidInput, SqlstoreError
 from sqlstore.settings import Settings
 from sqlstore.sql.limits import SqlLimits
 from sqlstore.sql.results import column_types, encode_json, portable_table
@@ -42,6 +47,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 # Query-string keys of GET /sql and GET /queries/{name} that are not query parameters.
 SQL_TEXT_KEY = "sql"
 ROW_LIMIT_KEY = "_limit"
+SQL_PATH = "/sql"
+# Fields of the body of POST /sql.
+SQL_FIELDS = frozenset({"sql", "params", "limit"})
+# Results of more rows are encoded in the thread pool, off the event loop.
+INLINE_ENCODING_ROWS = 200
 TABULAR_CONTENT = {
     200: {
         "content": {media_type: {} for media_type in FORMAT_MEDIA_TYPES.values()},
@@ -105,16 +115,16 @@ def _service(request: Request) -> SqlService:
     return request.app.state.sql
 
 
-@router.post("/sql", responses=TABULAR_CONTENT, dependencies=[Depends(json_body)])
-def post_sql(request: Request, body: SqlRequest) -> Response:
+@router.post(SQL_PATH, responses=TABULAR_CONTENT, dependencies=[Depends(json_body)])
+async def post_sql(request: Request, body: SqlRequest) -> Response:
     """Run one read-only query over the feature views (`group.name`)."""
     file_format = negotiate_format(request.headers.get("accept"))
-    prepared = _service(request).prepare(body.sql, body.params, body.limit)
-    return serve_query(request, prepared, file_format)
+    prepared = await _prepare(request, body.sql, body.params, body.limit)
+    return await serve_query(request, prepared, file_format)
 
 
-@router.get("/sql", responses=TABULAR_CONTENT)
-def get_sql(
+@router.get(SQL_PATH, responses=TABULAR_CONTENT)
+async def get_sql(
     request: Request,
     sql: Annotated[str, Query(description="The query text, URL-encoded")],
     limit: Annotated[int | None, Query(alias=ROW_LIMIT_KEY, ge=0)] = None,
@@ -123,8 +133,8 @@ def get_sql(
     query-string key is a `$name` parameter, passed as a string."""
     file_format = negotiate_format(request.headers.get("accept"))
     parameters = _query_string_parameters(request, exclude={SQL_TEXT_KEY, ROW_LIMIT_KEY})
-    prepared = _service(request).prepare(sql, parameters, limit)
-    return serve_query(request, prepared, file_format)
+    prepared = await _prepare(request, sql, parameters, limit)
+    return await serve_query(request, prepared, file_format)
 
 
 @router.get("/queries")
@@ -139,7 +149,7 @@ QueryName = Annotated[str, Path(description="Name of a query file, without .sql"
 
 
 @router.get("/queries/{name}", responses=TABULAR_CONTENT)
-def get_named_query(
+async def get_named_query(
     request: Request,
     name: QueryName,
     limit: Annotated[int | None, Query(alias=ROW_LIMIT_KEY, ge=0)] = None,
@@ -147,24 +157,36 @@ def get_named_query(
     """Run a named query; every query-string key except `_limit` is one of its parameters."""
     file_format = negotiate_format(request.headers.get("accept"))
     values = _query_string_parameters(request, exclude={ROW_LIMIT_KEY})
-    return _run_named(request, name, values, limit, file_format)
+    return await _run_named(request, name, values, limit, file_format)
 
 
 @router.post("/queries/{name}", responses=TABULAR_CONTENT, dependencies=[Depends(json_body)])
-def post_named_query(request: Request, name: QueryName, body: NamedQueryRequest) -> Response:
+async def post_named_query(request: Request, name: QueryName, body: NamedQueryRequest) -> Response:
     """Run a named query with parameters from the body."""
     file_format = negotiate_format(request.headers.get("accept"))
-    return _run_named(request, name, body.params, body.limit, file_format)
+    return await _run_named(request, name, body.params, body.limit, file_format)
 
 
-def _run_named(
+async def _run_named(
     request: Request, name: str, values: dict[str, Any], limit: int | None, file_format: str
 ) -> Response:
-    service = _service(request)
-    query = service.named_query(name)
+    # Reading and parsing the query file touches the disk, so it runs in the thread pool.
+    query = await run_in_threadpool(_service(request).named_query, name)
     parameters = query.bind(values)
-    prepared = service.prepare(query.sql, parameters, limit)
-    return serve_query(request, prepared, file_format, {"query": query.name, "params": parameters})
+    prepared = await _prepare(request, query.sql, parameters, limit)
+    extra = {"query": query.name, "params": parameters}
+    return await serve_query(request, prepared, file_format, extra)
+
+
+async def _prepare(
+    request: Request, sql: object, parameters: dict[str, Any], limit: int | None
+) -> PreparedQuery:
+    """Validate a query: on the event loop when the text was validated lately, which costs
+    microseconds, else in the thread pool."""
+    service = _service(request)
+    if service.validated_before(sql):
+        return service.prepare(sql, parameters, limit)
+    return await run_in_threadpool(service.prepare, sql, parameters, limit)
 
 
 def _query_string_parameters(request: Request, exclude: set[str]) -> dict[str, str]:
@@ -172,30 +194,111 @@ def _query_string_parameters(request: Request, exclude: set[str]) -> dict[str, s
     return {key: value for key, value in request.query_params.multi_items() if key not in exclude}
 
 
-def serve_query(
+async def serve_query(
     request: Request,
     prepared: PreparedQuery,
     file_format: str,
     extra: dict[str, Any] | None = None,
 ) -> Response:
     """Return the result of a prepared query, from the result cache when it contains it."""
-    query = prepared.query
+    state = request.app.state
+
+    async def compute() -> CachedResponse:
+        return await _computed_response(state, prepared, file_format, extra, request_id_of(request))
+
+    if prepared.query.volatile:
+        return await serve_computed(request, None, compute)
+    versions = table_versions(state.store, sorted(prepared.query.tables))
+    key = _result_key(prepared, file_format, extra, versions)
+    return await serve_computed(request, key, compute, versions=versions, on_hit=_mark_cached)
+
+
+async def lane_response(state: Any, scope: Scope, body: bytes) -> Response | None:
+    """Serve `POST /sql` for the fast lane (`sqlstore.api.fastlane`), or return None.
+
+    It serves JSON results of queries validated lately, from the memory tier or, when the
+    result is not to be cached, from a worker. It returns None, before doing anything that
+    shows, for every other request: a body the route's model would treat differently, another
+    format, a text not validated lately, a validation error, a result cache miss. Errors of the
+    query itself are raised, as the route raises them.
+    """
+    request = _plain_sql_request(scope, body)
+    if request is None:
+        return None
+    sql, parameters, limit = request
+    service: SqlService = state.sql
+    if not service.validated_before(sql):
+        return None
+    try:
+        prepared = service.prepare(sql, parameters, limit)
+    except SqlstoreError:
+        return None
+
+    cache = state.cache
+    if cache is not None and not prepared.query.volatile:
+        versions = table_versions(state.store, sorted(prepared.query.tables))
+        cached = cache.get_memory(_result_key(prepared, "json", None, versions))
+        if cached is None:
+            return None
+        return cached_response(_mark_cached(cached), "hit-memory")
+
+    request_id = scope["state"]["request_id"]
+    computed = await _computed_response(state, prepared, "json", None, request_id)
+    return cached_response(computed, "bypass")
+
+
+def _plain_sql_request(scope: Scope, body: bytes) -> tuple[str, dict[str, Any], int | None] | None:
+    """Return the query, parameters and limit of a JSON request whose every field has the exact
+    type the route's model expects, or None."""
+    if body[:4].startswith(BYTE_ORDER_MARKS) or b"\x00" in body[:4]:
+        return None
+    try:
+        payload = orjson.loads(body)
+        file_format = negotiate_format(Headers(scope=scope).get("accept"))
+    except (orjson.JSONDecodeError, InvalidInput):
+        return None
+    if file_format != "json" or not isinstance(payload, dict) or not payload.keys() <= SQL_FIELDS:
+        return None
+    sql = payload.get("sql")
+    parameters = payload.get("params", {})
+    limit = payload.get("limit")
+    plain_limit = limit is None or (type(limit) is int and limit >= 0)
+    if not isinstance(sql, str) or not isinstance(parameters, dict) or not plain_limit:
+        return None
+    return sql, parameters, limit
+
+
+async def _computed_response(
+    state: Any,
+    prepared: PreparedQuery,
+    file_format: str,
+    extra: dict[str, Any] | None,
+    request_id: str,
+) -> CachedResponse:
+    """Run a prepared query and encode its result; a large table is encoded in the thread
+    pool."""
+    service: SqlService = state.sql
+    json_rows = file_format == "json"
+    result = await service.execute_async(prepared, request_id, json_rows)
+    if result.table is not None and result.table.num_rows > INLINE_ENCODING_ROWS:
+        return await run_in_threadpool(tabular_response, result, file_format, extra)
+    return tabular_response(result, file_format, extra)
+
+
+def _result_key(
+    prepared: PreparedQuery,
+    file_format: str,
+    extra: dict[str, Any] | None,
+    versions: dict[str, str],
+) -> str:
     canonical = {
-        "sql": query.canonical,
-        "params": query.parameters,
+        "sql": prepared.query.canonical,
+        "params": prepared.query.parameters,
         "limit": prepared.row_limit,
         "format": file_format,
         "extra": extra,
     }
-    versions = table_versions(request.app.state.store, sorted(query.tables))
-
-    def compute() -> CachedResponse:
-        result = _service(request).execute(prepared, request_id_of(request))
-        return tabular_response(result, file_format, extra)
-
-    if query.volatile:
-        return serve_uncached(compute)
-    return serve_cached(request, "sql", canonical, versions, compute, on_hit=_mark_cached)
+    return cache_key("sql", canonical, versions)
 
 
 def _mark_cached(response: CachedResponse) -> CachedResponse:
@@ -216,7 +319,7 @@ def tabular_response(
 ) -> CachedResponse:
     """Encode `result` as JSON (with metadata) or as the file format the client asked for."""
     headers = {
-        "X-Row-Count": str(result.table.num_rows),
+        "X-Row-Count": str(result.row_count),
         "X-Truncated": "true" if result.truncated else "false",
         "X-Elapsed-Ms": f"{result.elapsed_ms:.1f}",
     }
@@ -225,15 +328,29 @@ def tabular_response(
         content = encode_table(table, file_format)
         return CachedResponse(content, FORMAT_MEDIA_TYPES[file_format], headers)
 
+    if result.table is None:
+        columns = list(result.columns)
+        dtypes = dict(zip(result.columns, result.dtypes, strict=True))
+    else:
+        columns = result.table.column_names
+        dtypes = column_types(result.table)
     metadata = {
-        "columns": result.table.column_names,
-        "dtypes": column_types(result.table),
-        "row_count": result.table.num_rows,
+        "columns": columns,
+        "dtypes": dtypes,
+        "row_count": result.row_count,
         "limit": result.limit,
         "truncated": result.truncated,
         "truncated_by": result.truncated_by,
         "elapsed_ms": round(result.elapsed_ms, 3),
         "cached": False,
     }
-    body = {**(extra or {}), "data": table_records(result.table), "metadata": metadata}
-    return CachedResponse(encode_json(body), JSON_MEDIA_TYPE, headers)
+    if result.json_rows is None:
+        body = {**(extra or {}), "data": table_records(result.table), "metadata": metadata}
+        return CachedResponse(encode_json(body), JSON_MEDIA_TYPE, headers)
+
+    # The same bytes as encoding the whole body at once, with the rows already encoded.
+    start = encode_json(extra)[:-1] + b"," if extra else b"{"
+    content = b"".join(
+        (start, b'"data":', result.json_rows, b',"metadata":', encode_json(metadata), b"}")
+    )
+    return CachedResponse(content, JSON_MEDIA_TYPE, headers)

@@ -9,6 +9,7 @@ value for tens of seconds. A killed or crashed worker is replaced by a new one o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -18,7 +19,6 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +47,20 @@ START_TIMEOUT_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class QueryResult:
-    """Rows of one query, cut at the row or byte limit when `truncated_by` names one."""
+    """Rows of one query, cut at the row or byte limit when `truncated_by` names one.
 
-    table: pa.Table
+    The rows are an Arrow `table`, or, when the caller allowed it and every column has a type
+    whose JSON is the same either way, `json_rows`: the JSON array of row objects, with the
+    `columns` and their `dtypes`.
+    """
+
+    table: pa.Table | None
     truncated_by: str | None
     execution_ms: float
+    row_count: int
+    json_rows: bytes | None = None
+    columns: tuple[str, ...] = ()
+    dtypes: tuple[str, ...] = ()
 
     @property
     def truncated(self) -> bool:
@@ -98,8 +107,7 @@ class _Worker:
         finally:
             os.close(requests_read)
             os.close(responses_write)
-        self.requests = Connection(requests_write, readable=False, writable=True)
-        self.responses = Connection(responses_read, readable=True, writable=False)
+        self.channel = protocol.WorkerChannel(requests_write, responses_read)
         self._wait_until_ready()
 
     @property
@@ -107,14 +115,14 @@ class _Worker:
         return self.process.poll() is None
 
     def _wait_until_ready(self) -> None:
-        if not self.responses.poll(START_TIMEOUT_SECONDS):
+        try:
+            self.channel.receive(START_TIMEOUT_SECONDS)
+        except TimeoutError:
             self.kill()
             raise QueryWorkersBusy(
                 f"the SQL worker did not start within {START_TIMEOUT_SECONDS:g} s; see the "
                 "server log"
-            )
-        try:
-            protocol.receive_message(self.responses)
+            ) from None
         except (EOFError, OSError) as error:
             self.kill()
             raise QueryWorkersBusy(
@@ -123,19 +131,22 @@ class _Worker:
             ) from error
         logger.info("started SQL worker process %d", self.process.pid)
 
-    def request(
-        self, message: dict[str, Any], timeout: float
-    ) -> tuple[dict[str, Any], bytes | None]:
+    def request(self, message: dict[str, Any], timeout: float) -> protocol.Message:
         """Send one request and return the response. Raise _WorkerGone when the process was
         already gone before it got the request, TimeoutError, or EOFError."""
         try:
-            protocol.send_message(self.requests, message)
+            self.channel.send(message, timeout)
         except OSError as error:
             raise _WorkerGone(str(error)) from error
-        if not self.responses.poll(timeout):
-            raise TimeoutError
-        header = protocol.receive_message(self.responses)
-        return header, protocol.receive_body(self.responses, header)
+        return self.channel.receive(timeout)
+
+    async def request_async(self, message: dict[str, Any], timeout: float) -> protocol.Message:
+        """Like `request`, waiting on the event loop."""
+        try:
+            await self.channel.send_async(message)
+        except OSError as error:
+            raise _WorkerGone(str(error)) from error
+        return await self.channel.receive_async(timeout)
 
     def kill(self) -> None:
         """Kill the process and close the pipes; safe to call twice."""
@@ -145,14 +156,13 @@ class _Worker:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             logger.error("SQL worker process %d did not exit after SIGKILL", self.process.pid)
-        for connection in (getattr(self, "requests", None), getattr(self, "responses", None)):
-            if connection is not None and not connection.closed:
-                connection.close()
+        channel = getattr(self, "channel", None)
+        if channel is not None:
+            channel.close()
 
     def stop(self) -> None:
         """Ask the process to exit by closing its request pipe, then kill it if it lingers."""
-        if not self.requests.closed:
-            self.requests.close()
+        self.channel.close_requests()
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -161,12 +171,14 @@ class _Worker:
 
 
 class Sandbox:
-    """A pool of SQL worker processes for one store root. Thread-safe."""
+    """A pool of SQL worker processes for one store root. Thread-safe; `run_async` must be
+    called from one event loop."""
 
     def __init__(self, root: Path, limits: SqlLimits) -> None:
         limits.validate()
         self.root = Path(root).resolve()
         self.limits = limits
+        self._limits_message = asdict(limits)
         self._idle: queue.LifoQueue[_Worker | None] = queue.LifoQueue()
         for _ in range(limits.workers):
             self._idle.put(None)
@@ -180,32 +192,52 @@ class Sandbox:
         views: list[ViewDefinition],
         max_rows: int,
         request_id: str = "-",
+        json_rows: bool = False,
     ) -> QueryResult:
         """Run a validated query on a worker and return at most `max_rows` rows.
 
-        Raises QueryTimeout, QueryOutOfMemory, QueryFailed, QueryRejected (when the worker's
-        own DuckDB-parser check or DuckDB's file-access rules stop the query) and
+        With `json_rows`, the worker may send the rows as JSON instead of an Arrow table (see
+        `QueryResult`). Raises QueryTimeout, QueryOutOfMemory, QueryFailed, QueryRejected (when
+        the worker's own DuckDB-parser check or DuckDB's file-access rules stop the query) and
         QueryWorkersBusy.
         """
-        message = {
-            "kind": "query",
-            "request_id": request_id,
-            "sql": query.sql,
-            "parameters": protocol.encode_parameters(query.parameters),
-            "views": [[v.group, v.name, v.path, v.version] for v in views],
-            "max_rows": max_rows,
-            "limits": asdict(self.limits),
-        }
+        message = self._query_message(query, views, max_rows, request_id, json_rows)
         header, body = self._request(message, request_id)
-        if not header.get("ok"):
-            raise _error_from_header(header, self.limits)
+        return _query_result(header, body, self.limits)
 
-        table = pa_ipc.open_stream(body).read_all() if body else pa.table({})
-        return QueryResult(
-            table=table,
-            truncated_by=header.get("truncated_by"),
-            execution_ms=float(header.get("elapsed_ms", 0.0)),
-        )
+    async def run_async(
+        self,
+        query: ValidatedQuery,
+        views: list[ViewDefinition],
+        max_rows: int,
+        request_id: str = "-",
+        json_rows: bool = False,
+    ) -> QueryResult:
+        """Like `run`, waiting for the worker on the event loop. When no started worker is
+        idle, it waits for one (or starts one) in a thread instead."""
+        worker = self._take_idle()
+        if worker is None:
+            return await asyncio.to_thread(self.run, query, views, max_rows, request_id, json_rows)
+        message = self._query_message(query, views, max_rows, request_id, json_rows)
+        timeout = self.limits.time_limit_seconds + KILL_GRACE_SECONDS
+        started = time.perf_counter()
+        try:
+            try:
+                header, body = await worker.request_async(message, timeout)
+            except _WorkerGone as gone:
+                self._replace_gone(worker, gone, request_id)
+                return await asyncio.to_thread(
+                    self.run, query, views, max_rows, request_id, json_rows
+                )
+        except BaseException as error:
+            # A cancelled request leaves the worker busy with a response nobody reads, so
+            # it is discarded too.
+            failure = self._failure(worker, error, request_id, started)
+            if failure is error:
+                raise
+            raise failure from error
+        self._settle(worker, header)
+        return _query_result(header, body, self.limits)
 
     def worker_settings(self) -> dict[str, str]:
         """Return the DuckDB settings of one worker's sandbox, for diagnostics and tests."""
@@ -221,9 +253,28 @@ class Sandbox:
         for worker in workers:
             worker.stop()
 
-    def _request(
-        self, message: dict[str, Any], request_id: str
-    ) -> tuple[dict[str, Any], bytes | None]:
+    def _query_message(
+        self,
+        query: ValidatedQuery,
+        views: list[ViewDefinition],
+        max_rows: int,
+        request_id: str,
+        json_rows: bool,
+    ) -> dict[str, Any]:
+        return {
+            "kind": "query",
+            "request_id": request_id,
+            "sql": query.sql,
+            "parameters": protocol.encode_parameters(query.parameters),
+            "views": [[v.group, v.name, v.path, v.version] for v in views],
+            # The views the query reads, whose files the worker watches for replacement.
+            "reads": sorted(query.tables),
+            "max_rows": max_rows,
+            "limits": self._limits_message,
+            "json_rows": json_rows,
+        }
+
+    def _request(self, message: dict[str, Any], request_id: str) -> protocol.Message:
         worker = self._acquire()
         timeout = self.limits.time_limit_seconds + KILL_GRACE_SECONDS
         started = time.perf_counter()
@@ -231,52 +282,83 @@ class Sandbox:
             try:
                 header, body = worker.request(message, timeout)
             except _WorkerGone as gone:
-                logger.warning(
-                    "request %s: SQL worker %d had exited while idle (%s); starting another",
-                    request_id,
-                    worker.process.pid,
-                    gone,
-                )
-                self._discard(worker)
+                self._replace_gone(worker, gone, request_id)
                 worker = self._acquire()
                 header, body = worker.request(message, timeout)
-        except TimeoutError:
+        except BaseException as error:
+            failure = self._failure(worker, error, request_id, started)
+            if failure is error:
+                raise
+            raise failure from error
+        self._settle(worker, header)
+        return header, body
+
+    def _replace_gone(self, worker: _Worker, gone: _WorkerGone, request_id: str) -> None:
+        logger.warning(
+            "request %s: SQL worker %d had exited while idle (%s); starting another",
+            request_id,
+            worker.process.pid,
+            gone,
+        )
+        self._discard(worker)
+
+    def _failure(
+        self, worker: _Worker, error: BaseException, request_id: str, started: float
+    ) -> BaseException:
+        """Discard `worker`, whose request failed with `error`, and return the error to raise."""
+        self._discard(worker)
+        if isinstance(error, TimeoutError):
             logger.warning(
                 "request %s: SQL worker %d sent no response within %.1f s; killing it",
                 request_id,
                 worker.process.pid,
                 time.perf_counter() - started,
             )
-            self._discard(worker)
-            raise QueryTimeout(_timeout_message(self.limits)) from None
-        except (EOFError, OSError, _WorkerGone) as error:
-            # NOTE: a worker killed from outside between the liveness check in _acquire and
-            # this request is reported like a query that exhausted the worker's memory.
-            exit_code = worker.process.poll()
-            logger.warning(
-                "request %s: SQL worker %d exited with %s while running a query: %s",
-                request_id,
-                worker.process.pid,
-                exit_code,
-                error,
-            )
-            self._discard(worker)
-            if self._closed:
-                raise QueryWorkersBusy(
-                    "the SQL sandbox shut down while the query ran; retry on the new server"
-                ) from error
-            raise QueryOutOfMemory(
-                "the query stopped the SQL worker process (exit code "
-                f"{exit_code}), most likely by exceeding its memory cap of "
-                f"{self.limits.worker_memory_bytes:,} bytes (SQLSTORE_SQL_WORKER_MEMORY_BYTES); "
-                "reduce the data the query builds"
-            ) from error
+            return QueryTimeout(_timeout_message(self.limits))
+        if not isinstance(error, EOFError | OSError | _WorkerGone):
+            return error
 
+        # NOTE: a worker killed from outside between the liveness check in _acquire and
+        # this request is reported like a query that exhausted the worker's memory.
+        exit_code = worker.process.poll()
+        logger.warning(
+            "request %s: SQL worker %d exited with %s while running a query: %s",
+            request_id,
+            worker.process.pid,
+            exit_code,
+            error,
+        )
+        if self._closed:
+            return QueryWorkersBusy(
+                "the SQL sandbox shut down while the query ran; retry on the new server"
+            )
+        return QueryOutOfMemory(
+            "the query stopped the SQL worker process (exit code "
+            f"{exit_code}), most likely by exceeding its memory cap of "
+            f"{self.limits.worker_memory_bytes:,} bytes (SQLSTORE_SQL_WORKER_MEMORY_BYTES); "
+            "reduce the data the query builds"
+        )
+
+    def _settle(self, worker: _Worker, header: dict[str, Any]) -> None:
+        """Return a worker that answered to the pool, or replace it when it asked to be."""
         if header.get("restart"):
             self._discard(worker)
         else:
             self._release(worker)
-        return header, body
+
+    def _take_idle(self) -> _Worker | None:
+        """Return an idle, started worker without waiting, or None."""
+        if self._closed:
+            raise QueryWorkersBusy("the SQL sandbox is shutting down; retry on the new server")
+        try:
+            worker = self._idle.get_nowait()
+        except queue.Empty:
+            return None
+        if worker is not None and worker.alive:
+            return worker
+        # A slot without a started worker: _acquire starts one, in a thread.
+        self._idle.put(worker)
+        return None
 
     def _acquire(self) -> _Worker:
         if self._closed:
@@ -313,6 +395,27 @@ class Sandbox:
             self._workers.discard(worker)
         if replace:
             self._idle.put(None)
+
+
+def _query_result(header: dict[str, Any], body: bytes | None, limits: SqlLimits) -> QueryResult:
+    if not header.get("ok"):
+        raise _error_from_header(header, limits)
+    truncated_by = header.get("truncated_by")
+    execution_ms = float(header.get("elapsed_ms", 0.0))
+    if "columns" in header:
+        return QueryResult(
+            table=None,
+            truncated_by=truncated_by,
+            execution_ms=execution_ms,
+            row_count=int(header["rows"]),
+            json_rows=body,
+            columns=tuple(header["columns"]),
+            dtypes=tuple(header["dtypes"]),
+        )
+    table = pa_ipc.open_stream(body).read_all() if body else pa.table({})
+    return QueryResult(
+        table=table, truncated_by=truncated_by, execution_ms=execution_ms, row_count=table.num_rows
+    )
 
 
 def _timeout_message(limits: SqlLimits) -> str:

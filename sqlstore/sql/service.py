@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from cachetools import LRUCache
 
 from sqlstore.errors import InvalidInput
 from sqlstore.registry import RegistryEntry
 from sqlstore.sql.limits import SqlLimits
 from sqlstore.sql.named import NamedQuery, find_named_query, list_named_queries
 from sqlstore.sql.results import with_unique_names
-from sqlstore.sql.sandbox import Sandbox
-from sqlstore.sql.validate import ValidatedQuery, validate_query
+from sqlstore.sql.sandbox import QueryResult, Sandbox
+from sqlstore.sql.validate import VALIDATION_CACHE_SIZE, ValidatedQuery, validate_query
 from sqlstore.sql.worker import ViewDefinition
 from sqlstore.store import FeatureStore
 
@@ -27,16 +28,25 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SqlResult:
-    """Rows of one query and how they were produced."""
+    """Rows of one query and how they were produced: an Arrow `table`, or the JSON array of
+    row objects in `json_rows` with the `columns`, their `dtypes` and the number of `rows`."""
 
-    table: pa.Table
+    table: pa.Table | None
     limit: int
     truncated_by: str | None
     elapsed_ms: float
+    json_rows: bytes | None = None
+    columns: tuple[str, ...] = ()
+    dtypes: tuple[str, ...] = ()
+    rows: int = 0
 
     @property
     def truncated(self) -> bool:
         return self.truncated_by is not None
+
+    @property
+    def row_count(self) -> int:
+        return self.table.num_rows if self.table is not None else self.rows
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,8 @@ class SqlService:
         self.limits = limits
         self.queries_dir = queries_dir
         self.sandbox = Sandbox(store.root, limits)
+        # Texts that passed validation lately, in the same number as the validator caches.
+        self._validated: LRUCache[str, bool] = LRUCache(maxsize=VALIDATION_CACHE_SIZE)
 
     def close(self) -> None:
         self.sandbox.close()
@@ -84,21 +96,54 @@ class SqlService:
         entries = self.store.registry.list()
         registered = [(entry.group, entry.name) for entry in entries]
         query = validate_query(sql, registered, parameters, self.limits)
+        self._validated[query.sql] = True
         return PreparedQuery(query=query, row_limit=row_limit, entries=entries, started=started)
 
     def execute(self, prepared: PreparedQuery, request_id: str = "-") -> SqlResult:
-        """Run a prepared query in the sandbox."""
-        views = [ViewDefinition(e.group, e.name, e.path, e.version) for e in prepared.entries]
+        """Run a prepared query in the sandbox; the result holds an Arrow table."""
+        views = self._views(prepared)
         result = self.sandbox.run(prepared.query, views, prepared.row_limit, request_id)
+        return self._finish(prepared, result, request_id)
 
+    async def execute_async(
+        self, prepared: PreparedQuery, request_id: str = "-", json_rows: bool = False
+    ) -> SqlResult:
+        """Run a prepared query in the sandbox, waiting on the event loop. With `json_rows`,
+        the result may hold JSON rows instead of a table."""
+        views = self._views(prepared)
+        result = await self.sandbox.run_async(
+            prepared.query, views, prepared.row_limit, request_id, json_rows
+        )
+        return self._finish(prepared, result, request_id)
+
+    def validated_before(self, sql: object) -> bool:
+        """Return True when `sql` passed `prepare` recently, so that preparing it again costs
+        a few cache lookups."""
+        return isinstance(sql, str) and sql in self._validated
+
+    def _views(self, prepared: PreparedQuery) -> list[ViewDefinition]:
+        return [ViewDefinition(e.group, e.name, e.path, e.version) for e in prepared.entries]
+
+    def _finish(self, prepared: PreparedQuery, result: QueryResult, request_id: str) -> SqlResult:
         elapsed_ms = (time.perf_counter() - prepared.started) * 1000
         logger.info(
             "request %s: query returned %d rows%s in %.1f ms",
             request_id,
-            result.table.num_rows,
+            result.row_count,
             f" (cut at the {result.truncated_by.replace('_', ' ')})" if result.truncated else "",
             elapsed_ms,
         )
+        if result.table is None:
+            return SqlResult(
+                table=None,
+                limit=prepared.row_limit,
+                truncated_by=result.truncated_by,
+                elapsed_ms=elapsed_ms,
+                json_rows=result.json_rows,
+                columns=result.columns,
+                dtypes=result.dtypes,
+                rows=result.row_count,
+            )
         return SqlResult(
             table=with_unique_names(result.table),
             limit=prepared.row_limit,

@@ -58,6 +58,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # <class 'sqlglot.expressions.query.Where'>".
 MISSING_PART_PATTERN = re.compile(r"missing for <class '[\w.]*\.(\w+)'>")
 MAX_PARAMETERS = 100
+# Texts whose sqlglot analysis is kept.
+VALIDATION_CACHE_SIZE = 512
 
 # Statement forms a query may take, as sqlglot parses them.
 QUERY_STATEMENTS = (
@@ -238,7 +240,7 @@ def check_text(sql: object, limits: SqlLimits) -> str:
     return sql
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=VALIDATION_CACHE_SIZE)
 def analyse_query(sql: str) -> QueryShape:
     """Parse `sql` with sqlglot and apply the checks that do not depend on the store.
 

@@ -15,9 +15,11 @@ DuckDB's parser returned after the DuckDB-parser checks, never the raw text.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
+import re
 import resource
 import shutil
 import signal
@@ -31,10 +33,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cachetools import LRUCache
+
 logger = logging.getLogger("sqlstore.sql.worker")
 
 # Runs of one query in all when writers keep replacing the files it reads.
 MAX_QUERY_ATTEMPTS = 3
+# Query texts whose parsed statement and result shape a worker keeps.
+CACHED_TEXTS = 256
+# Rows fetched and encoded to JSON at a time.
+JSON_ROWS_CHUNK = 2048
+# DuckDB types whose Python values encode to the same JSON as the values pyarrow returns for
+# DuckDB's Arrow export of them; lists of these qualify too.
+PLAIN_TYPES = frozenset(
+    {
+        "BOOLEAN",
+        "TINYINT",
+        "SMALLINT",
+        "INTEGER",
+        "BIGINT",
+        "UTINYINT",
+        "USMALLINT",
+        "UINTEGER",
+        "UBIGINT",
+        "FLOAT",
+        "DOUBLE",
+        "VARCHAR",
+        "BLOB",
+        "DATE",
+        "TIME",
+        "TIMESTAMP",
+        "TIMESTAMP WITH TIME ZONE",
+    }
+)
+DECIMAL_TYPE_PATTERN = re.compile(r"DECIMAL\(\d+,\d+\)")
 
 
 @dataclass(frozen=True)
@@ -45,6 +77,27 @@ class ViewDefinition:
     name: str
     path: str
     version: int
+
+
+@dataclass(frozen=True)
+class ResultShape:
+    """The columns of one query's result, as its first run through Arrow showed them."""
+
+    type_names: tuple[str, ...]
+    columns: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    plain: bool
+
+
+@dataclass(frozen=True)
+class QueryOutput:
+    """The rows of one query: an Arrow table, or JSON rows with the shape that describes them."""
+
+    rows: int
+    truncated_by: str | None
+    table: Any = None
+    json_rows: bytes | None = None
+    shape: ResultShape | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,18 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     # Imported after the address-space cap, so that the cap covers DuckDB's own allocations.
-    from multiprocessing.connection import Connection
-
     from sqlstore.sql import protocol
 
-    requests = Connection(arguments.requests_fd, readable=True, writable=False)
-    responses = Connection(arguments.responses_fd, readable=False, writable=True)
     settings = json.loads(arguments.settings)
     database = SandboxDatabase(Path(arguments.root), settings)
-    protocol.send_message(responses, {"ready": True, "pid": os.getpid()})
+    protocol.write_message(arguments.responses_fd, {"ready": True, "pid": os.getpid()})
 
     try:
-        _serve(database, requests, responses)
+        _serve(database, arguments.requests_fd, arguments.responses_fd)
     finally:
         database.close()
     return 0
@@ -91,12 +140,12 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _serve(database: SandboxDatabase, requests: Any, responses: Any) -> None:
+def _serve(database: SandboxDatabase, requests_fd: int, responses_fd: int) -> None:
     from sqlstore.sql import protocol
 
     while True:
         try:
-            request = protocol.receive_message(requests)
+            request, _ = protocol.read_message(requests_fd)
         except EOFError:
             return
 
@@ -107,7 +156,7 @@ def _serve(database: SandboxDatabase, requests: Any, responses: Any) -> None:
             header, body = {"ok": True, "settings": database.current_settings()}, None
         else:
             header, body = {"ok": False, "kind": "failed", "message": f"unknown {kind!r}"}, None
-        protocol.send_message(responses, header, body)
+        protocol.write_message(responses_fd, header, body)
 
         if header.get("restart"):
             logger.error("DuckDB reported a fatal error; the worker exits to be replaced")
@@ -124,8 +173,17 @@ class SandboxDatabase:
         self.folder = Path(tempfile.mkdtemp(prefix="sqlstore-sandbox-"))
         self.connection: Any = None
         self.fingerprint: tuple[ViewDefinition, ...] | None = None
+        # The request's description of the views, and what was built from it.
+        self.described_views: list[list[Any]] = []
+        self.views: list[ViewDefinition] = []
+        self.view_files: list[str] = []
         self.generation = 0
         self.watchdog = _Watchdog()
+        # Parsed statements by text, and result shapes by text and parameter types.
+        self.statements: LRUCache[str, Any] = LRUCache(maxsize=CACHED_TEXTS)
+        self.shapes: LRUCache[tuple[str, tuple[str, ...]], ResultShape] = LRUCache(
+            maxsize=CACHED_TEXTS
+        )
 
     def close(self) -> None:
         if self.connection is not None:
@@ -133,17 +191,17 @@ class SandboxDatabase:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def run_query(self, request: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
-        """Run one query request; return the response header and the Arrow IPC stream."""
+        """Run one query request; return the response header and its body: the Arrow IPC
+        stream of the rows, or their JSON when the request allows it (see `QueryOutput`)."""
         import duckdb
 
         from sqlstore.sql.protocol import decode_parameters
 
         started = time.perf_counter()
-        views = [ViewDefinition(*view) for view in request["views"]]
         try:
-            self._ensure_views(views)
+            views = self._ensure_views(request["views"])
             parameters = decode_parameters(request.get("parameters", []))
-            table, truncated_by = self._execute_while_unchanged(request, views, parameters)
+            output = self._execute_while_unchanged(request, views, parameters)
         except _Stopped as stopped:
             return stopped.header, None
         except duckdb.Error as error:
@@ -157,11 +215,15 @@ class SandboxDatabase:
 
         header = {
             "ok": True,
-            "rows": table.num_rows,
-            "truncated_by": truncated_by,
+            "rows": output.rows,
+            "truncated_by": output.truncated_by,
             "elapsed_ms": (time.perf_counter() - started) * 1000,
         }
-        return header, _ipc_bytes(table)
+        if output.json_rows is None:
+            return header, _ipc_bytes(output.table)
+        header["columns"] = list(output.shape.columns)
+        header["dtypes"] = list(output.shape.dtypes)
+        return header, output.json_rows
 
     def current_settings(self) -> dict[str, str]:
         """Return the DuckDB settings of the sandbox, for diagnostics and tests."""
@@ -176,7 +238,7 @@ class SandboxDatabase:
 
     def _execute_while_unchanged(
         self, request: dict[str, Any], views: list[ViewDefinition], parameters: dict[str, Any]
-    ) -> tuple[Any, str | None]:
+    ) -> QueryOutput:
         """Run `_execute`, and run it again when it failed while a writer replaced a file.
 
         DuckDB opens a Parquet file more than once per query, so a rename between the opens
@@ -186,7 +248,12 @@ class SandboxDatabase:
 
         from sqlstore.filestamps import file_signature
 
-        paths = [self.root / view.path for view in views]
+        reads = {(group, name) for group, name in request.get("reads", [])}
+        paths = [
+            file
+            for view, file in zip(self.views, self.view_files, strict=True)
+            if (view.group, view.name) in reads
+        ]
         for _ in range(MAX_QUERY_ATTEMPTS - 1):
             before = [file_signature(path) for path in paths]
             try:
@@ -203,22 +270,43 @@ class SandboxDatabase:
 
     def _execute(
         self, request: dict[str, Any], views: list[ViewDefinition], parameters: dict[str, Any]
-    ) -> tuple[Any, str | None]:
+    ) -> QueryOutput:
+        """Run the query on a fresh cursor.
+
+        The first run of a text goes through DuckDB's relation API and Arrow, which handle
+        every type, and records the result's columns. Later runs whose columns are all
+        `PLAIN_TYPES` use `execute` and Python rows, which cost about 0.4 ms less per query.
+        """
         import duckdb
 
-        from sqlstore.sql.duckdb_check import check_with_duckdb, select_statement
-        from sqlstore.sql.limits import SqlLimits
+        from sqlstore.sql.duckdb_check import check_with_duckdb
 
         sql = request["sql"]
-        limits = SqlLimits(**request["limits"])
+        limits = _limits(request["limits"])
+        shape_key = (sql, _parameter_kinds(parameters)) if request.get("json_rows") else None
+        shape = self.shapes.get(shape_key) if shape_key is not None else None
         cursor = self.connection.cursor()
         try:
-            statement = select_statement(cursor, sql)
+            statement = self._statement(cursor, sql)
             check_with_duckdb(sql, {(v.group, v.name) for v in views}, parameters, limits)
             with self.watchdog.watching(cursor, limits.time_limit_seconds):
+                if shape is not None and shape.plain:
+                    cursor.execute(statement, parameters or None)
+                    if _type_names(cursor.description) == shape.type_names:
+                        return _fetch_json_rows(
+                            cursor, shape, request["max_rows"], limits.max_result_bytes
+                        )
+                    # A parameter of another type changed the columns' types.
+                    raise _ShapeChanged
                 relation = cursor.sql(statement, params=parameters or None)
                 table, truncated_by = _fetch(relation, request["max_rows"], limits.max_result_bytes)
-                return _exact_unsigned_hugeints(table, relation.types), truncated_by
+                types = relation.types
+                table = _exact_unsigned_hugeints(table, types)
+            if shape_key is not None:
+                self.shapes[shape_key] = _shape_of(table, types)
+            return QueryOutput(table=table, rows=table.num_rows, truncated_by=truncated_by)
+        except _ShapeChanged:
+            self.shapes.pop(shape_key, None)
         except duckdb.InterruptException as error:
             if self.watchdog.fired:
                 raise _Stopped({"ok": False, "kind": "timeout", "message": str(error)}) from error
@@ -228,13 +316,33 @@ class SandboxDatabase:
             raise
         finally:
             cursor.close()
+        return self._execute(request, views, parameters)
 
-    def _ensure_views(self, views: list[ViewDefinition]) -> None:
+    def _statement(self, cursor: Any, sql: str) -> Any:
+        """Return the one SELECT statement that DuckDB's parser reads in `sql`, parsed once
+        per text."""
+        from sqlstore.sql.duckdb_check import select_statement
+
+        statement = self.statements.get(sql)
+        if statement is None:
+            statement = select_statement(cursor, sql)
+            self.statements[sql] = statement
+        return statement
+
+    def _ensure_views(self, described: list[list[Any]]) -> list[ViewDefinition]:
+        """Build the views that `described` (the request's `views`) lists, unless the current
+        database has them; return their definitions."""
+        if self.connection is not None and described == self.described_views:
+            return self.views
+        views = [ViewDefinition(*view) for view in described]
         fingerprint = tuple(sorted(views, key=lambda view: (view.group, view.name)))
         if self.connection is not None and fingerprint == self.fingerprint:
-            return
+            self._keep_views(described, views)
+            return views
 
         self.generation += 1
+        # Views over other files may have other column types.
+        self.shapes.clear()
         path = self.folder / f"views-{self.generation}.duckdb"
         self._write_views(path, fingerprint)
         connection = self._open_locked(path)
@@ -242,11 +350,18 @@ class SandboxDatabase:
         previous = self.connection
         self.connection = connection
         self.fingerprint = fingerprint
+        self._keep_views(described, views)
         if previous is not None:
             previous.close()
         for old in self.folder.glob("views-*.duckdb*"):
             if not old.name.startswith(path.name):
                 old.unlink(missing_ok=True)
+        return views
+
+    def _keep_views(self, described: list[list[Any]], views: list[ViewDefinition]) -> None:
+        self.described_views = described
+        self.views = views
+        self.view_files = [str(self.root / view.path) for view in views]
 
     def _write_views(self, path: Path, views: tuple[ViewDefinition, ...]) -> None:
         import duckdb
@@ -312,6 +427,10 @@ class SandboxDatabase:
         return connection
 
 
+class _ShapeChanged(Exception):
+    """A query's columns differ from the shape recorded for its text."""
+
+
 class _Stopped(Exception):
     """A query ended in a way that has its own response header."""
 
@@ -326,13 +445,19 @@ class _Watchdog:
     DuckDB checks the interrupt flag between vectors, so functions that build one huge value
     notice it late. For those, the server kills the worker when the response does not arrive
     soon after the limit. One long-lived thread avoids starting a timer thread per query.
+    While idle the thread wakes every IDLE_WAKE_SECONDS, so a query whose deadline is later
+    than that need not wake it: waking a thread costs a context switch per query.
     """
+
+    IDLE_WAKE_SECONDS = 0.1
 
     def __init__(self) -> None:
         self.fired = False
         self._condition = threading.Condition()
         self._cursor: Any = None
         self._deadline: float | None = None
+        # The latest time the thread wakes by itself.
+        self._wake_by = 0.0
         thread = threading.Thread(target=self._run, name="sql-watchdog", daemon=True)
         thread.start()
 
@@ -343,7 +468,8 @@ class _Watchdog:
             self.fired = False
             self._cursor = cursor
             self._deadline = time.monotonic() + seconds
-            self._condition.notify()
+            if self._wake_by > self._deadline:
+                self._condition.notify()
         try:
             yield
         finally:
@@ -354,16 +480,19 @@ class _Watchdog:
     def _run(self) -> None:
         with self._condition:
             while True:
+                now = time.monotonic()
                 if self._deadline is None:
-                    self._condition.wait()
-                    continue
-                remaining = self._deadline - time.monotonic()
-                if remaining > 0:
-                    self._condition.wait(remaining)
-                    continue
-                self.fired = True
-                self._cursor.interrupt()
-                self._deadline = None
+                    self._wait_until(now + self.IDLE_WAKE_SECONDS)
+                elif self._deadline > now:
+                    self._wait_until(self._deadline)
+                else:
+                    self.fired = True
+                    self._cursor.interrupt()
+                    self._deadline = None
+
+    def _wait_until(self, wake_by: float) -> None:
+        self._wake_by = wake_by
+        self._condition.wait(max(wake_by - time.monotonic(), 0))
 
 
 def quote_list(values: list[str]) -> str:
@@ -397,6 +526,83 @@ def _fetch(relation: Any, max_rows: int, max_bytes: int) -> tuple[Any, str | Non
         if truncated_by is not None:
             break
     return pa.Table.from_batches(batches, schema=reader.schema), truncated_by
+
+
+def _fetch_json_rows(cursor: Any, shape: ResultShape, max_rows: int, max_bytes: int) -> QueryOutput:
+    """Read at most `max_rows` rows of an executed query as JSON, and about `max_bytes` bytes
+    of it, in the encoding that the Arrow route gives the same values."""
+    from sqlstore.sql.results import encode_json
+
+    columns = shape.columns
+    parts = []
+    rows = 0
+    size = 0
+    truncated_by = None
+    finished = False
+    while truncated_by is None and not finished:
+        wanted = min(JSON_ROWS_CHUNK, max_rows + 1 - rows)
+        batch = cursor.fetchmany(wanted)
+        # fetchmany returns fewer rows than asked for only at the end of the result.
+        finished = len(batch) < wanted
+        if rows + len(batch) > max_rows:
+            batch = batch[: max_rows - rows]
+            truncated_by = "row_limit"
+        encoded = encode_json([dict(zip(columns, row, strict=True)) for row in batch])
+        if size + len(encoded) > max_bytes:
+            row_bytes = max(len(encoded) / max(len(batch), 1), 1)
+            batch = batch[: max(int((max_bytes - size) / row_bytes), 0)]
+            encoded = encode_json([dict(zip(columns, row, strict=True)) for row in batch])
+            truncated_by = "byte_limit"
+        if batch:
+            parts.append(encoded[1:-1])
+        rows += len(batch)
+        size += len(encoded)
+    return QueryOutput(
+        rows=rows,
+        truncated_by=truncated_by,
+        json_rows=b"[" + b",".join(parts) + b"]",
+        shape=shape,
+    )
+
+
+def _shape_of(table: Any, types: list[Any]) -> ResultShape:
+    """Return the shape of a result that the Arrow route produced."""
+    from sqlstore.sql.results import column_types, with_unique_names
+
+    type_names = tuple(str(duckdb_type) for duckdb_type in types)
+    unique = with_unique_names(table)
+    return ResultShape(
+        type_names=type_names,
+        columns=tuple(unique.column_names),
+        dtypes=tuple(column_types(unique).values()),
+        plain=all(_is_plain(name) for name in type_names),
+    )
+
+
+def _is_plain(type_name: str) -> bool:
+    while type_name.endswith("[]"):
+        type_name = type_name[:-2]
+    return type_name in PLAIN_TYPES or DECIMAL_TYPE_PATTERN.fullmatch(type_name) is not None
+
+
+def _type_names(description: list[tuple[Any, ...]]) -> tuple[str, ...]:
+    return tuple(str(column[1]) for column in description)
+
+
+def _parameter_kinds(parameters: dict[str, Any]) -> tuple[str, ...]:
+    """Return the names and Python types of the parameters, which can change result types."""
+    return tuple(f"{name}:{type(value).__name__}" for name, value in sorted(parameters.items()))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_limits(items: tuple[tuple[str, Any], ...]) -> Any:
+    from sqlstore.sql.limits import SqlLimits
+
+    return SqlLimits(**dict(items))
+
+
+def _limits(values: dict[str, Any]) -> Any:
+    return _cached_limits(tuple(sorted(values.items())))
 
 
 def _exact_unsigned_hugeints(table: Any, types: list[Any]) -> Any:
