@@ -59,6 +59,10 @@ def values_of(response: httpx.Response) -> list[Any]:
     return [row["v"] for row in response.json()["data"]]
 
 
+# Tables the two-worker statistics test may read at most.
+STATS_TABLES = 40
+
+
 def fresh_client(server: RunningServer) -> httpx.Client:
     """Return a client that opens a new connection for every request."""
     limits = httpx.Limits(max_keepalive_connections=0)
@@ -205,19 +209,25 @@ def test_delete_table_then_recreate(client: httpx.Client) -> None:
 
 
 def test_stats_sum_both_workers(fresh: httpx.Client) -> None:
-    for index in range(12):
+    # Each request opens a new connection, and the kernel picks the worker that accepts it. A
+    # busy machine can favour one worker for many connections in a row, so tables are read
+    # until repeats have reached both the worker that cached a page and the other one.
+    for index in range(STATS_TABLES):
         write(fresh, f"stats/t{index}", records([index]))
     before = stats(fresh)
 
-    repeats = []
-    for index in range(12):
+    repeats: list[str] = []
+    for index in range(STATS_TABLES):
         assert fresh.get(f"/features/stats/t{index}").headers["X-Cache"] == "miss"
         repeats.append(fresh.get(f"/features/stats/t{index}").headers["X-Cache"])
+        if len(repeats) >= 12 and {"hit-memory", "hit-disk"} <= set(repeats):
+            break
     after = stats(fresh)
 
+    tables = len(repeats)
     memory_hits = repeats.count("hit-memory")
     disk_hits = repeats.count("hit-disk")
-    assert memory_hits + disk_hits == 12
+    assert memory_hits + disk_hits == tables
     assert memory_hits > 0
     assert disk_hits > 0
 
@@ -227,14 +237,14 @@ def test_stats_sum_both_workers(fresh: httpx.Client) -> None:
     memory, old_memory = after["tiers"]["memory"], before["tiers"]["memory"]
     disk, old_disk = after["tiers"]["disk"], before["tiers"]["disk"]
     assert delta(memory, old_memory, "cache_hits") == memory_hits
-    assert delta(memory, old_memory, "cache_misses") == 12 + disk_hits
-    assert delta(memory, old_memory, "total_requests") == 24
+    assert delta(memory, old_memory, "cache_misses") == tables + disk_hits
+    assert delta(memory, old_memory, "total_requests") == 2 * tables
     assert delta(disk, old_disk, "cache_hits") == disk_hits
-    assert delta(disk, old_disk, "cache_misses") == 12
-    assert delta(disk, old_disk, "total_items") == 12
-    assert delta(after["total"], before["total"], "cache_hits") == 12
-    assert delta(after["total"], before["total"], "cache_misses") == 12
-    assert delta(after["total"], before["total"], "total_requests") == 24
+    assert delta(disk, old_disk, "cache_misses") == tables
+    assert delta(disk, old_disk, "total_items") == tables
+    assert delta(after["total"], before["total"], "cache_hits") == tables
+    assert delta(after["total"], before["total"], "cache_misses") == tables
+    assert delta(after["total"], before["total"], "total_requests") == 2 * tables
 
 
 def test_stats_fields_present(client: httpx.Client) -> None:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
+from sqlstore.errors import QueryRejected, QuerySyntaxError
+from sqlstore.sql import duckdb_check
 from sqlstore.sql.limits import SqlLimits
 from sqlstore.sql.service import SqlService
+from sqlstore.sql.validate import validate_query
 from sqlstore.store import FeatureStore, TableDefinition
 
 
@@ -59,3 +62,79 @@ def test_close_stops_workers(service: SqlService) -> None:
 
     assert process.poll() is not None
     assert worker_pids(service) == []
+
+
+# The DuckDB-parser checks of a new text run in an idle worker while sqlglot's run here.
+
+BUILDER_SQL = "SELECT repeat('x', 100000000) AS s"
+
+
+def started_service(service: SqlService) -> SqlService:
+    """Return `service` with one idle, started worker, so that a new text is checked there."""
+    service.run("SELECT 1")
+    return service
+
+
+def parse_nothing_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make this process fail any DuckDB-parser check of its own, so that a passing test shows
+    that the worker made it."""
+
+    def fail(sql: str, limits: SqlLimits) -> None:
+        raise AssertionError(f"checked {sql!r} in the server process")
+
+    monkeypatch.setattr(duckdb_check, "_analyse_tree", fail)
+
+
+def rejection(function: Callable[[], object]) -> QueryRejected | QuerySyntaxError:
+    with pytest.raises((QueryRejected, QuerySyntaxError)) as caught:
+        function()
+    return caught.value
+
+
+def test_worker_check_matches_local_check(
+    service: SqlService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started_service(service)
+    sql = "SELECT name, count(*) AS n FROM shop.users GROUP BY name -- checked in a worker"
+    with monkeypatch.context() as patch:
+        parse_nothing_here(patch)
+        prepared = service.prepare(sql)
+    local = validate_query(sql + " ", [("shop", "users")])
+
+    assert prepared.query.canonical == local.canonical
+    assert prepared.query.tables == frozenset({("shop", "users")})
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        BUILDER_SQL,
+        "SELECT * FROM range(100000000000)",
+        "SELECT lpad('x', 2000000000) AS padded",
+        'SELECT 1 AS ""',
+    ],
+)
+def test_worker_rejection_matches_local_rejection(
+    service: SqlService, monkeypatch: pytest.MonkeyPatch, sql: str
+) -> None:
+    started_service(service)
+    with monkeypatch.context() as patch:
+        parse_nothing_here(patch)
+        remote = rejection(lambda: service.prepare(sql))
+    local = rejection(lambda: validate_query(sql, [("shop", "users")]))
+
+    assert type(remote) is type(local)
+    assert remote.message == local.message
+    assert remote.details == local.details
+
+
+def test_dead_worker_check_falls_back_to_local(service: SqlService) -> None:
+    started_service(service)
+    [worker] = service.sandbox._workers
+    os.kill(worker.process.pid, signal.SIGKILL)
+    worker.process.wait(timeout=30)
+    error = rejection(lambda: service.prepare(BUILDER_SQL + " -- after the kill"))
+    result = service.run("SELECT count(*) AS n FROM shop.users")
+
+    assert "repeat" in error.message
+    assert result.table.to_pylist() == [{"n": 2}]

@@ -23,12 +23,13 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import orjson
+from cachetools import LRUCache
 
 from sqlstore.errors import QueryRejected, QuerySyntaxError
 from sqlstore.sql.functions import is_allowed_function, is_allowed_table_function
@@ -185,6 +186,10 @@ DIGITS_PATTERN = re.compile(r"\d+")
 # remains is valid JSON. Inside JSON strings every quote is escaped, so the pattern matches only
 # these keys, never the text of a string literal.
 SOURCE_POSITION_PATTERN = re.compile(r',"query_location(?:_length)?":\d+')
+# Texts whose tree walk findings are kept, by text and limits.
+TREE_FACTS_CACHE_SIZE = 512
+_TREE_FACTS: LRUCache[tuple[str, SqlLimits], TreeFacts] = LRUCache(maxsize=TREE_FACTS_CACHE_SIZE)
+_TREE_FACTS_LOCK = threading.Lock()
 
 
 @dataclass
@@ -256,23 +261,25 @@ def check_with_duckdb(
     views: Collection[tuple[str, str]],
     parameters: Mapping[str, Any],
     limits: SqlLimits,
+    facts: Callable[[], TreeFacts] | None = None,
 ) -> str:
     """Raise QuerySyntaxError or QueryRejected unless DuckDB parses `sql` as one SELECT that reads
     only `views` and CTEs and calls only allowed functions with bounded sizes.
 
     Return the query's canonical form: DuckDB's JSON syntax tree without source positions, the
     same for texts that differ only in spacing, comments or keyword case. The walk over the
-    syntax tree is cached by text and limits. Only a query whose size arguments are
+    syntax tree is cached by text and limits; `facts`, when given, returns the walk's findings
+    made elsewhere (by a SQL worker process). Only a query whose size arguments are
     $parameters is walked again, with the values of `parameters`.
     """
-    facts = _analyse_tree(sql, limits)
+    found = facts() if facts is not None else tree_facts(sql, limits)
 
-    missing = sorted(facts.parameter_names - set(parameters))
+    missing = sorted(found.parameter_names - set(parameters))
     if missing:
         raise QueryRejected(f"missing value for parameter ${missing[0]}: add it to params")
 
     registered = set(views)
-    for table in facts.tables:
+    for table in found.tables:
         if (table.group, table.name) not in registered:
             message = (
                 f"table {table.group}.{table.name} is not a registered feature view; read views "
@@ -280,9 +287,53 @@ def check_with_duckdb(
             )
             raise QueryRejected(_with_location(message, table.details), details=[table.details])
 
-    if facts.depends_on_parameters:
+    if found.depends_on_parameters:
         _TreeChecker(sql, limits, parameters).check(_syntax_tree(sql))
-    return facts.canonical
+    return found.canonical
+
+
+def tree_facts(sql: str, limits: SqlLimits) -> TreeFacts:
+    """Return the findings of the walk over DuckDB's syntax tree of `sql`, parsing it unless
+    they are cached. Raise QuerySyntaxError or QueryRejected for a rejected text."""
+    key = (sql, limits)
+    with _TREE_FACTS_LOCK:
+        found = _TREE_FACTS.get(key)
+    if found is None:
+        found = _analyse_tree(sql, limits)
+        remember_tree_facts(sql, limits, found)
+    return found
+
+
+def cached_tree_facts(sql: str, limits: SqlLimits) -> TreeFacts | None:
+    """Return the cached findings for `sql`, or None."""
+    with _TREE_FACTS_LOCK:
+        return _TREE_FACTS.get((sql, limits))
+
+
+def remember_tree_facts(sql: str, limits: SqlLimits, facts: TreeFacts) -> None:
+    """Cache findings for `sql`, such as those a SQL worker process made."""
+    with _TREE_FACTS_LOCK:
+        _TREE_FACTS[(sql, limits)] = facts
+
+
+def facts_to_message(facts: TreeFacts) -> dict[str, Any]:
+    """Return `facts` as JSON-ready values, for the pipe between server and worker."""
+    return {
+        "tables": [[table.group, table.name, table.details] for table in facts.tables],
+        "parameter_names": sorted(facts.parameter_names),
+        "depends_on_parameters": facts.depends_on_parameters,
+        "canonical": facts.canonical,
+    }
+
+
+def facts_from_message(message: dict[str, Any]) -> TreeFacts:
+    """Rebuild the findings that `facts_to_message` encoded."""
+    return TreeFacts(
+        tables=tuple(BaseTable(group, name, details) for group, name, details in message["tables"]),
+        parameter_names=frozenset(message["parameter_names"]),
+        depends_on_parameters=bool(message["depends_on_parameters"]),
+        canonical=message["canonical"],
+    )
 
 
 def select_statement(connection: duckdb.DuckDBPyConnection, sql: str) -> duckdb.Statement:
@@ -293,7 +344,8 @@ def select_statement(connection: duckdb.DuckDBPyConnection, sql: str) -> duckdb.
 def clear_caches() -> None:
     """Empty the caches of parsed and checked texts, so that the next check parses again."""
     _serialize.cache_clear()
-    _analyse_tree.cache_clear()
+    with _TREE_FACTS_LOCK:
+        _TREE_FACTS.clear()
 
 
 def _check_statement_type(sql: str) -> None:
@@ -302,7 +354,6 @@ def _check_statement_type(sql: str) -> None:
         _single_select(parser.connection, sql)
 
 
-@functools.lru_cache(maxsize=512)
 def _analyse_tree(sql: str, limits: SqlLimits) -> TreeFacts:
     checker = _TreeChecker(sql, limits, parameters=None)
     checker.check(_syntax_tree(sql))

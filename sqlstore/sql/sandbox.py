@@ -29,6 +29,7 @@ from sqlstore.errors import (
     QueryFailed,
     QueryOutOfMemory,
     QueryRejected,
+    QuerySyntaxError,
     QueryTimeout,
     QueryWorkersBusy,
 )
@@ -170,6 +171,36 @@ class _Worker:
         self.kill()
 
 
+class TreeCheck:
+    """The DuckDB-parser checks of one text, running in a worker process."""
+
+    def __init__(self, sandbox: Sandbox, worker: _Worker) -> None:
+        self.sandbox = sandbox
+        self.worker: _Worker | None = worker
+        self.header: dict[str, Any] | None = None
+
+    def result(self) -> dict[str, Any] | None:
+        """Wait for the worker and return its response header: `facts` when the text passed, a
+        rejection otherwise. Return None when the worker failed; the caller checks the text
+        itself then."""
+        worker = self.worker
+        if worker is None:
+            return self.header
+        self.worker = None
+        try:
+            self.header, _ = worker.channel.receive(self.sandbox.limits.time_limit_seconds)
+        except (EOFError, OSError, TimeoutError) as error:
+            logger.warning("SQL worker %d failed to check a query: %r", worker.process.pid, error)
+            self.sandbox._discard(worker)
+            return None
+        self.sandbox._release(worker)
+        return self.header
+
+    def close(self) -> None:
+        """Wait for the response if nobody asked for it, so that the worker can be lent again."""
+        self.result()
+
+
 class Sandbox:
     """A pool of SQL worker processes for one store root. Thread-safe; `run_async` must be
     called from one event loop."""
@@ -238,6 +269,26 @@ class Sandbox:
             raise failure from error
         self._settle(worker, header)
         return _query_result(header, body, self.limits)
+
+    def start_tree_check(self, sql: str) -> TreeCheck | None:
+        """Send `sql` to an idle worker for the DuckDB-parser checks, which then run while the
+        caller applies sqlglot's. Return None when no started worker is idle."""
+        try:
+            worker = self._take_idle()
+        except QueryWorkersBusy:
+            return None
+        if worker is None:
+            return None
+        message = {"kind": "check", "sql": sql, "limits": self._limits_message}
+        try:
+            worker.channel.send(message, self.limits.time_limit_seconds)
+        except (OSError, TimeoutError) as error:
+            logger.warning(
+                "could not send a query check to SQL worker %d: %s", worker.process.pid, error
+            )
+            self._discard(worker)
+            return None
+        return TreeCheck(self, worker)
 
     def worker_settings(self) -> dict[str, str]:
         """Return the DuckDB settings of one worker's sandbox, for diagnostics and tests."""
@@ -437,10 +488,16 @@ def _error_from_header(header: dict[str, Any], limits: SqlLimits) -> Exception:
             f"(SQLSTORE_SQL_MEMORY_LIMIT_BYTES): {message}"
         )
     if kind == "rejected":
-        return QueryRejected(message)
+        return rejection_from_header(header)
     if kind == "blocked":
         return QueryRejected(f"the sandbox blocked file access: {message}")
     return QueryFailed(f"query failed: {message}")
+
+
+def rejection_from_header(header: dict[str, Any]) -> QueryRejected | QuerySyntaxError:
+    """Rebuild the rejection of the DuckDB-parser checks that a worker reported."""
+    error_class = QuerySyntaxError if header.get("syntax") else QueryRejected
+    return error_class(str(header.get("message", "")), details=header.get("details"))
 
 
 def _without_stack_trace(message: str) -> str:

@@ -25,7 +25,7 @@ import inspect
 import logging
 import re
 import unicodedata
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ from sqlglot.errors import ParseError, TokenError
 
 from sqlstore.errors import QueryRejected, QuerySyntaxError
 from sqlstore.sql.duckdb_check import (
+    TreeFacts,
     check_with_duckdb,
     duckdb_statement_types,
     location_of_offset,
@@ -186,12 +187,14 @@ def validate_query(
     views: Collection[tuple[str, str]],
     parameters: Mapping[str, Any] | None = None,
     limits: SqlLimits | None = None,
+    tree_facts: Callable[[], TreeFacts] | None = None,
 ) -> ValidatedQuery:
     """Raise QuerySyntaxError or QueryRejected unless `sql` is one read-only query over `views`.
 
     `views` lists the registered (group, name) pairs. `parameters` maps each `$name` of the
     query to its value. The validator never runs the query. It does run DuckDB's parser on
-    the text, on a connection without file access that contains no data.
+    the text, on a connection without file access that contains no data, unless `tree_facts`
+    returns what that parser found (see `check_with_duckdb`).
     """
     limits = limits or SqlLimits()
     parameters = dict(parameters or {})
@@ -201,7 +204,7 @@ def validate_query(
     check_tables(shape.tables, views)
     check_parameters(shape.parameters, parameters)
 
-    canonical = check_with_duckdb(text, views, parameters, limits)
+    canonical = check_with_duckdb(text, views, parameters, limits, tree_facts)
     return ValidatedQuery(
         sql=text,
         tables=shape.tables,

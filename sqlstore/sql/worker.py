@@ -152,6 +152,8 @@ def _serve(database: SandboxDatabase, requests_fd: int, responses_fd: int) -> No
         kind = request.get("kind")
         if kind == "query":
             header, body = database.run_query(request)
+        elif kind == "check":
+            header, body = database.check_tree(request), None
         elif kind == "settings":
             header, body = {"ok": True, "settings": database.current_settings()}, None
         else:
@@ -224,6 +226,21 @@ class SandboxDatabase:
         header["columns"] = list(output.shape.columns)
         header["dtypes"] = list(output.shape.dtypes)
         return header, output.json_rows
+
+    def check_tree(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Apply the DuckDB-parser checks to a text and return the findings, which the server
+        needs to finish validating it, as a response header."""
+        from sqlstore.errors import QueryRejected, QuerySyntaxError
+        from sqlstore.sql.duckdb_check import facts_to_message, tree_facts
+
+        try:
+            facts = tree_facts(request["sql"], _limits(request["limits"]))
+        except (QueryRejected, QuerySyntaxError) as error:
+            return _rejection_header(error)
+        except Exception as error:
+            logger.exception("checking a query for the server failed unexpectedly")
+            return {"ok": False, "kind": "failed", "message": f"{type(error).__name__}: {error}"}
+        return {"ok": True, "facts": facts_to_message(facts)}
 
     def current_settings(self) -> dict[str, str]:
         """Return the DuckDB settings of the sandbox, for diagnostics and tests."""
@@ -647,8 +664,21 @@ def _raise_rejection(error: Exception) -> None:
     from sqlstore.errors import QueryRejected, QuerySyntaxError
 
     if isinstance(error, QueryRejected | QuerySyntaxError):
-        header = {"ok": False, "kind": "rejected", "code": error.code, "message": error.message}
-        raise _Stopped(header) from error
+        raise _Stopped(_rejection_header(error)) from error
+
+
+def _rejection_header(error: Any) -> dict[str, Any]:
+    """Return the response header of a QueryRejected or QuerySyntaxError."""
+    from sqlstore.errors import QuerySyntaxError
+
+    return {
+        "ok": False,
+        "kind": "rejected",
+        "syntax": isinstance(error, QuerySyntaxError),
+        "code": error.code,
+        "message": error.message,
+        "details": error.details,
+    }
 
 
 def _error_header(error: Exception) -> dict[str, Any]:
