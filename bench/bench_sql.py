@@ -2,9 +2,9 @@
 
 One run builds the MovieLens demo store (or uses --root), then measures:
 
-- validation of a 20-line analyst query (both parsers): cold, with the validator's caches
-  cleared before every run, and warm, when the same text was validated before, both in this
-  process; and new texts as the server validates them, with DuckDB's checks in a worker;
+- validation of a 20-line analyst query (both parsers) in this process: cold, with the
+  validator's caches cleared before every run, and warm, when the same text was validated
+  before. Also new texts as the server validates them, with DuckDB's checks in a worker;
 - end-to-end POST /sql over loopback HTTP (keep-alive, sequential; with httpx and with the
   standard library's http.client) against a `python -m sqlstore serve` process, for aggregates
   over interaction.user_movie_interactions, next to the same query in DuckDB in this process
@@ -147,8 +147,8 @@ def measure_service_validation(
 ) -> float:
     """Return the median time of `SqlService.prepare` for texts it has not seen, as the server
     validates them: sqlglot's checks in this process while an idle worker process applies
-    DuckDB's. Each text is the analyst query with a comment line of its own, so no cache of
-    either process knows it."""
+    DuckDB's. Each text is the analyst query with a comment line of its own, so that it is in
+    no cache of either process."""
     service = SqlService(store, SqlLimits())
     try:
         service.run("SELECT 1")

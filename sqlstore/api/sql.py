@@ -217,10 +217,10 @@ async def lane_response(state: Any, scope: Scope, body: bytes) -> Response | Non
     """Serve `POST /sql` for the fast lane (`sqlstore.api.fastlane`), or return None.
 
     It serves JSON results of queries validated lately, from the memory tier or, when the
-    result is not to be cached, from a worker. It returns None, before doing anything that
-    shows, for every other request: a body the route's model would treat differently, another
-    format, a text not validated lately, a validation error, a result cache miss. Errors of the
-    query itself are raised, as the route raises them.
+    result is not to be cached, from a worker. For every other request it returns None before
+    any query runs: a body the route's model would treat differently, another format, a text
+    not validated lately, a validation error, a result cache miss. Errors of the query itself
+    are raised, as the route raises them.
     """
     request = _plain_sql_request(scope, body)
     if request is None:

@@ -82,7 +82,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class MessageReader:
-    """Collects bytes read from a pipe into messages."""
+    """A buffer that collects the bytes read from a pipe into messages."""
 
     def __init__(self) -> None:
         self.buffer = bytearray()

@@ -197,7 +197,7 @@ class TreeCheck:
         return self.header
 
     def close(self) -> None:
-        """Wait for the response if nobody asked for it, so that the worker can be lent again."""
+        """Wait for the response unless `result` did, so that the worker can be lent again."""
         self.result()
 
 
@@ -261,8 +261,8 @@ class Sandbox:
                     self.run, query, views, max_rows, request_id, json_rows
                 )
         except BaseException as error:
-            # A cancelled request leaves the worker busy with a response nobody reads, so
-            # it is discarded too.
+            # A cancelled request leaves the worker busy with a response that is never read,
+            # so it is discarded too.
             failure = self._failure(worker, error, request_id, started)
             if failure is error:
                 raise
@@ -391,7 +391,8 @@ class Sandbox:
         )
 
     def _settle(self, worker: _Worker, header: dict[str, Any]) -> None:
-        """Return a worker that answered to the pool, or replace it when it asked to be."""
+        """Return a worker that responded to the pool, or replace it when its response requests a
+        restart."""
         if header.get("restart"):
             self._discard(worker)
         else:

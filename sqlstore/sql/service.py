@@ -150,7 +150,7 @@ class SqlService:
         return tree_facts(sql, self.limits)
 
     def execute(self, prepared: PreparedQuery, request_id: str = "-") -> SqlResult:
-        """Run a prepared query in the sandbox; the result holds an Arrow table."""
+        """Run a prepared query in the sandbox; the result contains an Arrow table."""
         views = self._views(prepared)
         result = self.sandbox.run(prepared.query, views, prepared.row_limit, request_id)
         return self._finish(prepared, result, request_id)

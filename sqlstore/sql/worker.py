@@ -44,7 +44,7 @@ CACHED_TEXTS = 256
 # Rows fetched and encoded to JSON at a time.
 JSON_ROWS_CHUNK = 2048
 # DuckDB types whose Python values encode to the same JSON as the values pyarrow returns for
-# DuckDB's Arrow export of them; lists of these qualify too.
+# them. Lists of these qualify too.
 PLAIN_TYPES = frozenset(
     {
         "BOOLEAN",
@@ -193,8 +193,8 @@ class SandboxDatabase:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def run_query(self, request: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
-        """Run one query request; return the response header and its body: the Arrow IPC
-        stream of the rows, or their JSON when the request allows it (see `QueryOutput`)."""
+        """Run one query request. Return the response header and its body: the rows as an Arrow
+        IPC stream, or as JSON when the request allows it (see `QueryOutput`)."""
         import duckdb
 
         from sqlstore.sql.protocol import decode_parameters
@@ -557,10 +557,10 @@ def _fetch_json_rows(cursor: Any, shape: ResultShape, max_rows: int, max_bytes: 
     truncated_by = None
     finished = False
     while truncated_by is None and not finished:
-        wanted = min(JSON_ROWS_CHUNK, max_rows + 1 - rows)
-        batch = cursor.fetchmany(wanted)
-        # fetchmany returns fewer rows than asked for only at the end of the result.
-        finished = len(batch) < wanted
+        requested = min(JSON_ROWS_CHUNK, max_rows + 1 - rows)
+        batch = cursor.fetchmany(requested)
+        # fetchmany returns fewer rows than requested only at the end of the result.
+        finished = len(batch) < requested
         if rows + len(batch) > max_rows:
             batch = batch[: max_rows - rows]
             truncated_by = "row_limit"
