@@ -4,6 +4,7 @@ responses, errors, time limit and access control must match what the route does.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,7 +62,7 @@ def http(uncached_server: RunningServer) -> Iterator[httpx.Client]:
 
 
 def post_twice(client: httpx.Client, body: Any, **headers: str) -> list[httpx.Response]:
-    content = orjson.dumps(body)
+    content = json.dumps(body).encode()
     headers = {"Content-Type": "application/json", **headers}
     return [client.post("/sql", content=content, headers=headers) for _ in range(2)]
 
@@ -132,6 +133,13 @@ def test_unusual_bodies_get_the_route_response(http: httpx.Client, body: Any) ->
 
     assert second.status_code == first.status_code
     assert stable_body(second) == stable_body(first)
+
+
+def test_integers_beyond_64_bits_stay_exact(http: httpx.Client) -> None:
+    body = {"sql": "SELECT $big AS v", "params": {"big": 2**70 + 1}}
+    responses = post_twice(http, body)
+
+    assert [r.json()["data"] for r in responses] == [[{"v": 2**70 + 1}]] * 2
 
 
 def test_other_formats_get_the_route_response(http: httpx.Client) -> None:
@@ -210,6 +218,7 @@ def test_lane_serves_only_texts_validated_lately(service: SqlService) -> None:
         (b'{"sql": "SELECT k FROM g.t"', None),
         (b'\xef\xbb\xbf{"sql": "SELECT k FROM g.t"}', None),
         (b'["SELECT k FROM g.t"]', None),
+        (b'{"sql": "SELECT k FROM g.t", "limit": 10000000000000000000}', None),
         (b'{"sql": "SELECT k FROM g.t"}', "application/vnd.apache.parquet"),
         (b'{"sql": "SELECT k FROM g.t"}', "text/html"),
     ],

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pytest
 
 from sqlstore.api.sql import tabular_response
+from sqlstore.errors import InvalidInput
 from sqlstore.sql.limits import SqlLimits
 from sqlstore.sql.service import SqlResult, SqlService
 from sqlstore.store import FeatureStore, TableDefinition
@@ -24,6 +25,7 @@ ELAPSED_PATTERN = re.compile(rb'"elapsed_ms":[0-9.e-]+')
 
 TYPED_COLUMNS = {
     "id": pa.array([1, 2, 3], pa.int64()),
+    "rank": pa.array([30, 20, 10], pa.int64()),
     "tiny": pa.array([-128, 0, 127], pa.int8()),
     "unsigned": pa.array([0, 2**63, 2**64 - 1], pa.uint64()),
     "single": pa.array([0.1, float("nan"), None], pa.float32()),
@@ -141,24 +143,83 @@ def test_row_limit_matches_arrow(service: SqlService, limit: int) -> None:
     assert json.loads(rows.json_rows) == arrow.table.to_pylist()
 
 
-def test_rows_past_the_byte_limit_are_cut(tmp_path: Path) -> None:
+def test_large_result_keeps_the_arrow_byte_limit(tmp_path: Path) -> None:
     store = FeatureStore(tmp_path / "store")
     words = pa.table({"id": list(range(5000)), "word": [f"word-{i:06d}" for i in range(5000)]})
     store.write("shop", "words", words, definition=TableDefinition(["id"]))
     service = SqlService(store, SqlLimits(workers=1, threads=1, max_result_bytes=20_000))
     try:
         sql = "SELECT id, word FROM shop.words ORDER BY id"
-        run(service, sql)
-        result = run(service, sql)
+        runs = [run(service, sql) for _ in range(3)]
     finally:
         service.close()
 
-    # Each row encodes as {"id":N,"word":"word-00000N"}: 30 to 33 bytes.
-    assert result.json_rows is not None
-    assert result.truncated_by == "byte_limit"
-    assert 20_000 / 33 - 1 <= result.rows <= 20_000 / 30
-    expected = [{"id": i, "word": f"word-{i:06d}"} for i in range(result.rows)]
-    assert json.loads(result.json_rows) == expected
+    # The JSON of the rows passes 1/16 of the limit, so every run counts Arrow's bytes.
+    assert [result.table is not None for result in runs] == [True, True, True]
+    assert [result.truncated_by for result in runs] == ["byte_limit"] * 3
+    assert len({result.row_count for result in runs}) == 1
+    expected = [{"id": i, "word": f"word-{i:06d}"} for i in range(runs[0].row_count)]
+    assert runs[1].table.to_pylist() == expected
+
+
+def test_small_result_is_json_rows_under_a_small_byte_limit(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path / "store")
+    store.write("shop", "few", pa.table({"id": [1, 2]}), definition=TableDefinition(["id"]))
+    service = SqlService(store, SqlLimits(workers=1, threads=1, max_result_bytes=16 * 100))
+    try:
+        sql = "SELECT id FROM shop.few ORDER BY id"
+        run(service, sql)
+        second = run(service, sql)
+    finally:
+        service.close()
+
+    assert second.json_rows == b'[{"id":1},{"id":2}]'
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 'infinity'::TIMESTAMP AS value",
+        "SELECT '-infinity'::TIMESTAMP AS value",
+        "SELECT 'infinity'::DATE AS value",
+        "SELECT 'infinity'::TIMESTAMPTZ AS value",
+        "SELECT '12000-01-01'::DATE AS value",
+        "SELECT '-0044-03-15'::DATE AS value",
+        "SELECT '294000-01-01'::TIMESTAMP AS value",
+        "SELECT '24:00:00'::TIME AS value",
+        "SELECT ['infinity'::DATE] AS value",
+        "SELECT DATE '9999-12-31' AS value",
+        "SELECT DATE '0001-01-01' AS value",
+    ],
+)
+def test_dates_beyond_python_get_the_arrow_response(service: SqlService, sql: str) -> None:
+    outcomes = []
+    for _ in range(3):
+        try:
+            outcomes.append(response_body(run(service, sql)))
+        except InvalidInput as error:
+            outcomes.append(error.message.encode())
+
+    assert outcomes[1] == outcomes[0]
+    assert outcomes[2] == outcomes[0]
+
+
+def test_timestamps_in_range_are_json_rows(service: SqlService) -> None:
+    sql = "SELECT TIMESTAMP '2020-02-29 12:00:00.5' AS value, DATE '1970-01-01' AS day"
+    run(service, sql)
+    second = run(service, sql)
+
+    assert second.json_rows == b'[{"value":"2020-02-29T12:00:00.500000","day":"1970-01-01"}]'
+
+
+def test_renamed_columns_of_the_same_types_are_seen(service: SqlService) -> None:
+    sql = "SELECT COLUMNS($name) FROM shop.typed ORDER BY id LIMIT 1"
+    run(service, sql, {"name": "rank"})
+    rank = run(service, sql, {"name": "rank"})
+    identifier = run(service, sql, {"name": "id"})
+
+    assert json.loads(rank.json_rows or b"") == [{"rank": 30}]
+    assert json.loads(response_body(identifier))["data"] == [{"id": 1}]
 
 
 def test_parameter_of_another_type_runs_through_arrow(service: SqlService) -> None:
@@ -172,6 +233,22 @@ def test_parameter_of_another_type_runs_through_arrow(service: SqlService) -> No
     assert words.table is not None
     assert words.table.to_pylist() == [{"v": ["a"]}]
     assert json.loads(response_body(words))["metadata"]["dtypes"] == {"v": "list<string>"}
+
+
+def test_table_written_again_with_columns_swapped(service: SqlService) -> None:
+    store = service.store
+    first = pa.table({"k": [1], "a": [10], "c": [30]})
+    store.write("shop", "swapped", first, definition=TableDefinition(["k"]))
+    sql = "SELECT * FROM shop.swapped"
+    run(service, sql)
+    before = run(service, sql)
+    store.delete("shop", "swapped")
+    second = pa.table({"k": [1], "c": [40], "a": [20]})
+    store.write("shop", "swapped", second, definition=TableDefinition(["k"]))
+    after = run(service, sql)
+
+    assert json.loads(before.json_rows or b"") == [{"k": 1, "a": 10, "c": 30}]
+    assert json.loads(response_body(after))["data"] == [{"k": 1, "c": 40, "a": 20}]
 
 
 def test_new_table_version_is_run_through_arrow_again(service: SqlService) -> None:

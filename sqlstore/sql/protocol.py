@@ -56,9 +56,19 @@ def decode_header(head: bytes) -> dict[str, Any]:
 
 
 def write_message(fd: int, header: dict[str, Any], body: bytes | None = None) -> None:
-    """Write one message to a blocking file descriptor."""
-    for frame in encode_message(header, body):
-        _write_all(fd, frame)
+    """Write one message to a blocking file descriptor.
+
+    The frames go out in one gathering write while they fit the pipe, so that the reader
+    wakes once per message rather than once per frame.
+    """
+    views = [memoryview(frame) for frame in encode_message(header, body)]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views:
+            views[0] = views[0][written:]
 
 
 def read_message(fd: int) -> Message:
@@ -72,13 +82,6 @@ def read_message(fd: int) -> Message:
         if not data:
             raise EOFError("the pipe closed")
         reader.feed(data)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 class MessageReader:

@@ -15,6 +15,7 @@ DuckDB's parser returned after the DuckDB-parser checks, never the raw text.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import functools
 import json
 import logging
@@ -29,7 +30,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +61,17 @@ PLAIN_TYPES = frozenset(
         "DOUBLE",
         "VARCHAR",
         "BLOB",
-        "DATE",
-        "TIME",
-        "TIMESTAMP",
-        "TIMESTAMP WITH TIME ZONE",
     }
 )
+# Plain too, but only as columns of their own, whose values are checked: DuckDB turns infinity
+# into Python's earliest or latest date and a value beyond Python's range into text, where
+# pyarrow fails or differs.
+TEMPORAL_TYPES = frozenset({"DATE", "TIME", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE"})
+TEMPORAL_LIMITS = frozenset({dt.date.min, dt.date.max, dt.datetime.min, dt.datetime.max})
+# JSON rows are sent only for results whose JSON is at most this share of the byte limit.
+# Arrow, which the byte limit counts, takes at most about 16 bytes per value (a DECIMAL) and
+# its JSON at least 2, so such a result would not have been cut by the byte limit either.
+JSON_ROWS_BYTE_SHARE = 16
 DECIMAL_TYPE_PATTERN = re.compile(r"DECIMAL\(\d+,\d+\)")
 
 
@@ -83,10 +89,14 @@ class ViewDefinition:
 class ResultShape:
     """The columns of one query's result, as its first run through Arrow showed them."""
 
+    names: tuple[str, ...]
     type_names: tuple[str, ...]
+    # The names made unique, as responses show them, and their types as responses name them.
     columns: tuple[str, ...]
     dtypes: tuple[str, ...]
     plain: bool
+    # Positions of the columns whose values are checked (see TEMPORAL_TYPES).
+    temporal: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -309,21 +319,25 @@ class SandboxDatabase:
             with self.watchdog.watching(cursor, limits.time_limit_seconds):
                 if shape is not None and shape.plain:
                     cursor.execute(statement, parameters or None)
-                    if _type_names(cursor.description) == shape.type_names:
-                        return _fetch_json_rows(
-                            cursor, shape, request["max_rows"], limits.max_result_bytes
-                        )
-                    # A parameter of another type changed the columns' types.
-                    raise _ShapeChanged
+                    if _columns_of(cursor.description) != (shape.names, shape.type_names):
+                        # A parameter of another type, or a table written again, changed the
+                        # names or types of the columns.
+                        raise _ShapeChanged
+                    max_bytes = limits.max_result_bytes // JSON_ROWS_BYTE_SHARE
+                    return _fetch_json_rows(cursor, shape, request["max_rows"], max_bytes)
                 relation = cursor.sql(statement, params=parameters or None)
                 table, truncated_by = _fetch(relation, request["max_rows"], limits.max_result_bytes)
                 types = relation.types
                 table = _exact_unsigned_hugeints(table, types)
             if shape_key is not None:
-                self.shapes[shape_key] = _shape_of(table, types)
+                self._learn_shape(shape_key, _shape_of(table, types))
             return QueryOutput(table=table, rows=table.num_rows, truncated_by=truncated_by)
         except _ShapeChanged:
             self.shapes.pop(shape_key, None)
+        except _NotPlain:
+            # Arrow from now on for this text, whose values JSON rows would get wrong or whose
+            # result is large.
+            self.shapes[shape_key] = replace(shape, plain=False)
         except duckdb.InterruptException as error:
             if self.watchdog.fired:
                 raise _Stopped({"ok": False, "kind": "timeout", "message": str(error)}) from error
@@ -334,6 +348,14 @@ class SandboxDatabase:
         finally:
             cursor.close()
         return self._execute(request, views, parameters)
+
+    def _learn_shape(self, key: tuple[str, tuple[str, ...]], learned: ResultShape) -> None:
+        """Record the shape of a result, keeping the mark of a text that must use Arrow."""
+        known = self.shapes.get(key)
+        same_columns = known is not None and known.names == learned.names
+        if same_columns and known.type_names == learned.type_names and not known.plain:
+            return
+        self.shapes[key] = learned
 
     def _statement(self, cursor: Any, sql: str) -> Any:
         """Return the one SELECT statement that DuckDB's parser reads in `sql`, parsed once
@@ -448,6 +470,10 @@ class _ShapeChanged(Exception):
     """A query's columns differ from the shape recorded for its text."""
 
 
+class _NotPlain(Exception):
+    """A result that JSON rows would encode differently from Arrow, or a large one."""
+
+
 class _Stopped(Exception):
     """A query ended in a way that has its own response header."""
 
@@ -546,8 +572,9 @@ def _fetch(relation: Any, max_rows: int, max_bytes: int) -> tuple[Any, str | Non
 
 
 def _fetch_json_rows(cursor: Any, shape: ResultShape, max_rows: int, max_bytes: int) -> QueryOutput:
-    """Read at most `max_rows` rows of an executed query as JSON, and about `max_bytes` bytes
-    of it, in the encoding that the Arrow route gives the same values."""
+    """Read at most `max_rows` rows of an executed query as JSON, in the encoding that the Arrow
+    route gives the same values. Raise _NotPlain when the JSON passes `max_bytes` or a value of a
+    temporal column is one that the Arrow route treats differently."""
     from sqlstore.sql.results import encode_json
 
     columns = shape.columns
@@ -564,22 +591,28 @@ def _fetch_json_rows(cursor: Any, shape: ResultShape, max_rows: int, max_bytes: 
         if rows + len(batch) > max_rows:
             batch = batch[: max_rows - rows]
             truncated_by = "row_limit"
+        _check_temporal_values(batch, shape.temporal)
         encoded = encode_json([dict(zip(columns, row, strict=True)) for row in batch])
-        if size + len(encoded) > max_bytes:
-            row_bytes = max(len(encoded) / max(len(batch), 1), 1)
-            batch = batch[: max(int((max_bytes - size) / row_bytes), 0)]
-            encoded = encode_json([dict(zip(columns, row, strict=True)) for row in batch])
-            truncated_by = "byte_limit"
+        size += len(encoded)
+        if size > max_bytes:
+            raise _NotPlain
         if batch:
             parts.append(encoded[1:-1])
         rows += len(batch)
-        size += len(encoded)
     return QueryOutput(
         rows=rows,
         truncated_by=truncated_by,
         json_rows=b"[" + b",".join(parts) + b"]",
         shape=shape,
     )
+
+
+def _check_temporal_values(batch: list[tuple[Any, ...]], positions: tuple[int, ...]) -> None:
+    for position in positions:
+        for row in batch:
+            value = row[position]
+            if value is not None and (type(value) is str or value in TEMPORAL_LIMITS):
+                raise _NotPlain
 
 
 def _shape_of(table: Any, types: list[Any]) -> ResultShape:
@@ -589,21 +622,27 @@ def _shape_of(table: Any, types: list[Any]) -> ResultShape:
     type_names = tuple(str(duckdb_type) for duckdb_type in types)
     unique = with_unique_names(table)
     return ResultShape(
+        names=tuple(table.column_names),
         type_names=type_names,
         columns=tuple(unique.column_names),
         dtypes=tuple(column_types(unique).values()),
         plain=all(_is_plain(name) for name in type_names),
+        temporal=tuple(i for i, name in enumerate(type_names) if name in TEMPORAL_TYPES),
     )
 
 
 def _is_plain(type_name: str) -> bool:
+    if type_name in TEMPORAL_TYPES:
+        return True
     while type_name.endswith("[]"):
         type_name = type_name[:-2]
     return type_name in PLAIN_TYPES or DECIMAL_TYPE_PATTERN.fullmatch(type_name) is not None
 
 
-def _type_names(description: list[tuple[Any, ...]]) -> tuple[str, ...]:
-    return tuple(str(column[1]) for column in description)
+def _columns_of(description: list[tuple[Any, ...]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Return the names and DuckDB type names of an executed query's columns."""
+    names = tuple(column[0] for column in description)
+    return names, tuple(str(column[1]) for column in description)
 
 
 def _parameter_kinds(parameters: dict[str, Any]) -> tuple[str, ...]:
