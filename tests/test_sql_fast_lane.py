@@ -142,6 +142,16 @@ def test_integers_beyond_64_bits_stay_exact(http: httpx.Client) -> None:
     assert [r.json()["data"] for r in responses] == [[{"v": 2**70 + 1}]] * 2
 
 
+@pytest.mark.parametrize("literal", [b"1e309", b"-1e309", b"NaN", b"Infinity", b"[1.5, 1e309]"])
+def test_numbers_that_are_not_finite_are_rejected(http: httpx.Client, literal: bytes) -> None:
+    content = b'{"sql": "SELECT $n AS v", "params": {"n": ' + literal + b"}}"
+    headers = {"Content-Type": "application/json"}
+    responses = [http.post("/sql", content=content, headers=headers) for _ in range(2)]
+
+    assert [r.status_code for r in responses] == [400, 400]
+    assert "has a number that is not finite" in responses[1].json()["error"]["message"]
+
+
 def test_other_formats_get_the_route_response(http: httpx.Client) -> None:
     first, second = post_twice(http, {"sql": "SELECT 4 AS four"}, Accept="text/csv")
 

@@ -23,6 +23,7 @@ import enum
 import functools
 import inspect
 import logging
+import math
 import re
 import unicodedata
 from collections.abc import Callable, Collection, Mapping
@@ -344,14 +345,20 @@ def check_parameters(names: frozenset[str], values: Mapping[str, Any]) -> None:
 def _check_parameter_value(name: str, value: Any) -> None:
     # Dates and datetimes come from named-query parameters of type DATE and TIMESTAMP.
     scalars = (str, int, float, bool, type(None), dt.date)
-    if isinstance(value, scalars):
-        return
-    if isinstance(value, list) and all(isinstance(item, scalars) for item in value):
-        return
-    raise QueryRejected(
-        f"invalid value for parameter ${name}: {type(value).__name__}; use a string, number, "
-        "boolean, null or a list of these"
-    )
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(item, scalars) for item in items):
+        raise QueryRejected(
+            f"invalid value for parameter ${name}: {type(value).__name__}; use a string, number, "
+            "boolean, null or a list of these"
+        )
+    if any(isinstance(item, float) and not math.isfinite(item) for item in items):
+        # JSON has no such numbers: Python's parser reads 1e309 as infinity, and JSON encoders
+        # write infinity and NaN as null.
+        raise QueryRejected(
+            f"invalid value for parameter ${name}: {value!r} has a number that is not finite; "
+            f"pass infinity or NaN as text and cast it in SQL, for example CAST(${name} AS "
+            "DOUBLE) with the value 'inf'"
+        )
 
 
 def _parse_one_statement(sql: str) -> exp.Expression:
