@@ -78,6 +78,14 @@ class QuerySyntaxError(InvalidInput):
         self.details = details
 
 
+class QueryCancelled(SqlstoreError):
+    """The client closed the connection while its query ran, so the query was stopped. The
+    status is nginx's 499, which no client sees."""
+
+    status = 499
+    code = "client_closed_request"
+
+
 class QueryRejected(InvalidInput):
     """SQL text parsed, but uses a statement, table or function that read-only queries may not.
 

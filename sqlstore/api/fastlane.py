@@ -122,7 +122,7 @@ class FastLane:
         assign_request_id(scope)
         scope["route"] = SQL_ROUTE_STAND_IN
         try:
-            response = await sql_lane_response(self.state, scope, body)
+            response = await sql_lane_response(self.state, scope, body, receive)
         except SqlstoreError as error:
             # The query ran and failed: running it again in the route would only repeat it.
             response = await handle_sqlstore_error(Request(scope), error)

@@ -8,6 +8,7 @@ every view it reads. The metadata's `cached` is true when this response came fro
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.responses import Response
-from starlette.types import Scope
+from starlette.types import Receive, Scope
 
 from sqlstore.api.caching import cached_response, serve_computed, table_versions
 from sqlstore.api.encoding import (
@@ -53,6 +54,9 @@ SQL_PATH = "/sql"
 LONG_DIGIT_RUN = re.compile(rb"[0-9]{19}")
 # Fields of the body of POST /sql.
 SQL_FIELDS = frozenset({"sql", "params", "limit"})
+# Messages other than a disconnect after which a request stops listening for one. After the
+# body, the server sends nothing else; replayed bodies send their chunks first.
+DISCONNECT_CHECKS = 8
 # Results of more rows are encoded in the thread pool, off the event loop.
 INLINE_ENCODING_ROWS = 200
 TABULAR_CONTENT = {
@@ -207,7 +211,10 @@ async def serve_query(
     state = request.app.state
 
     async def compute() -> CachedResponse:
-        return await _computed_response(state, prepared, file_format, extra, request_id_of(request))
+        request_id = request_id_of(request)
+        return await _computed_response(
+            state, prepared, file_format, extra, request_id, request.receive
+        )
 
     if prepared.query.volatile:
         return await serve_computed(request, None, compute)
@@ -216,7 +223,7 @@ async def serve_query(
     return await serve_computed(request, key, compute, versions=versions, on_hit=_mark_cached)
 
 
-async def lane_response(state: Any, scope: Scope, body: bytes) -> Response | None:
+async def lane_response(state: Any, scope: Scope, body: bytes, receive: Receive) -> Response | None:
     """Serve `POST /sql` for the fast lane (`sqlstore.api.fastlane`), or return None.
 
     It serves JSON results of queries validated lately, from the memory tier or, when the
@@ -246,7 +253,7 @@ async def lane_response(state: Any, scope: Scope, body: bytes) -> Response | Non
         return cached_response(_mark_cached(cached), "hit-memory")
 
     request_id = scope["state"]["request_id"]
-    computed = await _computed_response(state, prepared, "json", None, request_id)
+    computed = await _computed_response(state, prepared, "json", None, request_id, receive)
     return cached_response(computed, "bypass")
 
 
@@ -280,15 +287,30 @@ async def _computed_response(
     file_format: str,
     extra: dict[str, Any] | None,
     request_id: str,
+    receive: Receive,
 ) -> CachedResponse:
     """Run a prepared query and encode its result; a large table is encoded in the thread
-    pool."""
+    pool. The query is stopped if the client closes the connection meanwhile (`receive`
+    reports that)."""
     service: SqlService = state.sql
     json_rows = file_format == "json"
-    result = await service.execute_async(prepared, request_id, json_rows)
+    disconnected = asyncio.ensure_future(_until_disconnected(receive))
+    try:
+        result = await service.execute_async(prepared, request_id, json_rows, disconnected)
+    finally:
+        disconnected.cancel()
     if result.table is not None and result.table.num_rows > INLINE_ENCODING_ROWS:
         return await run_in_threadpool(tabular_response, result, file_format, extra)
     return tabular_response(result, file_format, extra)
+
+
+async def _until_disconnected(receive: Receive) -> None:
+    """Return once the client has closed the connection; never return if `receive` gives
+    anything else a few times, rather than loop on it."""
+    for _ in range(DISCONNECT_CHECKS):
+        if (await receive())["type"] == "http.disconnect":
+            return
+    await asyncio.get_running_loop().create_future()
 
 
 def _result_key(

@@ -27,6 +27,8 @@ FRAME_LENGTH = struct.Struct("!Q")
 # The first byte of a header frame: which JSON encoder wrote it.
 ORJSON_MARK = b"o"
 JSON_MARK = b"j"
+# A request number sent on a worker's cancel pipe, to stop that request's query.
+CANCEL_MESSAGE = struct.Struct("!Q")
 # Bytes read from a pipe at a time.
 READ_SIZE = 1 << 20
 

@@ -10,6 +10,7 @@ value for tens of seconds. A killed or crashed worker is replaced by a new one o
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import pyarrow as pa
 import pyarrow.ipc as pa_ipc
 
 from sqlstore.errors import (
+    QueryCancelled,
     QueryFailed,
     QueryOutOfMemory,
     QueryRejected,
@@ -78,6 +80,8 @@ class _Worker:
     def __init__(self, root: Path, limits: SqlLimits) -> None:
         requests_read, requests_write = os.pipe()
         responses_read, responses_write = os.pipe()
+        cancels_read, self.cancels_fd = os.pipe()
+        os.set_blocking(self.cancels_fd, False)
         settings = {
             "threads": limits.threads,
             "memory_limit_bytes": limits.memory_limit_bytes,
@@ -93,6 +97,8 @@ class _Worker:
             str(requests_read),
             "--responses-fd",
             str(responses_write),
+            "--cancel-fd",
+            str(cancels_read),
             "--address-space-bytes",
             str(limits.worker_memory_bytes),
             "--settings",
@@ -101,13 +107,17 @@ class _Worker:
         try:
             self.process = subprocess.Popen(
                 command,
-                pass_fds=(requests_read, responses_write),
+                pass_fds=(requests_read, responses_write, cancels_read),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
             )
+        except BaseException:
+            os.close(self.cancels_fd)
+            raise
         finally:
             os.close(requests_read)
             os.close(responses_write)
+            os.close(cancels_read)
         self.channel = protocol.WorkerChannel(requests_write, responses_read)
         self._wait_until_ready()
 
@@ -141,13 +151,20 @@ class _Worker:
             raise _WorkerGone(str(error)) from error
         return self.channel.receive(timeout)
 
-    async def request_async(self, message: dict[str, Any], timeout: float) -> protocol.Message:
-        """Like `request`, waiting on the event loop."""
+    async def send_async(self, message: dict[str, Any]) -> None:
+        """Send one request from the event loop. Raise _WorkerGone when the process was
+        already gone."""
         try:
             await self.channel.send_async(message)
         except OSError as error:
             raise _WorkerGone(str(error)) from error
-        return await self.channel.receive_async(timeout)
+
+    def cancel(self, sequence: int) -> None:
+        """Ask the worker to stop the query of the request numbered `sequence`."""
+        try:
+            os.write(self.cancels_fd, protocol.CANCEL_MESSAGE.pack(sequence))
+        except OSError as error:
+            logger.warning("could not cancel a query of SQL worker %d: %s", self.process.pid, error)
 
     def kill(self) -> None:
         """Kill the process and close the pipes; safe to call twice."""
@@ -160,6 +177,9 @@ class _Worker:
         channel = getattr(self, "channel", None)
         if channel is not None:
             channel.close()
+        if self.cancels_fd >= 0:
+            os.close(self.cancels_fd)
+            self.cancels_fd = -1
 
     def stop(self) -> None:
         """Ask the process to exit by closing its request pipe, then kill it if it lingers."""
@@ -216,6 +236,8 @@ class Sandbox:
         self._lock = threading.Lock()
         self._workers: set[_Worker] = set()
         self._closed = False
+        # Numbers of requests run on the event loop, by which a query is cancelled.
+        self._sequences = itertools.count(1)
 
     def run(
         self,
@@ -243,23 +265,27 @@ class Sandbox:
         max_rows: int,
         request_id: str = "-",
         json_rows: bool = False,
+        disconnected: asyncio.Future[Any] | None = None,
     ) -> QueryResult:
         """Like `run`, waiting for the worker on the event loop. When no started worker is
-        idle, it waits for one (or starts one) in a thread instead."""
-        worker = self._take_idle()
-        if worker is None:
-            return await asyncio.to_thread(self.run, query, views, max_rows, request_id, json_rows)
-        message = self._query_message(query, views, max_rows, request_id, json_rows)
+        idle, it waits for one (or starts one) in a thread.
+
+        When `disconnected` completes first (the client left), the worker stops the query and
+        QueryCancelled is raised.
+        """
+        worker = self._take_idle() or await self._acquire_in_thread()
+        sequence = next(self._sequences)
+        message = self._query_message(query, views, max_rows, request_id, json_rows, sequence)
         timeout = self.limits.time_limit_seconds + KILL_GRACE_SECONDS
         started = time.perf_counter()
         try:
             try:
-                header, body = await worker.request_async(message, timeout)
+                await worker.send_async(message)
             except _WorkerGone as gone:
                 self._replace_gone(worker, gone, request_id)
-                return await asyncio.to_thread(
-                    self.run, query, views, max_rows, request_id, json_rows
-                )
+                worker = await self._acquire_in_thread()
+                await worker.send_async(message)
+            header, body = await self._response(worker, sequence, timeout, disconnected)
         except BaseException as error:
             # A cancelled request leaves the worker busy with a response that is never read,
             # so it is discarded too.
@@ -268,7 +294,45 @@ class Sandbox:
                 raise
             raise failure from error
         self._settle(worker, header)
+        if header.get("kind") == "cancelled":
+            logger.info("request %s: the client left, so its query was stopped", request_id)
+            raise QueryCancelled("the client closed the connection before the query finished")
         return _query_result(header, body, self.limits)
+
+    async def _acquire_in_thread(self) -> _Worker:
+        """Wait for a worker, or start one, in a thread. A worker that arrives after the caller
+        was cancelled goes back to the pool."""
+        acquiring = asyncio.ensure_future(asyncio.to_thread(self._acquire))
+        try:
+            return await asyncio.shield(acquiring)
+        except asyncio.CancelledError:
+            acquiring.add_done_callback(self._release_acquired)
+            raise
+
+    def _release_acquired(self, acquiring: asyncio.Future[_Worker]) -> None:
+        if not acquiring.cancelled() and acquiring.exception() is None:
+            self._release(acquiring.result())
+
+    async def _response(
+        self,
+        worker: _Worker,
+        sequence: int,
+        timeout: float,
+        disconnected: asyncio.Future[Any] | None,
+    ) -> protocol.Message:
+        """Wait for the worker's response; ask it to stop the query if `disconnected` completes
+        first, and wait for the response to that."""
+        receiving = asyncio.ensure_future(worker.channel.receive_async(timeout))
+        if disconnected is None:
+            return await receiving
+        try:
+            await asyncio.wait({receiving, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            receiving.cancel()
+            raise
+        if not receiving.done():
+            worker.cancel(sequence)
+        return await receiving
 
     def start_tree_check(self, sql: str) -> TreeCheck | None:
         """Send `sql` to an idle worker for the DuckDB-parser checks, which then run while the
@@ -311,8 +375,10 @@ class Sandbox:
         max_rows: int,
         request_id: str,
         json_rows: bool,
+        sequence: int | None = None,
     ) -> dict[str, Any]:
         return {
+            "sequence": sequence,
             "kind": "query",
             "request_id": request_id,
             "sql": query.sql,

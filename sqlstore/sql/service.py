@@ -3,6 +3,7 @@ the command line alike."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -156,13 +157,18 @@ class SqlService:
         return self._finish(prepared, result, request_id)
 
     async def execute_async(
-        self, prepared: PreparedQuery, request_id: str = "-", json_rows: bool = False
+        self,
+        prepared: PreparedQuery,
+        request_id: str = "-",
+        json_rows: bool = False,
+        disconnected: asyncio.Future[Any] | None = None,
     ) -> SqlResult:
         """Run a prepared query in the sandbox, waiting on the event loop. With `json_rows`,
-        the result may hold JSON rows instead of a table."""
+        the result may hold JSON rows instead of a table. When `disconnected` completes first,
+        the query is stopped and QueryCancelled raised."""
         views = self._views(prepared)
         result = await self.sandbox.run_async(
-            prepared.query, views, prepared.row_limit, request_id, json_rows
+            prepared.query, views, prepared.row_limit, request_id, json_rows, disconnected
         )
         return self._finish(prepared, result, request_id)
 

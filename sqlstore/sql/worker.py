@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = json.loads(arguments.settings)
     database = SandboxDatabase(Path(arguments.root), settings)
+    if arguments.cancel_fd is not None:
+        listen_for_cancels(arguments.cancel_fd, database.watchdog)
     protocol.write_message(arguments.responses_fd, {"ready": True, "pid": os.getpid()})
 
     try:
@@ -145,6 +147,7 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--root", required=True, help="store root folder")
     parser.add_argument("--requests-fd", type=int, required=True)
     parser.add_argument("--responses-fd", type=int, required=True)
+    parser.add_argument("--cancel-fd", type=int, help="pipe of request numbers to cancel")
     parser.add_argument("--address-space-bytes", type=int, default=0)
     parser.add_argument("--settings", required=True, help="JSON object of DuckDB limits")
     return parser.parse_args(argv)
@@ -316,7 +319,8 @@ class SandboxDatabase:
         try:
             statement = self._statement(cursor, sql)
             check_with_duckdb(sql, {(v.group, v.name) for v in views}, parameters, limits)
-            with self.watchdog.watching(cursor, limits.time_limit_seconds):
+            sequence = request.get("sequence")
+            with self.watchdog.watching(cursor, limits.time_limit_seconds, sequence):
                 if shape is not None and shape.plain:
                     cursor.execute(statement, parameters or None)
                     if _columns_of(cursor.description) != (shape.names, shape.type_names):
@@ -341,6 +345,8 @@ class SandboxDatabase:
         except duckdb.InterruptException as error:
             if self.watchdog.fired:
                 raise _Stopped({"ok": False, "kind": "timeout", "message": str(error)}) from error
+            if self.watchdog.cancelled:
+                raise _Stopped({"ok": False, "kind": "cancelled", "message": str(error)}) from error
             raise
         except Exception as error:
             _raise_rejection(error)
@@ -496,21 +502,26 @@ class _Watchdog:
 
     def __init__(self) -> None:
         self.fired = False
+        self.cancelled = False
         self._condition = threading.Condition()
         self._cursor: Any = None
         self._deadline: float | None = None
+        self._sequence: int | None = None
         # The latest time the thread wakes by itself.
         self._wake_by = 0.0
         thread = threading.Thread(target=self._run, name="sql-watchdog", daemon=True)
         thread.start()
 
     @contextmanager
-    def watching(self, cursor: Any, seconds: float) -> Iterator[None]:
-        """Interrupt `cursor` if the block is still running after `seconds`."""
+    def watching(self, cursor: Any, seconds: float, sequence: int | None = None) -> Iterator[None]:
+        """Interrupt `cursor` if the block is still running after `seconds`, or when `cancel`
+        is called with `sequence`, the number the server gave the request."""
         with self._condition:
             self.fired = False
+            self.cancelled = False
             self._cursor = cursor
             self._deadline = time.monotonic() + seconds
+            self._sequence = sequence
             if self._wake_by > self._deadline:
                 self._condition.notify()
         try:
@@ -519,6 +530,15 @@ class _Watchdog:
             with self._condition:
                 self._cursor = None
                 self._deadline = None
+                self._sequence = None
+
+    def cancel(self, sequence: int) -> None:
+        """Interrupt the running query if it is the request numbered `sequence`. A number that
+        arrives after its query ended matches nothing."""
+        with self._condition:
+            if self._cursor is not None and self._sequence == sequence:
+                self.cancelled = True
+                self._cursor.interrupt()
 
     def _run(self) -> None:
         with self._condition:
@@ -536,6 +556,23 @@ class _Watchdog:
     def _wait_until(self, wake_by: float) -> None:
         self._wake_by = wake_by
         self._condition.wait(max(wake_by - time.monotonic(), 0))
+
+
+def listen_for_cancels(fd: int, watchdog: _Watchdog) -> None:
+    """Start a thread that reads request numbers from the server's cancel pipe and cancels
+    the matching query; it ends when the server closes the pipe."""
+
+    def run() -> None:
+        from sqlstore.sql.protocol import CANCEL_MESSAGE
+
+        while True:
+            data = os.read(fd, CANCEL_MESSAGE.size)
+            if len(data) < CANCEL_MESSAGE.size:
+                return
+            (sequence,) = CANCEL_MESSAGE.unpack(data)
+            watchdog.cancel(sequence)
+
+    threading.Thread(target=run, name="sql-cancels", daemon=True).start()
 
 
 def quote_list(values: list[str]) -> str:
