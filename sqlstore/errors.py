@@ -80,7 +80,7 @@ class QuerySyntaxError(InvalidInput):
 
 class QueryCancelled(SqlstoreError):
     """The client closed the connection while its query ran, so the query was stopped. The
-    status is nginx's 499, which no client sees."""
+    status is nginx's 499; it reaches only the log and the metrics, because the client left."""
 
     status = 499
     code = "client_closed_request"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,12 +28,11 @@ REQUEST_ID_PATTERN = re.compile(rb'"request_id":"[^"]*"')
 # Headers that differ between any two responses (the length follows elapsed_ms).
 VOLATILE_HEADERS = {"date", "x-request-id", "x-elapsed-ms", "content-length"}
 TIME_LIMIT_SECONDS = 1
-STOPPED_LINE = "the client left, so its query was stopped"
 RATINGS_SQL = (
     "SELECT count(*) AS ratings, round(avg(rating), 6) AS mean_rating "
     "FROM interaction.user_movie_interactions"
 )
-# A self-join of the 100,004 ratings: 10 billion pairs, far longer than the time limit.
+# A self-join of the 100,004 ratings: 10 billion pairs, which take far longer than the limit.
 RUNAWAY_SQL = (
     "SELECT count(*) FROM interaction.user_movie_interactions AS a, "
     "interaction.user_movie_interactions AS b WHERE (a.user_id * b.movie_id) % 7 = 3"
@@ -159,37 +157,6 @@ def test_other_formats_get_the_route_response(http: httpx.Client) -> None:
 
     assert first.status_code == 200
     assert second.content == first.content == b'"four"\n4\n'
-
-
-def test_query_stops_when_its_client_leaves(demo_root: Path, tmp_path: Path) -> None:
-    env = {
-        "SQLSTORE_CACHE_MEMORY_ENTRIES": "0",
-        "SQLSTORE_CACHE_DISK_BYTES": "0",
-        "SQLSTORE_SQL_TIME_LIMIT_SECONDS": "120",
-        "SQLSTORE_SQL_WORKERS": "1",
-    }
-    server = start_server(demo_root, tmp_path / "server.log", env=env)
-    try:
-        answers = []
-        # The first text goes through the route, the repeat through the fast lane.
-        for attempt in range(2):
-            with pytest.raises(httpx.ReadTimeout):
-                httpx.post(server.base_url + "/sql", json={"sql": RUNAWAY_SQL}, timeout=1.5)
-            # With the only worker busy until the 120 s limit, this would time out.
-            quick = httpx.post(
-                server.base_url + "/sql", json={"sql": f"SELECT {attempt} AS n"}, timeout=60
-            )
-            answers.append(quick.json()["data"])
-        # The server buffers INFO lines for up to a second.
-        deadline = time.monotonic() + 10
-        while server.log().count(STOPPED_LINE) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        log = server.log()
-    finally:
-        stop_server(server)
-
-    assert answers == [[{"n": 0}], [{"n": 1}]]
-    assert log.count(STOPPED_LINE) == 2
 
 
 def test_cached_repeat_is_a_memory_hit(demo_server: RunningServer) -> None:

@@ -274,6 +274,10 @@ class Sandbox:
         QueryCancelled is raised.
         """
         worker = self._take_idle() or await self._acquire_in_thread()
+        if disconnected is not None and disconnected.done() and not disconnected.cancelled():
+            # The client left while the request waited for a worker.
+            self._release(worker)
+            raise self._cancelled(request_id)
         sequence = next(self._sequences)
         message = self._query_message(query, views, max_rows, request_id, json_rows, sequence)
         timeout = self.limits.time_limit_seconds + KILL_GRACE_SECONDS
@@ -295,9 +299,12 @@ class Sandbox:
             raise failure from error
         self._settle(worker, header)
         if header.get("kind") == "cancelled":
-            logger.info("request %s: the client left, so its query was stopped", request_id)
-            raise QueryCancelled("the client closed the connection before the query finished")
+            raise self._cancelled(request_id)
         return _query_result(header, body, self.limits)
+
+    def _cancelled(self, request_id: str) -> QueryCancelled:
+        logger.info("request %s: the client left, so its query was stopped", request_id)
+        return QueryCancelled("the client closed the connection before the query finished")
 
     async def _acquire_in_thread(self) -> _Worker:
         """Wait for a worker, or start one, in a thread. A worker that arrives after the caller

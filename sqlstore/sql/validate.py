@@ -356,8 +356,7 @@ def _check_parameter_value(name: str, value: Any) -> None:
         # write infinity and NaN as null.
         raise QueryRejected(
             f"invalid value for parameter ${name}: {value!r} has a number that is not finite; "
-            f"pass infinity or NaN as text and cast it in SQL, for example CAST(${name} AS "
-            "DOUBLE) with the value 'inf'"
+            "JSON has no infinity or NaN, so send a finite number"
         )
 
 

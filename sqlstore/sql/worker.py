@@ -40,6 +40,8 @@ logger = logging.getLogger("sqlstore.sql.worker")
 
 # Runs of one query in all when writers keep replacing the files it reads.
 MAX_QUERY_ATTEMPTS = 3
+# Request numbers cancelled before their query started that a worker remembers at most.
+MAX_EARLY_CANCELS = 64
 # Query texts whose parsed statement and result shape a worker keeps.
 CACHED_TEXTS = 256
 # Rows fetched and encoded to JSON at a time.
@@ -307,7 +309,6 @@ class SandboxDatabase:
         every type, and records the result's columns. Later runs whose columns are all
         `PLAIN_TYPES` use `execute` and Python rows, which cost about 0.4 ms less per query.
         """
-        import duckdb
 
         from sqlstore.sql.duckdb_check import check_with_duckdb
 
@@ -315,6 +316,8 @@ class SandboxDatabase:
         limits = _limits(request["limits"])
         shape_key = (sql, _parameter_kinds(parameters)) if request.get("json_rows") else None
         shape = self.shapes.get(shape_key) if shape_key is not None else None
+        # The flags of the previous query would misread an error raised before `watching`.
+        self.watchdog.clear()
         cursor = self.connection.cursor()
         try:
             statement = self._statement(cursor, sql)
@@ -342,13 +345,15 @@ class SandboxDatabase:
             # Arrow from now on for this text, whose values JSON rows would get wrong or whose
             # result is large.
             self.shapes[shape_key] = replace(shape, plain=False)
-        except duckdb.InterruptException as error:
+        except _Stopped:
+            raise
+        except Exception as error:
+            # An interrupt surfaces as DuckDB's InterruptException, or as an OSError when
+            # pyarrow is reading the batches, so the watchdog's flags decide.
             if self.watchdog.fired:
                 raise _Stopped({"ok": False, "kind": "timeout", "message": str(error)}) from error
             if self.watchdog.cancelled:
                 raise _Stopped({"ok": False, "kind": "cancelled", "message": str(error)}) from error
-            raise
-        except Exception as error:
             _raise_rejection(error)
             raise
         finally:
@@ -507,6 +512,9 @@ class _Watchdog:
         self._cursor: Any = None
         self._deadline: float | None = None
         self._sequence: int | None = None
+        # The highest request number that started, and numbers cancelled before their start.
+        self._last_started = 0
+        self._cancelled_early: set[int] = set()
         # The latest time the thread wakes by itself.
         self._wake_by = 0.0
         thread = threading.Thread(target=self._run, name="sql-watchdog", daemon=True)
@@ -515,8 +523,14 @@ class _Watchdog:
     @contextmanager
     def watching(self, cursor: Any, seconds: float, sequence: int | None = None) -> Iterator[None]:
         """Interrupt `cursor` if the block is still running after `seconds`, or when `cancel`
-        is called with `sequence`, the number the server gave the request."""
+        is called with `sequence`, the number the server gave the request. Raise _Stopped at
+        once when that request was cancelled before it started."""
         with self._condition:
+            if sequence is not None:
+                self._last_started = max(self._last_started, sequence)
+                if sequence in self._cancelled_early:
+                    self._cancelled_early.discard(sequence)
+                    raise _Stopped({"ok": False, "kind": "cancelled", "message": "cancelled"})
             self.fired = False
             self.cancelled = False
             self._cursor = cursor
@@ -532,13 +546,24 @@ class _Watchdog:
                 self._deadline = None
                 self._sequence = None
 
+    def clear(self) -> None:
+        """Forget whether the previous query was interrupted."""
+        with self._condition:
+            self.fired = False
+            self.cancelled = False
+
     def cancel(self, sequence: int) -> None:
-        """Interrupt the running query if it is the request numbered `sequence`. A number that
-        arrives after its query ended matches nothing."""
+        """Interrupt the running query if it is the request numbered `sequence`, or stop that
+        request when it starts later. The server numbers requests in increasing order, so a
+        number no higher than the last started one belongs to a query that has ended."""
         with self._condition:
             if self._cursor is not None and self._sequence == sequence:
                 self.cancelled = True
                 self._cursor.interrupt()
+            elif sequence > self._last_started:
+                if len(self._cancelled_early) >= MAX_EARLY_CANCELS:
+                    self._cancelled_early.clear()
+                self._cancelled_early.add(sequence)
 
     def _run(self) -> None:
         with self._condition:
