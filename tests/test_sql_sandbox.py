@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -42,6 +43,20 @@ def test_killed_worker_is_replaced(service: SqlService) -> None:
 
     assert result.table.to_pylist() == [{"n": 2}]
     assert worker_pids(service) != [pid]
+
+
+def test_killed_worker_is_replaced_on_the_event_loop(service: SqlService) -> None:
+    service.run("SELECT 1")
+    [worker] = service.sandbox._workers
+    os.kill(worker.process.pid, signal.SIGKILL)
+    worker.process.wait(timeout=30)
+    prepared = service.prepare("SELECT count(*) AS n FROM shop.users")
+    result = asyncio.run(service.execute_async(prepared))
+
+    assert result.table.to_pylist() == [{"n": 2}]
+    assert worker_pids(service) != [worker.process.pid]
+    # One slot per configured worker, none lost or added by the replacement.
+    assert service.sandbox._idle.qsize() == 1
 
 
 def test_views_follow_schema_change(service: SqlService) -> None:

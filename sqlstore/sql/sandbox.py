@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pyarrow as pa
 import pyarrow.ipc as pa_ipc
@@ -283,20 +283,23 @@ class Sandbox:
         timeout = self.limits.time_limit_seconds + KILL_GRACE_SECONDS
         started = time.perf_counter()
         try:
+            await worker.send_async(message)
+        except _WorkerGone as gone:
+            self._replace_gone(worker, gone, request_id)
+            # Acquired outside the handlers, which would discard the gone worker again.
+            worker = await self._acquire_in_thread()
             try:
                 await worker.send_async(message)
-            except _WorkerGone as gone:
-                self._replace_gone(worker, gone, request_id)
-                worker = await self._acquire_in_thread()
-                await worker.send_async(message)
+            except BaseException as error:
+                self._raise_failure(worker, error, request_id, started)
+        except BaseException as error:
+            self._raise_failure(worker, error, request_id, started)
+        try:
             header, body = await self._response(worker, sequence, timeout, disconnected)
         except BaseException as error:
             # A cancelled request leaves the worker busy with a response that is never read,
             # so it is discarded too.
-            failure = self._failure(worker, error, request_id, started)
-            if failure is error:
-                raise
-            raise failure from error
+            self._raise_failure(worker, error, request_id, started)
         self._settle(worker, header)
         if header.get("kind") == "cancelled":
             raise self._cancelled(request_id)
@@ -405,17 +408,17 @@ class Sandbox:
         timeout = self.limits.time_limit_seconds + KILL_GRACE_SECONDS
         started = time.perf_counter()
         try:
+            header, body = worker.request(message, timeout)
+        except _WorkerGone as gone:
+            self._replace_gone(worker, gone, request_id)
+            # Acquired outside the handler below, which would discard the gone worker again.
+            worker = self._acquire()
             try:
                 header, body = worker.request(message, timeout)
-            except _WorkerGone as gone:
-                self._replace_gone(worker, gone, request_id)
-                worker = self._acquire()
-                header, body = worker.request(message, timeout)
+            except BaseException as error:
+                self._raise_failure(worker, error, request_id, started)
         except BaseException as error:
-            failure = self._failure(worker, error, request_id, started)
-            if failure is error:
-                raise
-            raise failure from error
+            self._raise_failure(worker, error, request_id, started)
         self._settle(worker, header)
         return header, body
 
@@ -427,6 +430,16 @@ class Sandbox:
             gone,
         )
         self._discard(worker)
+
+    def _raise_failure(
+        self, worker: _Worker, error: BaseException, request_id: str, started: float
+    ) -> NoReturn:
+        """Discard `worker`, whose request failed with `error`, and raise what the caller
+        should see."""
+        failure = self._failure(worker, error, request_id, started)
+        if failure is error:
+            raise error
+        raise failure from error
 
     def _failure(
         self, worker: _Worker, error: BaseException, request_id: str, started: float
