@@ -1,4 +1,4 @@
-"""Queries whose client closes the connection are stopped in the SQL worker. That holds while
+"""Queries whose client closes the connection are stopped in the SQL worker. That is so while
 the query runs, while it is prepared and while it waits for a worker, and a late cancel never
 stops the next request's query."""
 
@@ -77,7 +77,7 @@ def test_running_query_stops_when_its_client_leaves(patient_server: RunningServe
     assert stopped_count(patient_server, 2) == 2
 
 
-def test_query_of_a_client_gone_before_the_worker_started(
+def test_cancel_before_worker_starts(
     patient_server: RunningServer,
 ) -> None:
     # The first query of a server starts its worker, which takes about a second.

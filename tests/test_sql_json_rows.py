@@ -162,7 +162,7 @@ def test_large_result_keeps_the_arrow_byte_limit(tmp_path: Path) -> None:
     assert runs[1].table.to_pylist() == expected
 
 
-def test_small_result_is_json_rows_under_a_small_byte_limit(tmp_path: Path) -> None:
+def test_small_result_under_small_byte_limit(tmp_path: Path) -> None:
     store = FeatureStore(tmp_path / "store")
     store.write("shop", "few", pa.table({"id": [1, 2]}), definition=TableDefinition(["id"]))
     service = SqlService(store, SqlLimits(workers=1, threads=1, max_result_bytes=16 * 100))

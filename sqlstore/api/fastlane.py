@@ -135,14 +135,18 @@ class FastLane:
         await self._send(scope, response, cache_result, started, send)
         return None
 
-    async def _json_body(self, scope: Scope, receive: Receive, what: str) -> bytes | Receive:
+    async def _json_body(
+        self, scope: Scope, receive: Receive, request_kind: str
+    ) -> bytes | Receive:
         """Return the body of an authorized JSON request within the size limit, or the
         receive callable with which the full application must handle the request."""
         try:
             max_bytes = self.state.settings.max_body_bytes
             settled_here = self._authorized(scope) and _plain_json_request(scope, max_bytes)
         except Exception:
-            logger.exception("fast lane: checking %s failed; the route serves the request", what)
+            logger.exception(
+                "fast lane: checking %s failed; the route serves the request", request_kind
+            )
             return receive
         if not settled_here:
             return receive

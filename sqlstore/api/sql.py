@@ -216,7 +216,8 @@ async def serve_query(
             state, prepared, file_format, extra, request_id, request.receive
         )
 
-    if prepared.query.volatile:
+    if prepared.query.volatile or state.cache is None:
+        # No cache to consult, so the table versions that key it are not read.
         return await serve_computed(request, None, compute)
     versions = table_versions(state.store, sorted(prepared.query.tables))
     key = _result_key(prepared, file_format, extra, versions)

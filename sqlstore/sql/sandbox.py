@@ -284,8 +284,8 @@ class Sandbox:
         started = time.perf_counter()
         try:
             await worker.send_async(message)
-        except _WorkerGone as gone:
-            self._replace_gone(worker, gone, request_id)
+        except _WorkerGone as exited:
+            self._replace_gone(worker, exited, request_id)
             # Acquired outside the handlers, which would discard the gone worker again.
             worker = await self._acquire_in_thread()
             try:
@@ -409,8 +409,8 @@ class Sandbox:
         started = time.perf_counter()
         try:
             header, body = worker.request(message, timeout)
-        except _WorkerGone as gone:
-            self._replace_gone(worker, gone, request_id)
+        except _WorkerGone as exited:
+            self._replace_gone(worker, exited, request_id)
             # Acquired outside the handler below, which would discard the gone worker again.
             worker = self._acquire()
             try:
@@ -422,12 +422,12 @@ class Sandbox:
         self._settle(worker, header)
         return header, body
 
-    def _replace_gone(self, worker: _Worker, gone: _WorkerGone, request_id: str) -> None:
+    def _replace_gone(self, worker: _Worker, exited: _WorkerGone, request_id: str) -> None:
         logger.warning(
             "request %s: SQL worker %d had exited while idle (%s); starting another",
             request_id,
             worker.process.pid,
-            gone,
+            exited,
         )
         self._discard(worker)
 
