@@ -153,6 +153,58 @@ def test_error_shape(http: httpx.Client, method, path, options, status, code) ->
     assert_error(http.request(method, path, **options), status, code)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("DELETE", "/sql", "GET, POST"),
+        ("PUT", MOVIE_GENRES, "DELETE, GET, POST"),
+        ("POST", f"{MOVIE_GENRES}/info", "GET"),
+        ("POST", "/health", "GET"),
+    ],
+)
+def test_method_not_allowed_names_the_allowed_methods(
+    http: httpx.Client, method: str, path: str, allowed: str
+) -> None:
+    response = http.request(method, path)
+
+    message = assert_error(response, 405, "method_not_allowed")
+    assert response.headers["Allow"] == allowed
+    assert message == f"method {method} is not allowed on {path}; use {allowed}"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "quoted"),
+    [
+        ("limit", True, "true"),
+        ("limit", "2", '"2"'),
+        ("limit", 1000.0, "1000.0"),
+        ("limit", -1, "-1"),
+        ("other", {"a": [1]}, '{"a":[1]}'),
+    ],
+)
+def test_validation_message_quotes_the_value(
+    http: httpx.Client, field: str, value: Any, quoted: str
+) -> None:
+    response = http.post("/sql", json={"sql": "SELECT 1", field: value})
+
+    message = assert_error(response, 422, "validation_error")
+    assert message.startswith(f"invalid request: body.{field}: ")
+    assert message.endswith(f" (got {quoted})")
+
+
+def test_validation_message_cuts_long_values(http: httpx.Client) -> None:
+    response = http.post("/sql", json={"sql": "SELECT 1", "limit": "9" * 500})
+
+    message = assert_error(response, 422, "validation_error")
+    assert message.endswith(f' (got "{"9" * 99}…)')
+
+
+def test_missing_field_message_quotes_nothing(http: httpx.Client) -> None:
+    message = assert_error(http.post("/sql", json={"params": {}}), 422, "validation_error")
+
+    assert message == "invalid request: body.sql: Field required"
+
+
 def test_request_id_echoed(http: httpx.Client) -> None:
     response = http.get("/features/content/no_such_table", headers={"X-Request-ID": "trace-42.a"})
 

@@ -248,7 +248,7 @@ def test_resolved_references_bounded(scores_store: tuple[FeatureStore, datetime]
 
     selected = [requested_columns(view, [text], ["user_id"]) for text in texts]
 
-    assert selected == [["score"]] * len(texts)
+    assert selected == [[(text, "score")] for text in texts]
     assert len(view.resolved) <= RESOLVED_TEXTS_LIMIT
     assert all(len(text) <= 1024 for text in view.resolved)
 

@@ -209,6 +209,32 @@ def test_client_get_online_features(demo_client: FeatureStoreClient) -> None:
     assert frame["movie_id"].tolist() == [1, 0]
 
 
+def test_features_listed_in_request_order(demo_server: RunningServer) -> None:
+    features = [
+        "user/user_preferences:top_genre",
+        "user/user_activity:ratings_total",
+        "user/user_preferences:rating_mean,top_genre",
+        "user/user_activity:ratings_total",
+    ]
+    body = {"entities": {"user_id": [1]}, "features": features}
+
+    response = post(demo_server.base_url, body)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["metadata"]["feature_names"] == [
+        "user_id",
+        "user/user_preferences:top_genre",
+        "user/user_activity:ratings_total",
+        "user/user_preferences:rating_mean",
+    ]
+    values = [result["values"] for result in response.json()["results"]]
+    reversed_body = {"entities": {"user_id": [1]}, "features": features[::-1]}
+    reversed_values = [
+        r["values"] for r in post(demo_server.base_url, reversed_body).json()["results"]
+    ]
+    assert reversed_values == [values[0], values[2], values[3], values[1]]
+
+
 def test_batch_without_timestamp_from_view(demo_server: RunningServer, demo_root: Path) -> None:
     store = FeatureStore(demo_root)
     ids = [1, 270, 213, 15, 99999, 1]

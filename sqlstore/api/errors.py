@@ -6,10 +6,12 @@ import logging
 import sys
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import compile_path
 
 from sqlstore import metrics
 from sqlstore.api.encoding import JSONBytesResponse
@@ -23,6 +25,8 @@ logger = logging.getLogger(__name__)
 CLIENT_INPUT_STATUSES = frozenset({400, 413, 415, 422, 499})
 # Error messages are cut to this many characters, in responses and in the log.
 MAX_MESSAGE_CHARACTERS = 2000
+# A value quoted in a validation message is cut to this many characters.
+MAX_QUOTED_VALUE_CHARACTERS = 100
 
 HTTP_CODES = {
     400: "bad_request",
@@ -124,7 +128,10 @@ async def handle_validation_error(request: Request, error: RequestValidationErro
         }
         for item in error.errors()
     ]
-    summary = "; ".join(f"{d['location']}: {d['message']}" for d in details[:5])
+    summary = "; ".join(
+        f"{detail['location']}: {detail['message']}{_quoted_input(item)}"
+        for detail, item in zip(details[:5], error.errors(), strict=False)
+    )
     logger.info(
         "%s %s failed with 422 (request %s): invalid request: %s",
         request.method,
@@ -135,6 +142,31 @@ async def handle_validation_error(request: Request, error: RequestValidationErro
     return error_response(
         request, 422, "validation_error", f"invalid request: {summary}", details=details
     )
+
+
+def _quoted_input(item: dict[str, Any]) -> str:
+    """Return " (got VALUE)" for the value that failed validation, as JSON, or "" when the
+    error is about a missing field, whose input is the enclosing object."""
+    if item.get("type") == "missing" or "input" not in item:
+        return ""
+    value = orjson.dumps(item["input"], default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+    if len(value) > MAX_QUOTED_VALUE_CHARACTERS:
+        value = f"{value[:MAX_QUOTED_VALUE_CHARACTERS]}…"
+    return f" (got {value})"
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Return the methods that the API description lists for the request's path, sorted.
+
+    The description is read because FastAPI keeps included routers as private objects
+    rather than as routes with paths.
+    """
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern, _, _ = compile_path(template)
+        if pattern.match(request.url.path):
+            methods.update(method.upper() for method in operations)
+    return sorted(methods)
 
 
 def _invalid_json(request: Request, item: dict[str, Any]) -> Response:
@@ -161,6 +193,15 @@ async def handle_http_error(request: Request, error: StarletteHTTPException) -> 
         message = describe_unreadable_body(error.__cause__) or message
     if error.status_code == 404 and message == "Not Found":
         message = f"no route matches {request.method} {request.url.path}; see /docs for the API"
+    headers = error.headers
+    if error.status_code == 405:
+        # Starlette names only the methods of the first route with this path.
+        allowed = _allowed_methods(request) or [(error.headers or {}).get("Allow", "")]
+        headers = {**(error.headers or {}), "Allow": ", ".join(allowed)}
+        message = (
+            f"method {request.method} is not allowed on {request.url.path}; "
+            f"use {', '.join(allowed)}"
+        )
     code = HTTP_CODES.get(error.status_code, "http_error")
     logger.info(
         "%s %s failed with %d (request %s): %s",
@@ -170,7 +211,7 @@ async def handle_http_error(request: Request, error: StarletteHTTPException) -> 
         request_id_of(request),
         message.encode("unicode_escape").decode("ascii"),
     )
-    return error_response(request, error.status_code, code, message, headers=error.headers)
+    return error_response(request, error.status_code, code, message, headers=headers)
 
 
 async def handle_unexpected_error(request: Request, error: Exception) -> Response:

@@ -123,6 +123,10 @@ async def lookup_body(state: Any, body: bytes) -> bytes:
     tables = await _group_by_table(online, features)
     names = list(entities)
     results = [_entity_result(values) for values in entities.values()]
+    # Features are looked up table by table, then listed in the order of the references that
+    # asked for them: (position of the reference, name, result).
+    listed: list[tuple[int, str, dict[str, list[Any]]]] = []
+    positions = _first_positions(features)
     used_columns: set[str] = set()
     for table in tables:
         state = online.current(table.group, table.name, now_us) if online.settings.enabled else None
@@ -135,9 +139,14 @@ async def lookup_body(state: Any, body: bytes) -> bytes:
         else:
             found = await run_in_threadpool(online.find, state, key_values, now_us)
         # The DuckDB path reads the entry again, so it may describe a newer version.
-        columns = requested_columns(found.view, table.texts, names)
-        names += [f"{found.view.entry.reference}:{column}" for column in columns]
-        results += table_results(found, columns)
+        selected = requested_columns(found.view, table.texts, names)
+        columns = [column for _, column in selected]
+        table_names = [f"{found.view.entry.reference}:{column}" for column in columns]
+        names += table_names
+        for (text, _), name, result in zip(
+            selected, table_names, table_results(found, columns), strict=True
+        ):
+            listed.append((positions[text], name, result))
 
     unused = [name for name in entities if name not in used_columns]
     if unused:
@@ -145,7 +154,19 @@ async def lookup_body(state: Any, body: bytes) -> bytes:
             f"entities has columns {unused} that are not the key of any requested feature "
             "table; remove them"
         )
+    # A stable sort keeps the columns of one reference in the order it selects them.
+    listed.sort(key=lambda item: item[0])
+    names = [*entities, *(name for _, name, _ in listed)]
+    results += [result for _, _, result in listed]
     return dumps({"metadata": {"feature_names": names}, "results": results})
+
+
+def _first_positions(features: list[str]) -> dict[str, int]:
+    """Return the position of each reference's first occurrence in the request."""
+    positions: dict[str, int] = {}
+    for position, text in enumerate(features):
+        positions.setdefault(text, position)
+    return positions
 
 
 @router.get("/online")
@@ -283,11 +304,14 @@ def _entity_result(values: list[Any]) -> dict[str, list[Any]]:
     return {"values": values, "statuses": ["PRESENT"] * count, "event_timestamps": [None] * count}
 
 
-def requested_columns(view: OnlineView, texts: Sequence[str], names: list[str]) -> list[str]:
-    """Return the columns that feature references `texts` select from the table of `view`,
-    without repeats and without those whose output name is already in `names`."""
+def requested_columns(
+    view: OnlineView, texts: Sequence[str], names: list[str]
+) -> list[tuple[str, str]]:
+    """Return the columns that feature references `texts` select from the table of `view`, each
+    with the first reference that selects it, without repeats and without those whose output
+    name is already in `names`."""
     entry = view.entry
-    columns: list[str] = []
+    columns: dict[str, str] = {}
     for text in texts:
         selected = view.resolved.get(text)
         if selected is None:
@@ -297,8 +321,8 @@ def requested_columns(view: OnlineView, texts: Sequence[str], names: list[str]) 
                 view.resolved[text] = selected
         for column in selected:
             if column not in columns and f"{entry.reference}:{column}" not in names:
-                columns.append(column)
-    return columns
+                columns[column] = text
+    return [(text, column) for column, text in columns.items()]
 
 
 def table_results(found: Lookup, columns: list[str]) -> list[dict[str, list[Any]]]:

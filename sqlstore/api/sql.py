@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.responses import Response
@@ -102,7 +102,8 @@ class SqlRequest(BaseModel):
     params: dict[str, Any] = Field(
         default_factory=dict, description="Values of the query's $name parameters"
     )
-    limit: int | None = Field(
+    # Strict, because lax validation would read true as a limit of 1 and "2" or 2.5e1 as numbers.
+    limit: StrictInt | None = Field(
         default=None,
         ge=0,
         description="Maximum number of rows; default and upper bound: SQLSTORE_SQL_MAX_ROWS",
@@ -115,7 +116,7 @@ class NamedQueryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     params: dict[str, Any] = Field(default_factory=dict)
-    limit: int | None = Field(default=None, ge=0)
+    limit: StrictInt | None = Field(default=None, ge=0)
 
 
 def _service(request: Request) -> SqlService:
