@@ -12,7 +12,9 @@ import pyarrow as pa
 from sqlstore.errors import InvalidInput
 from sqlstore.types import describe_type, type_family
 
-INTEGER_PATTERN = re.compile(r"[+-]?[0-9]{1,19}")
+INTEGER_PATTERN = re.compile(r"[+-]?[0-9]+")
+# More digits than any 64-bit integer has; such text is out of range without being converted.
+MAX_INTEGER_DIGITS = 19
 EPOCH_TEXT_PATTERN = re.compile(r"[+-]?\d+(\.\d+)?")
 # Text of at most 8 digits may be an ISO 8601 year or a basic-format date (20240501), so it is
 # not taken as epoch seconds. Seconds since 1973-03-03 have 9 digits or more.
@@ -82,6 +84,11 @@ def convert_value(value: Any, arrow_type: pa.DataType, what: str) -> Any:
         if family == "date":
             return date.fromisoformat(str(value))
     except (ValueError, TypeError, OverflowError) as error:
+        if family == "integer" and isinstance(error, OverflowError):
+            raise InvalidInput(
+                f"invalid value {value!r} for {what}: out of range; integers must fit in 64 "
+                f"bits (-2^63 to 2^63-1), and the column is {describe_type(arrow_type)}"
+            ) from error
         reason = f"; {error}" if family == "timestamp" else ""
         raise InvalidInput(
             f"invalid value {value!r} for {what}: expected {_expected(family)} "
@@ -98,6 +105,8 @@ def _to_integer(value: Any) -> int:
     elif isinstance(value, float) and value.is_integer():
         number = int(value)
     elif isinstance(value, str) and INTEGER_PATTERN.fullmatch(value.strip()):
+        if len(value.strip().lstrip("+-").lstrip("0")) > MAX_INTEGER_DIGITS:
+            raise OverflowError("integer outside the signed 64-bit range")
         number = int(value)
     else:
         raise ValueError("not an integer")

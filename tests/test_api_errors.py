@@ -589,6 +589,25 @@ def test_bad_filter_value(http: httpx.Client, params: dict[str, str], column: st
     assert column in message
 
 
+@pytest.mark.parametrize(
+    "value", ["9223372036854775808", "-9223372036854775809", "1" * 40, "+00099999999999999999999"]
+)
+def test_integer_filter_beyond_64_bits_is_out_of_range(http: httpx.Client, value: str) -> None:
+    message = assert_error(http.get(MOVIE_GENRES, params={"movie_id": value}), 400)
+
+    assert message == (
+        f"invalid value '{value}' for filter movie_id__eq: out of range; integers must fit in "
+        "64 bits (-2^63 to 2^63-1), and the column is uint32"
+    )
+
+
+def test_integer_filter_with_leading_zeros(http: httpx.Client) -> None:
+    response = http.get(MOVIE_GENRES, params={"movie_id": "0" * 30 + "1", "columns": "movie_id"})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["data"] == [{"movie_id": 1}]
+
+
 def test_bad_timestamp_filter(http: httpx.Client) -> None:
     response = http.get(INTERACTIONS, params={"event_timestamp__gte": "yesterday"})
     message = assert_error(response, 400, "invalid_input")
