@@ -122,3 +122,10 @@ class QueryWorkersBusy(SqlstoreError):
 
     status = 503
     code = "query_workers_busy"
+
+
+class QueryWorkerStopped(SqlstoreError):
+    """A signal from outside the server stopped the SQL worker process that ran the query."""
+
+    status = 503
+    code = "query_worker_stopped"

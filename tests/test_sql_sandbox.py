@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from sqlstore.errors import QueryRejected, QuerySyntaxError
+from sqlstore.errors import QueryOutOfMemory, QueryRejected, QuerySyntaxError, QueryWorkerStopped
 from sqlstore.sql import duckdb_check
 from sqlstore.sql.limits import SqlLimits
 from sqlstore.sql.service import SqlService
@@ -57,6 +59,53 @@ def test_killed_worker_is_replaced_on_the_event_loop(service: SqlService) -> Non
     assert worker_pids(service) != [worker.process.pid]
     # One slot per configured worker, none lost or added by the replacement.
     assert service.sandbox._idle.qsize() == 1
+
+
+def error_of_query_whose_worker_gets(service: SqlService, signals: list[int]) -> Exception:
+    """Run a query while its worker is stopped, send `signals` to the worker once the query was
+    sent to it, let it continue, and return the error of the query."""
+    service.run("SELECT 1")
+    [worker] = service.sandbox._workers
+    os.kill(worker.process.pid, signal.SIGSTOP)
+    outcome: dict[str, Exception] = {}
+
+    def run() -> None:
+        try:
+            service.run("SELECT count(*) AS n FROM shop.users")
+        except Exception as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while service.sandbox._idle.qsize() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # The query is written to the pipe right after the worker is taken.
+    time.sleep(0.3)
+    for number in signals:
+        os.kill(worker.process.pid, number)
+    os.kill(worker.process.pid, signal.SIGCONT)
+    thread.join(timeout=60)
+    return outcome["error"]
+
+
+def test_worker_stopped_from_outside_is_503(service: SqlService) -> None:
+    error = error_of_query_whose_worker_gets(service, [signal.SIGTERM])
+    after = service.run("SELECT count(*) AS n FROM shop.users")
+
+    assert isinstance(error, QueryWorkerStopped)
+    assert error.status == 503
+    assert error.message.startswith(
+        "the SQL worker process running the query was stopped by SIGTERM from outside"
+    )
+    assert after.table.to_pylist() == [{"n": 2}]
+
+
+def test_worker_crash_during_query_is_blamed_on_the_query(service: SqlService) -> None:
+    error = error_of_query_whose_worker_gets(service, [signal.SIGUSR1])
+
+    assert isinstance(error, QueryOutOfMemory)
+    assert error.message.startswith("the query stopped the SQL worker process (signal SIGUSR1)")
 
 
 def test_views_follow_schema_change(service: SqlService) -> None:

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -34,6 +35,8 @@ from sqlstore.errors import (
     QuerySyntaxError,
     QueryTimeout,
     QueryWorkersBusy,
+    QueryWorkerStopped,
+    SqlstoreError,
 )
 from sqlstore.sql import protocol
 from sqlstore.sql.limits import SqlLimits
@@ -46,6 +49,10 @@ logger = logging.getLogger(__name__)
 KILL_GRACE_SECONDS = 2.0
 # Seconds a new worker may take to import DuckDB and report that it is ready.
 START_TIMEOUT_SECONDS = 60.0
+# Seconds to wait for the exit of a worker whose pipe closed, to learn how it ended.
+EXIT_WAIT_SECONDS = 0.2
+# Signals that reach a worker only from another process, so a query cannot be their cause.
+OUTSIDE_SIGNALS = frozenset({signal.SIGTERM, signal.SIGKILL, signal.SIGHUP, signal.SIGQUIT})
 
 
 @dataclass(frozen=True)
@@ -445,6 +452,9 @@ class Sandbox:
         self, worker: _Worker, error: BaseException, request_id: str, started: float
     ) -> BaseException:
         """Discard `worker`, whose request failed with `error`, and return the error to raise."""
+        lost = isinstance(error, EOFError | OSError | _WorkerGone)
+        # Read before the discard, whose own SIGKILL would hide how the worker ended.
+        exit_code = _exit_code(worker.process) if lost else None
         self._discard(worker)
         if isinstance(error, TimeoutError):
             logger.warning(
@@ -454,12 +464,9 @@ class Sandbox:
                 time.perf_counter() - started,
             )
             return QueryTimeout(_timeout_message(self.limits))
-        if not isinstance(error, EOFError | OSError | _WorkerGone):
+        if not lost:
             return error
 
-        # NOTE: a worker killed from outside between the liveness check in _acquire and
-        # this request is reported like a query that exhausted the worker's memory.
-        exit_code = worker.process.poll()
         logger.warning(
             "request %s: SQL worker %d exited with %s while running a query: %s",
             request_id,
@@ -471,12 +478,7 @@ class Sandbox:
             return QueryWorkersBusy(
                 "the SQL sandbox shut down while the query ran; retry on the new server"
             )
-        return QueryOutOfMemory(
-            "the query stopped the SQL worker process (exit code "
-            f"{exit_code}), most likely by exceeding its memory cap of "
-            f"{self.limits.worker_memory_bytes:,} bytes (SQLSTORE_SQL_WORKER_MEMORY_BYTES); "
-            "reduce the data the query builds"
-        )
+        return _lost_worker_error(exit_code, self.limits)
 
     def _settle(self, worker: _Worker, header: dict[str, Any]) -> None:
         """Return a worker that responded to the pool, or replace it when its response requests a
@@ -535,6 +537,43 @@ class Sandbox:
             self._workers.discard(worker)
         if replace:
             self._idle.put(None)
+
+
+def _exit_code(process: subprocess.Popen[bytes]) -> int | None:
+    """Return the exit code of a worker whose pipe closed, waiting briefly for the exit that
+    follows, or None while it still runs."""
+    try:
+        return process.wait(timeout=EXIT_WAIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _lost_worker_error(exit_code: int | None, limits: SqlLimits) -> SqlstoreError:
+    """Return the error for a query whose worker process ended with `exit_code` while it ran.
+
+    A signal that only another process sends (SIGTERM, SIGKILL, ...) stopped the worker from
+    outside: an operator, a supervisor or the kernel's out-of-memory killer, which the
+    worker's own address-space cap normally keeps away. Any other end is the query's doing,
+    most likely an allocation that the cap refused where DuckDB could not report it.
+    """
+    if exit_code is not None and -exit_code in OUTSIDE_SIGNALS:
+        name = signal.Signals(-exit_code).name
+        return QueryWorkerStopped(
+            f"the SQL worker process running the query was stopped by {name} from outside the "
+            "server (an operator, a supervisor or the system's out-of-memory killer); another "
+            "worker has been started, so retry the query"
+        )
+    ending = f"exit code {exit_code}"
+    if exit_code is not None and exit_code < 0:
+        try:
+            ending = f"signal {signal.Signals(-exit_code).name}"
+        except ValueError:
+            ending = f"signal {-exit_code}"
+    return QueryOutOfMemory(
+        f"the query stopped the SQL worker process ({ending}), most likely by exceeding its "
+        f"memory cap of {limits.worker_memory_bytes:,} bytes "
+        "(SQLSTORE_SQL_WORKER_MEMORY_BYTES); reduce the data the query builds"
+    )
 
 
 def _query_result(header: dict[str, Any], body: bytes | None, limits: SqlLimits) -> QueryResult:
