@@ -39,10 +39,20 @@ MEMORY_TIER = "memory"
 DISK_TIER = "disk"
 # SQLite page cache of each diskcache connection, in pages (4 KiB by default): 1 MiB.
 DISK_PAGE_CACHE_PAGES = 256
+# Seconds a disk tier operation waits for another process's SQLite write lock (diskcache's
+# default).
+DISK_TIMEOUT_SECONDS = 60.0
+# Seconds a disk read on an event loop waits for another process's SQLite write lock (a read
+# records its access time for LRU eviction). Other reads wait for diskcache's default 60 s.
+BRIEF_DISK_TIMEOUT_SECONDS = 0.02
 
 
 class CorruptEntry(Exception):
     """A disk cache value failed its integrity check."""
+
+
+class DiskTierBusy(Exception):
+    """A brief disk read gave up because another process held the disk tier's write lock."""
 
 
 class SafeDisk(diskcache.Disk):
@@ -240,22 +250,11 @@ class ResultCache:
             on_expiry=lambda: self._record(MEMORY_TIER, "expiry"),
         )
         self._disk: diskcache.Cache | None = None
+        # The same disk tier, for reads on an event loop, which must not wait long for a lock.
+        self._brief_disk: diskcache.Cache | None = None
         if settings.disk_enabled:
-            # cull_limit=0: diskcache's own culling deletes ten entries at a time, which can
-            # empty a small cache and drop the entry just stored, so `_evict_disk` does it.
-            self._disk = diskcache.Cache(
-                str(settings.disk_dir),
-                size_limit=settings.disk_bytes,
-                eviction_policy="least-recently-used",
-                cull_limit=0,
-                disk=SafeDisk,
-                statistics=False,
-                # diskcache opens one SQLite connection per thread, each with its own memory map
-                # and page cache (64 MiB and 32 MiB by default). With 30 request threads that
-                # took a server worker's RSS past 1.5 GB, so each connection gets 1 MiB of cache.
-                sqlite_mmap_size=0,
-                sqlite_cache_size=DISK_PAGE_CACHE_PAGES,
-            )
+            self._disk = _open_disk_tier(settings, DISK_TIMEOUT_SECONDS)
+            self._brief_disk = _open_disk_tier(settings, BRIEF_DISK_TIMEOUT_SECONDS)
 
     def get(self, key: str) -> tuple[CachedResponse | None, str]:
         """Return (response, where) with where "hit-memory", "hit-disk" or "miss"."""
@@ -287,9 +286,13 @@ class ResultCache:
         self._record(MEMORY_TIER, "hit")
         return entry[0]
 
-    def get_disk(self, key: str) -> CachedResponse | None:
-        """Return the disk tier's entry for `key` and copy it into the memory tier, or None."""
-        response = self._get_disk(key)
+    def get_disk(self, key: str, brief: bool = False) -> CachedResponse | None:
+        """Return the disk tier's entry for `key` and copy it into the memory tier, or None.
+
+        With `brief` true, for an event loop, raise DiskTierBusy rather than wait more than
+        BRIEF_DISK_TIMEOUT_SECONDS for another process's write lock.
+        """
+        response = self._get_disk(key, brief)
         if response is not None:
             self._put_memory(key, response)
         return response
@@ -302,13 +305,14 @@ class ResultCache:
     def disk_entry_is_inline(self, key: str) -> bool:
         """Return True when the disk tier has an entry for `key` whose value diskcache keeps
         inside its SQLite file (values under 32 KiB), rather than in a file of its own. Reads
-        the index only, so it costs the same whatever the entry's size."""
-        if self._disk is None:
+        the index only, so it costs the same whatever the entry's size, and waits for a lock
+        no longer than a brief read (see `get_disk`)."""
+        if self._brief_disk is None:
             return False
         try:
             # NOTE: `_sql` is diskcache's private statement helper (diskcache 5.6); its public
             # API has no way to ask where a value is stored without reading it.
-            rows = self._disk._sql(
+            rows = self._brief_disk._sql(
                 "SELECT filename IS NULL FROM Cache WHERE key = ? AND raw = 1", (key,)
             ).fetchall()
         except (OSError, sqlite3.Error) as error:
@@ -417,8 +421,9 @@ class ResultCache:
         return disk
 
     def close(self) -> None:
-        if self._disk is not None:
-            self._disk.close()
+        for disk in (self._disk, self._brief_disk):
+            if disk is not None:
+                disk.close()
 
     def _put_memory(self, key: str, response: CachedResponse) -> None:
         if not self.settings.memory_enabled:
@@ -460,12 +465,20 @@ class ResultCache:
         if self._on_event is not None:
             self._on_event(tier, event)
 
-    def _get_disk(self, key: str) -> CachedResponse | None:
-        if self._disk is None:
+    def _get_disk(self, key: str, brief: bool) -> CachedResponse | None:
+        disk = self._brief_disk if brief else self._disk
+        if disk is None:
             return None
         try:
-            data = self._disk.get(key)
-        except (CorruptEntry, OSError, diskcache.Timeout) as error:
+            data = disk.get(key)
+        except diskcache.Timeout as error:
+            if brief:
+                raise DiskTierBusy(key) from error
+            # The entry may be intact: another process held the lock for the whole timeout.
+            logger.warning("could not read cache entry %s: %s", key[:12], error)
+            self._record(DISK_TIER, "miss")
+            return None
+        except (CorruptEntry, OSError) as error:
             logger.warning("dropping unreadable cache entry %s: %s", key[:12], error)
             self._discard(key)
             self._record(DISK_TIER, "miss")
@@ -489,3 +502,24 @@ class ResultCache:
             self._disk.delete(key)
         except (OSError, diskcache.Timeout, CorruptEntry) as error:
             logger.warning("could not delete cache entry %s: %s", key[:12], error)
+
+
+def _open_disk_tier(settings: CacheSettings, timeout: float) -> diskcache.Cache:
+    """Open the disk tier's diskcache, whose SQLite operations wait at most `timeout` seconds
+    for a lock."""
+    # cull_limit=0: diskcache's own culling deletes ten entries at a time, which can empty a
+    # small cache and drop the entry just stored, so `_evict_disk` does it.
+    return diskcache.Cache(
+        str(settings.disk_dir),
+        timeout=timeout,
+        size_limit=settings.disk_bytes,
+        eviction_policy="least-recently-used",
+        cull_limit=0,
+        disk=SafeDisk,
+        statistics=False,
+        # diskcache opens one SQLite connection per thread, each with its own memory map and
+        # page cache (64 MiB and 32 MiB by default). With 30 request threads that took a server
+        # worker's RSS past 1.5 GB, so each connection gets 1 MiB of cache.
+        sqlite_mmap_size=0,
+        sqlite_cache_size=DISK_PAGE_CACHE_PAGES,
+    )

@@ -25,6 +25,7 @@ from sqlstore.cache import (
     CachedResponse,
     CacheSettings,
     CorruptEntry,
+    DiskTierBusy,
     ResultCache,
     cache_key,
     decode_envelope,
@@ -222,6 +223,25 @@ def test_disk_survives_restart(tmp_path: Path) -> None:
     assert restarted.get("a") == (response("small"), "hit-disk")
     assert restarted.get("b") == (response("large", size=FILE_VALUE_BYTES + 10), "hit-disk")
     assert restarted.stats()[DISK_TIER]["total_items"] == 2
+
+
+def test_brief_disk_read_gives_up_while_another_process_writes(tmp_path: Path) -> None:
+    cache = disk_only(tmp_path)
+    cache.put("a", response("alpha"))
+    writer = sqlite3.connect(tmp_path / diskcache.core.DBNAME, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        inline = cache.disk_entry_is_inline("a")
+        with pytest.raises(DiskTierBusy):
+            cache.get_disk("a", brief=True)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+    assert inline is True
+    assert cache.get_disk("a", brief=True) == response("alpha")
+    assert cache.counters[DISK_TIER].hits == 1
+    assert cache.counters[DISK_TIER].misses == 0
 
 
 def test_large_entry_disk_only(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ requests over both workers. A repeated request served by the worker that compute
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -748,6 +749,40 @@ def test_env_memory_off(server_factory: Callable[..., RunningServer]) -> None:
     assert body["total"]["cache_hits"] == 2
     assert body["total"]["cache_misses"] == 1
     assert body["total"]["total_requests"] == 3
+
+
+def test_disk_hit_waits_for_a_lock_off_the_event_loop(
+    server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    root = tmp_path / "locked"
+    server = server_factory(root=root, SQLSTORE_CACHE_MEMORY_ENTRIES="0", **ONE_SQL_WORKER)
+    with httpx.Client(base_url=server.base_url, timeout=30) as session:
+        write(session, "env/t", records([1]))
+        assert session.get("/features/env/t").headers["X-Cache"] == "miss"
+    outcome: dict[str, httpx.Response] = {}
+
+    def read() -> None:
+        outcome["page"] = httpx.get(f"{server.base_url}/features/env/t", timeout=60)
+
+    # Another process's write transaction holds the lock that a disk read needs to record
+    # its access time.
+    writer = sqlite3.connect(root / "cache" / "results" / "cache.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    reader = threading.Thread(target=read)
+    try:
+        reader.start()
+        time.sleep(0.5)
+        health = httpx.get(f"{server.base_url}/health", timeout=5)
+        waiting = reader.is_alive()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    reader.join(timeout=60)
+
+    assert health.status_code == 200
+    assert waiting
+    assert outcome["page"].headers["X-Cache"] == "hit-disk"
+    assert values_of(outcome["page"]) == [1]
 
 
 def test_config_file_and_env(server_factory: Callable[..., RunningServer], tmp_path: Path) -> None:

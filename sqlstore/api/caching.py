@@ -22,6 +22,7 @@ from sqlstore.cache import (
     DISK_TIER,
     MEMORY_TIER,
     CachedResponse,
+    DiskTierBusy,
     ResultCache,
     cache_key,
     usage_ratio,
@@ -112,11 +113,14 @@ async def serve_cached_async(
 
     # A small disk entry is read here: the read took tens of microseconds, where the hop to
     # the thread pool and back waited milliseconds for the GIL while misses were computed.
-    # NOTE: the read also records the access time for LRU eviction, a short SQLite write that
-    # blocks the event loop while another worker holds the write lock. diskcache writes and
-    # deletes in small transactions, so such a wait is short but not bounded here.
+    # The read also records the access time for LRU eviction, a short SQLite write, so while
+    # another process holds the write lock it gives up after a few milliseconds and the thread
+    # pool reads the entry instead.
     if cache.disk_entry_is_inline(key):
-        cached = cache.get_disk(key)
+        try:
+            cached = cache.get_disk(key, brief=True)
+        except DiskTierBusy:
+            return await run_in_threadpool(_serve_past_memory, cache, key, versions, compute, None)
         if cached is not None:
             _publish_memory_usage(cache)
             return cached_response(cached, "hit-disk")
