@@ -373,6 +373,32 @@ def test_body_not_plain_utf8(writer: httpx.Client, encoded: bytes) -> None:
 
 
 @pytest.mark.parametrize(
+    ("path", "body", "start"),
+    [
+        ("/sql", b'\x00{"sql": "SELECT 1"}', "a NUL byte at position 0"),
+        ("/sql", b'\x00{"sql":"SELECT 1"}', "a NUL byte at position 0"),
+        ("/sql", b'{\x00"sql": "SELECT 1"}', "a NUL byte at position 1"),
+        (
+            "/features/batch",
+            b'\x00{"feature_names": ["content/movie_genres"]}',
+            "a NUL byte at position 0",
+        ),
+        ("/training-set", b"\xfe\xff\x00{", "a byte order mark"),
+    ],
+)
+def test_body_starting_as_other_encoding_is_named(
+    http: httpx.Client, path: str, body: bytes, start: str
+) -> None:
+    response = http.post(path, content=body, headers={"Content-Type": "application/json"})
+
+    message = assert_error(response, 400, "invalid_input")
+    assert message == (
+        f"the request body is not UTF-8 JSON: it starts with {start}, as UTF-16 and UTF-32 text "
+        "does; send JSON encoded as UTF-8 without a byte order mark"
+    )
+
+
+@pytest.mark.parametrize(
     "content_type", ["text/plain", "application/x-www-form-urlencoded", "text/csv"]
 )
 def test_wrong_content_type(writer: httpx.Client, error_server: RunningServer, content_type: str):

@@ -187,6 +187,10 @@ def _invalid_json(request: Request, item: dict[str, Any]) -> Response:
 
 
 async def handle_http_error(request: Request, error: StarletteHTTPException) -> Response:
+    if isinstance(error.__cause__, SqlstoreError):
+        # FastAPI reports any error raised while it reads the body as a bare 400, with the
+        # error as its cause (see `sqlstore.api.jsonbody`).
+        return await handle_sqlstore_error(request, error.__cause__)
     message = str(error.detail)
     # FastAPI reports a body it cannot decode only as "There was an error parsing the body".
     if error.status_code == 400 and error.__cause__ is not None:

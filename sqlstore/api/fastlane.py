@@ -36,7 +36,7 @@ from sqlstore.api.access import bearer_token, required_scope
 from sqlstore.api.caching import CACHE_HEADER, cached_response
 from sqlstore.api.encoding import JSON_MEDIA_TYPE
 from sqlstore.api.errors import handle_sqlstore_error, handle_unexpected_error
-from sqlstore.api.features import is_json_media_type
+from sqlstore.api.jsonbody import is_json_media_type
 from sqlstore.api.middleware import (
     REQUEST_ID_HEADER,
     assign_request_id,

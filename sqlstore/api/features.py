@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from sqlstore import metrics
@@ -27,6 +26,7 @@ from sqlstore.api.encoding import (
     negotiate_format,
     table_records,
 )
+from sqlstore.api.jsonbody import JsonBodyRoute, json_body
 from sqlstore.api.models import (
     ERROR_RESPONSES,
     BatchRequest,
@@ -57,7 +57,9 @@ PAGE_PARAMETERS = frozenset({"columns", "limit", "offset", "order_by"})
 # DuckDB binds OFFSET as BIGINT.
 MAX_OFFSET = 2**63 - 1
 
-router = APIRouter(prefix="/features", tags=["features"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/features", tags=["features"], responses=ERROR_RESPONSES, route_class=JsonBodyRoute
+)
 
 
 def _store(request: Request) -> FeatureStore:
@@ -66,46 +68,6 @@ def _store(request: Request) -> FeatureStore:
 
 def _settings(request: Request) -> Settings:
     return request.app.state.settings
-
-
-# Byte order marks of UTF-8, UTF-16 and UTF-32 text, which JSON sent over a network must not
-# start with (RFC 8259, section 8.1).
-BYTE_ORDER_MARKS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
-
-
-def require_json_body(request: Request) -> None:
-    """Reject a request body sent without a Content-Type or with one other than JSON.
-
-    FastAPI does not parse a body without a Content-Type as JSON, and its 422 would not say why.
-    """
-    content_type = request.headers.get("content-type")
-    if content_type is None:
-        raise HTTPException(415, detail="missing Content-Type: send the body as application/json")
-    if not is_json_media_type(content_type):
-        raise HTTPException(
-            415,
-            detail=f"unsupported Content-Type {content_type!r}: send the body as application/json",
-        )
-
-
-def is_json_media_type(content_type: str) -> bool:
-    """Return True for a Content-Type of application/json or a +json type, any parameters."""
-    media_type = content_type.split(";")[0].strip().lower()
-    return media_type == "application/json" or media_type.endswith("+json")
-
-
-async def json_body(request: Request) -> None:
-    """`require_json_body` as a dependency, which also rejects a body that starts as UTF-16 or
-    UTF-32 text does. As an `async` function it runs on the event loop, where a plain function
-    would cost each request a trip through the thread pool."""
-    require_json_body(request)
-    # FastAPI reads the body before it runs the dependencies, so this read is not a second one.
-    start = (await request.body())[:4]
-    if start.startswith(BYTE_ORDER_MARKS) or b"\x00" in start:
-        raise InvalidInput(
-            "the request body is not UTF-8 JSON: it starts with a byte order mark or NUL bytes, "
-            "as UTF-16 and UTF-32 text does; send JSON encoded as UTF-8 without a byte order mark"
-        )
 
 
 @router.get("", response_model=TableList)

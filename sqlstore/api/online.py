@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from sqlstore.api.encoding import JSON_MEDIA_TYPE, JSONBytesResponse, dumps
-from sqlstore.api.features import require_json_body
+from sqlstore.api.jsonbody import require_json_body
 from sqlstore.api.models import ERROR_RESPONSES
 from sqlstore.errors import InvalidInput, PayloadTooLarge
 from sqlstore.identifiers import validate_group, validate_table_name

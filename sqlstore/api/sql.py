@@ -32,7 +32,7 @@ from sqlstore.api.encoding import (
     table_records,
 )
 from sqlstore.api.errors import request_id_of
-from sqlstore.api.features import BYTE_ORDER_MARKS, json_body
+from sqlstore.api.jsonbody import JsonBodyRoute, json_body, starts_as_other_encoding
 from sqlstore.api.models import ErrorResponse
 from sqlstore.cache import CachedResponse, cache_key
 from sqlstore.errors import InvalidInput, SqlstoreError
@@ -90,7 +90,9 @@ async def sql_lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("SQL endpoint stopped")
 
 
-router = APIRouter(tags=["sql"], responses=ERROR_RESPONSES, lifespan=sql_lifespan)
+router = APIRouter(
+    tags=["sql"], responses=ERROR_RESPONSES, lifespan=sql_lifespan, route_class=JsonBodyRoute
+)
 
 
 class SqlRequest(BaseModel):
@@ -262,7 +264,7 @@ async def lane_response(state: Any, scope: Scope, body: bytes, receive: Receive)
 def _plain_sql_request(scope: Scope, body: bytes) -> tuple[str, dict[str, Any], int | None] | None:
     """Return the query, parameters and limit of a JSON request whose every field has the exact
     type the route's model expects, or None."""
-    if body[:4].startswith(BYTE_ORDER_MARKS) or b"\x00" in body[:4]:
+    if starts_as_other_encoding(body):
         return None
     if LONG_DIGIT_RUN.search(body):
         # orjson reads integers beyond 64 bits as floats; the route's parser keeps them exact.

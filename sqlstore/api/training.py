@@ -22,7 +22,8 @@ from sqlstore.api.encoding import (
     table_records,
 )
 from sqlstore.api.errors import request_id_of
-from sqlstore.api.features import ERROR_RESPONSES, json_body
+from sqlstore.api.features import ERROR_RESPONSES
+from sqlstore.api.jsonbody import JsonBodyRoute, json_body
 from sqlstore.cache import CachedResponse
 from sqlstore.errors import InvalidInput, SqlstoreError
 from sqlstore.pointintime import DEFAULT_TIMESTAMP_COLUMN, JoinOptions, get_historical_features
@@ -33,7 +34,7 @@ from sqlstore.store import FeatureStore
 from sqlstore.training import list_training_sets, load_training_set
 from sqlstore.types import describe_type
 
-router = APIRouter(tags=["training sets"], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["training sets"], responses=ERROR_RESPONSES, route_class=JsonBodyRoute)
 
 
 class TrainingSetRequest(BaseModel):
