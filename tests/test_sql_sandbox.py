@@ -128,7 +128,7 @@ def test_close_stops_workers(service: SqlService) -> None:
     assert worker_pids(service) == []
 
 
-# The DuckDB-parser checks of a new text run in an idle worker while sqlglot's run here.
+# DuckDB's parse of a new text runs in an idle worker while sqlglot's checks run here.
 
 BUILDER_SQL = "SELECT repeat('x', 100000000) AS s"
 
@@ -140,13 +140,13 @@ def started_service(service: SqlService) -> SqlService:
 
 
 def parse_nothing_here(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make this process fail any DuckDB-parser check of its own, so that a passing test shows
-    that the worker made it."""
+    """Make this process fail any serialization of its own, so that a passing test shows
+    that the syntax tree it checked came from the worker."""
 
-    def fail(sql: str, limits: SqlLimits) -> None:
-        raise AssertionError(f"checked {sql!r} in the server process")
+    def fail(sql: str) -> None:
+        raise AssertionError(f"serialized {sql!r} in the server process")
 
-    monkeypatch.setattr(duckdb_check, "_analyse_tree", fail)
+    monkeypatch.setattr(duckdb_check, "serialized_tree", fail)
 
 
 def rejection(function: Callable[[], object]) -> QueryRejected | QuerySyntaxError:
@@ -186,10 +186,12 @@ def test_worker_rejection_matches_local_rejection(
         parse_nothing_here(patch)
         remote = rejection(lambda: service.prepare(sql))
     local = rejection(lambda: validate_query(sql, [("shop", "users")]))
+    after = service.run("SELECT count(*) AS n FROM shop.users")
 
     assert type(remote) is type(local)
     assert remote.message == local.message
     assert remote.details == local.details
+    assert after.table.to_pylist() == [{"n": 2}]
 
 
 def test_dead_worker_check_falls_back_to_local(service: SqlService) -> None:

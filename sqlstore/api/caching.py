@@ -120,6 +120,7 @@ async def serve_cached_async(
         try:
             cached = cache.get_disk(key, brief=True)
         except DiskTierBusy:
+            logger.debug("cache entry %s is locked; reading it in the thread pool", key[:12])
             return await run_in_threadpool(_serve_past_memory, cache, key, versions, compute, None)
         if cached is not None:
             _publish_memory_usage(cache)

@@ -2,7 +2,7 @@
 
 Python's JSON parser, which FastAPI uses, reads a body that starts with a byte order mark or
 has a NUL byte among its first four bytes as UTF-16 or UTF-32 text. It then accepts such JSON,
-or reports a decode error at a position of the misread text. `JsonBodyRoute` refuses these
+or reports a decode error at a position of the misread text. `JsonBodyRoute` rejects these
 bodies before they are parsed, with a message that says why.
 """
 
@@ -58,7 +58,7 @@ def starts_as_other_encoding(body: bytes) -> bool:
 
 
 class _Utf8JsonRequest(Request):
-    """A request whose `json()` refuses a body that does not start as UTF-8 text."""
+    """A request whose `json()` rejects a body that does not start as UTF-8 text."""
 
     async def json(self) -> Any:
         body = await self.body()

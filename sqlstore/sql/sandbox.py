@@ -199,29 +199,31 @@ class _Worker:
 
 
 class TreeCheck:
-    """The DuckDB-parser checks of one text, running in a worker process."""
+    """DuckDB's serialized syntax tree of one text, which a worker process is making."""
 
     def __init__(self, sandbox: Sandbox, worker: _Worker) -> None:
         self.sandbox = sandbox
         self.worker: _Worker | None = worker
-        self.header: dict[str, Any] | None = None
+        self.serialized: str | None = None
 
-    def result(self) -> dict[str, Any] | None:
-        """Wait for the worker and return its response header: `facts` when the text passed, a
-        rejection otherwise. Return None when the worker failed; the caller checks the text
-        itself then."""
+    def result(self) -> str | None:
+        """Wait for the worker and return what `json_serialize_sql` returned for the text.
+        Return None when DuckDB could not serialize it or the worker failed; the caller parses
+        the text itself then."""
         worker = self.worker
         if worker is None:
-            return self.header
+            return self.serialized
         self.worker = None
         try:
-            self.header, _ = worker.channel.receive(self.sandbox.limits.time_limit_seconds)
+            header, body = worker.channel.receive(self.sandbox.limits.time_limit_seconds)
         except (EOFError, OSError, TimeoutError) as error:
-            logger.warning("SQL worker %d failed to check a query: %r", worker.process.pid, error)
+            logger.warning("SQL worker %d failed to parse a query: %r", worker.process.pid, error)
             self.sandbox._discard(worker)
             return None
         self.sandbox._release(worker)
-        return self.header
+        if header.get("ok") and body is not None:
+            self.serialized = body.decode()
+        return self.serialized
 
     def close(self) -> None:
         """Wait for the response unless `result` did, so that the worker can be lent again."""
@@ -354,20 +356,20 @@ class Sandbox:
             disconnected.remove_done_callback(cancel)
 
     def start_tree_check(self, sql: str) -> TreeCheck | None:
-        """Send `sql` to an idle worker for the DuckDB-parser checks, which then run while the
-        caller applies sqlglot's. Return None when no started worker is idle."""
+        """Send `sql` to an idle worker, whose DuckDB parser serializes its syntax tree while
+        the caller applies sqlglot's checks. Return None when no started worker is idle."""
         try:
             worker = self._take_idle()
         except QueryWorkersBusy:
             return None
         if worker is None:
             return None
-        message = {"kind": "check", "sql": sql, "limits": self._limits_message}
+        message = {"kind": "serialize", "sql": sql, "limits": self._limits_message}
         try:
             worker.channel.send(message, self.limits.time_limit_seconds)
         except (OSError, TimeoutError) as error:
             logger.warning(
-                "could not send a query check to SQL worker %d: %s", worker.process.pid, error
+                "could not send a query to parse to SQL worker %d: %s", worker.process.pid, error
             )
             self._discard(worker)
             return None
@@ -554,7 +556,7 @@ def _lost_worker_error(exit_code: int | None, limits: SqlLimits) -> SqlstoreErro
     A signal that only another process sends (SIGTERM, SIGKILL, ...) stopped the worker from
     outside: an operator, a supervisor or the kernel's out-of-memory killer, which the
     worker's own address-space cap normally keeps away. Any other end is the query's doing,
-    most likely an allocation that the cap refused where DuckDB could not report it.
+    most likely an allocation that the cap denied where DuckDB could not report it.
     """
     if exit_code is not None and -exit_code in OUTSIDE_SIGNALS:
         name = signal.Signals(-exit_code).name

@@ -167,14 +167,18 @@ def _serve(database: SandboxDatabase, requests_fd: int, responses_fd: int) -> No
         kind = request.get("kind")
         if kind == "query":
             header, body = database.run_query(request)
-        elif kind == "check":
-            header, body = database.check_tree(request), None
+        elif kind == "serialize":
+            header, body = database.serialize_tree(request)
         elif kind == "settings":
             header, body = {"ok": True, "settings": database.current_settings()}, None
         else:
             header, body = {"ok": False, "kind": "failed", "message": f"unknown {kind!r}"}, None
         protocol.write_message(responses_fd, header, body)
 
+        if kind == "serialize" and header.get("ok"):
+            # While the server walks the tree, walk it here too, for this worker's own check
+            # when it runs the query.
+            database.check_tree(request)
         if header.get("restart"):
             logger.error("DuckDB reported a fatal error; the worker exits to be replaced")
             return
@@ -242,20 +246,34 @@ class SandboxDatabase:
         header["dtypes"] = list(output.shape.dtypes)
         return header, output.json_rows
 
-    def check_tree(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Apply the DuckDB-parser checks to a text and return the findings, which the server
-        needs to finish validating it, as a response header."""
-        from sqlstore.errors import QueryRejected, QuerySyntaxError
-        from sqlstore.sql.duckdb_check import facts_to_message, tree_facts
+    def serialize_tree(self, request: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
+        """Return DuckDB's syntax tree of a text as `json_serialize_sql` writes it, as the
+        response body, for the server to check. A text DuckDB cannot serialize gets a response
+        that is not ok, and the server then parses it itself to name the error."""
+        import duckdb
+
+        from sqlstore.sql.duckdb_check import serialized_tree
 
         try:
-            facts = tree_facts(request["sql"], _limits(request["limits"]))
+            text = serialized_tree(request["sql"])
+        except duckdb.Error as error:
+            logger.info("DuckDB could not serialize a query for the server: %s", error)
+            return {"ok": False, "kind": "unparsed", "message": str(error)}, None
+        return {"ok": True}, text.encode()
+
+    def check_tree(self, request: dict[str, Any]) -> None:
+        """Walk the syntax tree of a text that `serialize_tree` serialized, so that the checks
+        of its first run find the walk's findings cached."""
+        from sqlstore.errors import QueryRejected, QuerySyntaxError
+        from sqlstore.sql.duckdb_check import tree_facts
+
+        try:
+            tree_facts(request["sql"], _limits(request["limits"]))
         except (QueryRejected, QuerySyntaxError) as error:
-            return _rejection_header(error)
-        except Exception as error:
-            logger.exception("checking a query for the server failed unexpectedly")
-            return {"ok": False, "kind": "failed", "message": f"{type(error).__name__}: {error}"}
-        return {"ok": True, "facts": facts_to_message(facts)}
+            # The server rejects the text too, so it never sends it to run.
+            logger.info("a query serialized for the server is rejected: %s", error.message)
+        except Exception:
+            logger.exception("checking a query's syntax tree failed unexpectedly")
 
     def current_settings(self) -> dict[str, str]:
         """Return the DuckDB settings of the sandbox, for diagnostics and tests."""
