@@ -30,6 +30,8 @@ import diskcache
 import diskcache.core
 import orjson
 
+from sqlstore import __version__
+
 logger = logging.getLogger(__name__)
 
 ENVELOPE_MAGIC = b"SQLSTORE-CACHE-1\n"
@@ -147,8 +149,10 @@ def decode_envelope(data: bytes) -> CachedResponse:
 
 
 def cache_key(kind: str, request: dict[str, Any], versions: dict[str, int]) -> str:
-    """Return the key of a request: a digest of its kind, canonical form and table versions."""
-    content = {"kind": kind, "request": request, "versions": versions}
+    """Return the key of a request: a digest of its kind, canonical form and table versions,
+    and of sqlstore's version, so that disk entries made by another release, which may encode
+    results differently, are not served after an upgrade."""
+    content = {"kind": kind, "request": request, "versions": versions, "sqlstore": __version__}
     try:
         canonical = orjson.dumps(
             content, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sqlstore import __version__
 from sqlstore.cache import (
     DISK_TIER,
     ENVELOPE_MAGIC,
@@ -573,7 +574,10 @@ def test_envelope_header_length_overrun() -> None:
 
 def test_cache_key_exact_digest() -> None:
     key = cache_key("page", {"name": "t", "group": "g"}, {"g/t": "1@x/0"})
-    canonical = b'{"kind":"page","request":{"group":"g","name":"t"},"versions":{"g/t":"1@x/0"}}'
+    canonical = (
+        b'{"kind":"page","request":{"group":"g","name":"t"},"sqlstore":"%s",'
+        b'"versions":{"g/t":"1@x/0"}}' % __version__.encode()
+    )
     assert key == hashlib.sha256(canonical).hexdigest()
 
 

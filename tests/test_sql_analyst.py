@@ -705,6 +705,30 @@ def test_types_without_json_form_are_encoded(http: httpx.Client) -> None:
     ]
 
 
+def test_timetz_and_bit_come_back_as_text(http: httpx.Client) -> None:
+    sql = (
+        "SELECT '12:00:00+05'::TIMETZ AS at, '101'::BIT AS bits, 1 AS a, 2 AS a, "
+        "['23:30:00-02:30'::TIMETZ] AS times, {'flag': '1'::BIT} AS record"
+    )
+    bodies = [http.post("/sql", json={"sql": sql}).json() for _ in range(2)]
+    csv = http.post("/sql", json={"sql": sql}, headers={"Accept": "text/csv"})
+
+    for body in bodies:
+        assert body["data"] == [
+            {
+                "at": "12:00:00+05",
+                "bits": "101",
+                "a": 1,
+                "a_1": 2,
+                "times": "['23:30:00-02:30']",
+                "record": "{'flag': 1}",
+            }
+        ]
+        assert body["metadata"]["dtypes"]["at"] == "string"
+        assert body["metadata"]["dtypes"]["a"] == "int32"
+    assert csv.text.splitlines()[1].startswith('"12:00:00+05","101",1,2,')
+
+
 def test_nested_types_in_csv_and_parquet(http: httpx.Client) -> None:
     sql = "SELECT {'x': 1} AS point, INTERVAL 3 HOUR AS span, union_value(k := 2) AS choice"
     csv = http.post("/sql", json={"sql": sql}, headers={"Accept": "text/csv"})

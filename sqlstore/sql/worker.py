@@ -75,6 +75,10 @@ TEMPORAL_LIMITS = frozenset({dt.date.min, dt.date.max, dt.datetime.min, dt.datet
 # its JSON at least 2, so such a result would not have been cut by the byte limit either.
 JSON_ROWS_BYTE_SHARE = 16
 DECIMAL_TYPE_PATTERN = re.compile(r"DECIMAL\(\d+,\d+\)")
+# DuckDB type ids whose values Arrow export changes, so that results carry them as text.
+TEXT_EXPORT_TYPES = frozenset({"time with time zone", "bit"})
+# DuckDB type ids whose `children` are the types they contain.
+NESTED_TYPES = frozenset({"list", "array", "struct", "map", "union"})
 
 
 @dataclass(frozen=True)
@@ -351,8 +355,9 @@ class SandboxDatabase:
                     max_bytes = limits.max_result_bytes // JSON_ROWS_BYTE_SHARE
                     return _fetch_json_rows(cursor, shape, request["max_rows"], max_bytes)
                 relation = cursor.sql(statement, params=parameters or None)
-                table, truncated_by = _fetch(relation, request["max_rows"], limits.max_result_bytes)
                 types = relation.types
+                exported = _with_text_columns(relation, types)
+                table, truncated_by = _fetch(exported, request["max_rows"], limits.max_result_bytes)
                 table = _exact_unsigned_hugeints(table, types)
             if shape_key is not None:
                 self._learn_shape(shape_key, _shape_of(table, types))
@@ -739,6 +744,41 @@ def _cached_limits(items: tuple[tuple[str, Any], ...]) -> Any:
 
 def _limits(values: dict[str, Any]) -> Any:
     return _cached_limits(tuple(sorted(values.items())))
+
+
+def _with_text_columns(relation: Any, types: list[Any]) -> Any:
+    """Return `relation` with the columns whose values Arrow export would change cast to DuckDB's
+    text for them, or `relation` itself when it has none.
+
+    DuckDB exports TIMETZ as a time without its offset and BIT as its internal bytes, so
+    '12:00:00+05'::TIMETZ would come back as 12:00:00 and '101'::BIT as 05fd. A column counts
+    when such a type is anywhere in its type, inside lists, structs and maps too. Columns are
+    referred to by position, because a result may repeat a column name.
+    """
+    positions = [index for index, duckdb_type in enumerate(types) if _has_text_type(duckdb_type)]
+    if not positions:
+        return relation
+
+    from sqlstore.identifiers import quote_identifier
+
+    expressions = []
+    for index, name in enumerate(relation.columns):
+        reference = f"#{index + 1}"
+        if index in positions:
+            reference = f"CAST({reference} AS VARCHAR)"
+        expressions.append(f"{reference} AS {quote_identifier(name)}")
+    return relation.project(", ".join(expressions))
+
+
+def _has_text_type(duckdb_type: Any) -> bool:
+    """Return True when `duckdb_type` is, or contains, a type listed in TEXT_EXPORT_TYPES."""
+    if duckdb_type.id in TEXT_EXPORT_TYPES:
+        return True
+    if duckdb_type.id not in NESTED_TYPES:
+        return False
+    return any(
+        _has_text_type(child) for _, child in duckdb_type.children if not isinstance(child, int)
+    )
 
 
 def _exact_unsigned_hugeints(table: Any, types: list[Any]) -> Any:
