@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import reprlib
+from typing import Any
+
+# A value quoted in an error message is cut to this many characters.
+MAX_QUOTED_CHARACTERS = 100
+
 
 class SqlstoreError(Exception):
     """Base class. `status` is the HTTP status and `code` a stable machine-readable name."""
@@ -129,3 +136,19 @@ class QueryWorkerStopped(SqlstoreError):
 
     status = 503
     code = "query_worker_stopped"
+
+
+def quoted_value(value: Any, max_characters: int = MAX_QUOTED_CHARACTERS) -> str:
+    """Return `value` as JSON text for an error message, cut to `max_characters`.
+
+    Any value a JSON parser produced can be quoted: integers beyond 64 bits, NaN (written as
+    NaN), lone surrogates (escaped), and values nested too deeply for `json.dumps`, which
+    `reprlib` writes with the inner levels left out.
+    """
+    try:
+        text = json.dumps(value, default=repr, separators=(",", ":"))
+    except (RecursionError, TypeError, ValueError):
+        text = reprlib.repr(value)
+    if len(text) > max_characters:
+        text = f"{text[:max_characters]}…"
+    return text

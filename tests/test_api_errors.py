@@ -192,6 +192,44 @@ def test_validation_message_quotes_the_value(
     assert message.endswith(f" (got {quoted})")
 
 
+@pytest.mark.parametrize(
+    ("path", "raw", "quoted"),
+    [
+        ("/sql", b'{"sql": 123456789012345678901234567890}', "123456789012345678901234567890"),
+        ("/sql", b'{"sql": "SELECT 1", "limit": {"\\ud800": 1}}', '{"\\ud800":1}'),
+        ("/sql", b'{"sql": "SELECT 1", "limit": NaN}', "NaN"),
+        (
+            "/sql",
+            b'{"sql": "SELECT 1", "limit": ' + b"[" * 900 + b"]" * 900 + b"}",
+            "[" * 100 + "…",
+        ),
+        (
+            "/features/batch",
+            b'{"feature_names": ["content/movie_genres"], "entity_ids": [1], "timestamp": [[]]}',
+            "[[]]",
+        ),
+    ],
+)
+def test_validation_message_quotes_any_json_value(
+    http: httpx.Client, path: str, raw: bytes, quoted: str
+) -> None:
+    response = http.post(path, content=raw, headers={"Content-Type": "application/json"})
+
+    message = assert_error(response, 422, "validation_error")
+    assert f" (got {quoted})" in message
+
+
+def test_online_message_quotes_deeply_nested_key(http: httpx.Client) -> None:
+    deep = b"[" * 990 + b"]" * 990
+    raw = b'{"features": ["content/movie_genres:title"], "entities": {"movie_id": [' + deep + b"]}}"
+    response = http.post(
+        "/get-online-features", content=raw, headers={"Content-Type": "application/json"}
+    )
+
+    message = assert_error(response, 400, "invalid_input")
+    assert message.startswith("invalid value [[[[[[[...]]]]]]] at entities.movie_id[0]: ")
+
+
 def test_validation_message_cuts_long_values(http: httpx.Client) -> None:
     response = http.post("/sql", json={"sql": "SELECT 1", "limit": "9" * 500})
 

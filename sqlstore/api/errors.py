@@ -6,7 +6,6 @@ import logging
 import sys
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -16,7 +15,7 @@ from starlette.routing import compile_path
 from sqlstore import metrics
 from sqlstore.api.encoding import JSONBytesResponse
 from sqlstore.api.middleware import escape_path, route_template
-from sqlstore.errors import SqlstoreError
+from sqlstore.errors import SqlstoreError, quoted_value
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +24,6 @@ logger = logging.getLogger(__name__)
 CLIENT_INPUT_STATUSES = frozenset({400, 413, 415, 422, 499})
 # Error messages are cut to this many characters, in responses and in the log.
 MAX_MESSAGE_CHARACTERS = 2000
-# A value quoted in a validation message is cut to this many characters.
-MAX_QUOTED_VALUE_CHARACTERS = 100
 
 HTTP_CODES = {
     400: "bad_request",
@@ -149,10 +146,7 @@ def _quoted_input(item: dict[str, Any]) -> str:
     error is about a missing field, whose input is the enclosing object."""
     if item.get("type") == "missing" or "input" not in item:
         return ""
-    value = orjson.dumps(item["input"], default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
-    if len(value) > MAX_QUOTED_VALUE_CHARACTERS:
-        value = f"{value[:MAX_QUOTED_VALUE_CHARACTERS]}…"
-    return f" (got {value})"
+    return f" (got {quoted_value(item['input'])})"
 
 
 def _allowed_methods(request: Request) -> list[str]:

@@ -25,7 +25,7 @@ from starlette.responses import Response
 from sqlstore.api.encoding import JSON_MEDIA_TYPE, JSONBytesResponse, dumps
 from sqlstore.api.jsonbody import require_json_body
 from sqlstore.api.models import ERROR_RESPONSES
-from sqlstore.errors import InvalidInput, PayloadTooLarge
+from sqlstore.errors import InvalidInput, PayloadTooLarge, quoted_value
 from sqlstore.identifiers import validate_group, validate_table_name
 from sqlstore.online import (
     DuckDBPath,
@@ -236,7 +236,7 @@ def _check_key_values(column: str, values: list[Any]) -> None:
         if value is None:
             raise InvalidInput(f"entities.{column}[{position}] is null; give a key value")
         raise InvalidInput(
-            f"invalid value {orjson.dumps(value).decode()} at entities.{column}[{position}]: "
+            f"invalid value {quoted_value(value)} at entities.{column}[{position}]: "
             "give an integer of at most 64 bits or a string (JSON numbers beyond 64 bits are "
             "read as floating-point numbers)"
         )
