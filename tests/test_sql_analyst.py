@@ -729,6 +729,15 @@ def test_timetz_and_bit_come_back_as_text(http: httpx.Client) -> None:
     assert csv.text.splitlines()[1].startswith('"12:00:00+05","101",1,2,')
 
 
+def test_failing_timetz_query_points_into_its_text(http: httpx.Client) -> None:
+    sql = "SELECT '12:00:00+05'::TIMETZ AS at, 'zz'::INTEGER AS n"
+    response = http.post("/sql", json={"sql": sql})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "query_failed"
+    assert f"LINE 1: {sql}" in response.json()["error"]["message"]
+
+
 def test_nested_types_in_csv_and_parquet(http: httpx.Client) -> None:
     sql = "SELECT {'x': 1} AS point, INTERVAL 3 HOUR AS span, union_value(k := 2) AS choice"
     csv = http.post("/sql", json={"sql": sql}, headers={"Accept": "text/csv"})

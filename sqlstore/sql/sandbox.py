@@ -560,10 +560,12 @@ def _lost_worker_error(exit_code: int | None, limits: SqlLimits) -> SqlstoreErro
     """
     if exit_code is not None and -exit_code in OUTSIDE_SIGNALS:
         name = signal.Signals(-exit_code).name
+        senders = "an operator, a supervisor"
+        if exit_code == -signal.SIGKILL:
+            senders += " or the system's out-of-memory killer"
         return QueryWorkerStopped(
             f"the SQL worker process running the query was stopped by {name} from outside the "
-            "server (an operator, a supervisor or the system's out-of-memory killer); another "
-            "worker has been started, so retry the query"
+            f"server ({senders}); the next query starts another worker, so retry the query"
         )
     ending = f"exit code {exit_code}"
     if exit_code is not None and exit_code < 0:

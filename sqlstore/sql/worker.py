@@ -356,8 +356,9 @@ class SandboxDatabase:
                     return _fetch_json_rows(cursor, shape, request["max_rows"], max_bytes)
                 relation = cursor.sql(statement, params=parameters or None)
                 types = relation.types
-                exported = _with_text_columns(relation, types)
-                table, truncated_by = _fetch(exported, request["max_rows"], limits.max_result_bytes)
+                table, truncated_by = self._fetch_exported(
+                    relation, types, request["max_rows"], limits.max_result_bytes
+                )
                 table = _exact_unsigned_hugeints(table, types)
             if shape_key is not None:
                 self._learn_shape(shape_key, _shape_of(table, types))
@@ -382,6 +383,25 @@ class SandboxDatabase:
         finally:
             cursor.close()
         return self._execute(request, views, parameters)
+
+    def _fetch_exported(
+        self, relation: Any, types: list[Any], max_rows: int, max_bytes: int
+    ) -> tuple[Any, str | None]:
+        """Fetch `relation` as `_fetch` does, with `_with_text_columns` applied.
+
+        An error of the query itself then points into the SQL of the projection, so the query
+        runs once more without it, to raise the error with positions in the client's text.
+        """
+        import duckdb
+
+        exported = _with_text_columns(relation, types)
+        try:
+            return _fetch(exported, max_rows, max_bytes)
+        except duckdb.Error:
+            if exported is relation or self.watchdog.fired or self.watchdog.cancelled:
+                raise
+            _fetch(relation, max_rows, max_bytes)
+            raise
 
     def _learn_shape(self, key: tuple[str, tuple[str, ...]], learned: ResultShape) -> None:
         """Record the shape of a result, keeping the mark of a text that must use Arrow."""
