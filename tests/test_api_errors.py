@@ -8,6 +8,7 @@ file in the sandbox changed.
 
 from __future__ import annotations
 
+import gzip
 import http.client as http_client
 import json
 from collections.abc import Callable, Iterator
@@ -392,48 +393,51 @@ def test_malformed_json(writer: httpx.Client) -> None:
     assert "at character 13" in response.json()["error"]["message"]
 
 
-@pytest.mark.parametrize(
-    "encoded",
-    [
-        '{"feature_names": ["content/movie_genres"], "entity_ids": [1]}'.encode("utf-16"),
-        '{"feature_names": ["content/movie_genres"], "entity_ids": [1]}'.encode("utf-32-le"),
-        b"\xef\xbb\xbf" + b'{"feature_names": ["content/movie_genres"], "entity_ids": [1]}',
-    ],
-    ids=["utf-16", "utf-32", "utf-8 with byte order mark"],
+BOM_MESSAGE = (
+    "the request body starts with a byte order mark; send JSON encoded as UTF-8 without one"
 )
-def test_body_not_plain_utf8(writer: httpx.Client, encoded: bytes) -> None:
-    response = writer.post(
-        "/features/batch", content=encoded, headers={"Content-Type": "application/json"}
+
+
+def nul_message(position: int) -> str:
+    return (
+        f"the request body is not UTF-8 JSON: it has a NUL byte at position {position}, as "
+        "UTF-16 and UTF-32 text does; send JSON encoded as UTF-8"
     )
 
-    message = assert_error(response, 400, "invalid_input")
-    assert "not UTF-8 JSON" in message
+
+BATCH_BODY = '{"feature_names": ["content/movie_genres"], "entity_ids": [1]}'
+ONLINE_BODY = '{"features": ["content/movie_genres:title"], "entities": {"movie_id": [1]}}'
 
 
 @pytest.mark.parametrize(
-    ("path", "body", "start"),
+    ("path", "body", "expected"),
     [
-        ("/sql", b'\x00{"sql": "SELECT 1"}', "a NUL byte at position 0"),
-        ("/sql", b'\x00{"sql":"SELECT 1"}', "a NUL byte at position 0"),
-        ("/sql", b'{\x00"sql": "SELECT 1"}', "a NUL byte at position 1"),
-        (
-            "/features/batch",
-            b'\x00{"feature_names": ["content/movie_genres"]}',
-            "a NUL byte at position 0",
-        ),
-        ("/training-set", b"\xfe\xff\x00{", "a byte order mark"),
+        ("/features/batch", BATCH_BODY.encode("utf-16"), BOM_MESSAGE),
+        ("/features/batch", BATCH_BODY.encode("utf-16-le"), nul_message(1)),
+        ("/features/batch", BATCH_BODY.encode("utf-32-le"), nul_message(1)),
+        ("/features/batch", b"\xef\xbb\xbf" + BATCH_BODY.encode(), BOM_MESSAGE),
+        ("/sql", b'\x00{"sql": "SELECT 1"}', nul_message(0)),
+        ("/sql", b'\x00{"sql":"SELECT 1"}', nul_message(0)),
+        ("/sql", b'{\x00"sql": "SELECT 1"}', nul_message(1)),
+        ("/training-set", b"\xfe\xff\x00{", BOM_MESSAGE),
+        ("/get-online-features", ONLINE_BODY.encode("utf-16"), BOM_MESSAGE),
+        ("/get-online-features", ONLINE_BODY.encode("utf-16-be"), nul_message(0)),
+        ("/get-online-features", b"\xef\xbb\xbf" + ONLINE_BODY.encode(), BOM_MESSAGE),
     ],
 )
-def test_body_starting_as_other_encoding_is_named(
-    http: httpx.Client, path: str, body: bytes, start: str
-) -> None:
+def test_body_not_plain_utf8(http: httpx.Client, path: str, body: bytes, expected: str) -> None:
     response = http.post(path, content=body, headers={"Content-Type": "application/json"})
 
-    message = assert_error(response, 400, "invalid_input")
-    assert message == (
-        f"the request body is not UTF-8 JSON: it starts with {start}, as UTF-16 and UTF-32 text "
-        "does; send JSON encoded as UTF-8 without a byte order mark"
-    )
+    assert assert_error(response, 400, "invalid_input") == expected
+
+
+@pytest.mark.parametrize("path", ["/sql", "/features/batch", "/get-online-features"])
+def test_compressed_body_is_415(http: httpx.Client, path: str) -> None:
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    response = http.post(path, content=gzip.compress(b'{"sql": "SELECT 1"}'), headers=headers)
+
+    message = assert_error(response, 415)
+    assert message == "unsupported Content-Encoding 'gzip': send the body uncompressed"
 
 
 @pytest.mark.parametrize(

@@ -25,10 +25,12 @@ NUL = b"\x00"
 
 
 def require_json_body(request: Request) -> None:
-    """Reject a request body sent without a Content-Type or with one other than JSON.
+    """Reject a request body sent without a Content-Type, with one other than JSON, or with a
+    Content-Encoding such as gzip, which the server does not decode.
 
     FastAPI does not parse a body without a Content-Type as JSON, and its 422 would not say why.
     """
+    check_content_encoding(request)
     content_type = request.headers.get("content-type")
     if content_type is None:
         raise HTTPException(415, detail="missing Content-Type: send the body as application/json")
@@ -45,6 +47,17 @@ async def json_body(request: Request) -> None:
     require_json_body(request)
 
 
+def check_content_encoding(request: Request) -> None:
+    """Reject a body sent with a Content-Encoding such as gzip, which the server does not
+    decode, with a 415 rather than a parse error."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise HTTPException(
+            415,
+            detail=f"unsupported Content-Encoding {encoding!r}: send the body uncompressed",
+        )
+
+
 def is_json_media_type(content_type: str) -> bool:
     """Return True for a Content-Type of application/json or a +json type, any parameters."""
     media_type = content_type.split(";")[0].strip().lower()
@@ -57,19 +70,29 @@ def starts_as_other_encoding(body: bytes) -> bool:
     return start.startswith(BYTE_ORDER_MARKS) or NUL in start
 
 
+def check_body_start(body: bytes) -> None:
+    """Raise InvalidInput when `body` starts with a byte order mark or has a NUL byte among its
+    first four bytes, which Python's JSON parser would read as UTF-16 or UTF-32 text."""
+    if body.startswith(BYTE_ORDER_MARKS):
+        raise InvalidInput(
+            "the request body starts with a byte order mark; send JSON encoded as UTF-8 without one"
+        )
+    position = body[:4].find(NUL)
+    if position >= 0:
+        raise InvalidInput(
+            f"the request body is not UTF-8 JSON: it has a NUL byte at position {position}, as "
+            "UTF-16 and UTF-32 text does; send JSON encoded as UTF-8"
+        )
+
+
 class _Utf8JsonRequest(Request):
-    """A request whose `json()` rejects a body that does not start as UTF-8 text."""
+    """A request whose `json()` rejects a compressed body and one that does not start as UTF-8
+    text."""
 
     async def json(self) -> Any:
-        body = await self.body()
-        if starts_as_other_encoding(body):
-            start = "a byte order mark"
-            if not body.startswith(BYTE_ORDER_MARKS):
-                start = f"a NUL byte at position {body.find(NUL)}"
-            raise InvalidInput(
-                f"the request body is not UTF-8 JSON: it starts with {start}, as UTF-16 and "
-                "UTF-32 text does; send JSON encoded as UTF-8 without a byte order mark"
-            )
+        # FastAPI parses the body before it runs the dependencies, `json_body` included.
+        check_content_encoding(self)
+        check_body_start(await self.body())
         return await super().json()
 
 

@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from sqlstore.api.encoding import JSON_MEDIA_TYPE, JSONBytesResponse, dumps
-from sqlstore.api.jsonbody import require_json_body
+from sqlstore.api.jsonbody import check_body_start, require_json_body
 from sqlstore.api.models import ERROR_RESPONSES
 from sqlstore.errors import InvalidInput, PayloadTooLarge, quoted_value
 from sqlstore.identifiers import validate_group, validate_table_name
@@ -117,6 +117,7 @@ async def lookup_body(state: Any, body: bytes) -> bytes:
     error."""
     online: OnlineStore = state.online
     settings: Settings = state.settings
+    check_body_start(body)
     entities, features = _parse_body(_parse_json(body), settings.max_entity_ids)
     now_us = time.time_ns() // 1_000
 
