@@ -26,6 +26,7 @@ MOVIE_GENRES = "/features/content/movie_genres"
 INTERACTIONS = "/features/interaction/user_movie_interactions"
 MAX_LIMIT = 10_000
 SENTINEL = "sentinel-7f3a9c"
+BATCH_BODY = '{"feature_names": ["content/movie_genres"], "entity_ids": [1]}'
 HEX_DIGITS = set("0123456789abcdef")
 
 
@@ -244,6 +245,36 @@ def test_missing_field_message_quotes_nothing(http: httpx.Client) -> None:
     assert message == "invalid request: body.sql: Field required"
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "location"),
+    [
+        ("/features/batch", {**json.loads(BATCH_BODY), "timestamp": True}, "body.timestamp.str"),
+        (
+            "/features/bools/t",
+            {"records": [{"entity_id": 1}], "ttl_seconds": True},
+            "body.ttl_seconds",
+        ),
+        (
+            "/training-set",
+            {
+                "entities": [{"movie_id": 1}],
+                "features": ["content/movie_genres"],
+                "ttl_seconds": {"content/movie_genres": True},
+            },
+            "body.ttl_seconds.content/movie_genres",
+        ),
+    ],
+)
+def test_boolean_is_not_a_number(
+    writer: httpx.Client, path: str, body: dict[str, Any], location: str
+) -> None:
+    response = writer.post(path, json=body)
+
+    assert_error(response, 422, "validation_error")
+    locations = [detail["location"] for detail in response.json()["error"]["details"]]
+    assert location in locations
+
+
 def test_request_id_echoed(http: httpx.Client) -> None:
     response = http.get("/features/content/no_such_table", headers={"X-Request-ID": "trace-42.a"})
 
@@ -405,7 +436,6 @@ def nul_message(position: int) -> str:
     )
 
 
-BATCH_BODY = '{"feature_names": ["content/movie_genres"], "entity_ids": [1]}'
 ONLINE_BODY = '{"features": ["content/movie_genres:title"], "entities": {"movie_id": [1]}}'
 
 

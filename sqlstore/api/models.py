@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from sqlstore.registry import RegistryEntry
 
@@ -25,7 +25,8 @@ class WriteRequest(BaseModel):
         description="Event time column; defaults to the registered one, else `event_timestamp`",
     )
     created_timestamp_column: str | None = None
-    ttl_seconds: float | None = Field(default=None, ge=0)
+    # Strict number types, because lax validation would read true as 1 and "60" as 60.
+    ttl_seconds: StrictFloat | None = Field(default=None, ge=0)
     description: str | None = Field(default=None, max_length=10_000)
     owner: str | None = Field(default=None, max_length=200)
     tags: list[str] | None = None
@@ -102,7 +103,7 @@ class BatchRequest(BaseModel):
         default=None,
         description="Key values; an object of key columns for tables with a composite key",
     )
-    timestamp: str | float | None = Field(
+    timestamp: StrictStr | StrictFloat | None = Field(
         default=None,
         description="Return values as of this time (ISO 8601 or Unix seconds); default: now",
     )

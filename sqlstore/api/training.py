@@ -8,7 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat
 from starlette.responses import Response
 
 from sqlstore.api.caching import serve_cached, serve_uncached, table_versions
@@ -57,7 +57,7 @@ class TrainingSetRequest(BaseModel):
     inclusive: bool = Field(
         default=True, description="Match rows at the entity's timestamp; false: strictly before"
     )
-    ttl_seconds: dict[str, float | None] = Field(
+    ttl_seconds: dict[str, StrictFloat | None] = Field(
         default_factory=dict, description="TTL per table (`group/name`), overriding the registry"
     )
     created_before_event: bool = Field(
