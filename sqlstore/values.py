@@ -201,4 +201,13 @@ def _parse_iso_timestamp(text: str) -> datetime:
                 "precision; send at most 6 fractional digits"
             )
         text = text.replace("." + fraction, "." + fraction[:6], 1)
-    return datetime.fromisoformat(text)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as error:
+        if str(error).startswith("offset must be"):
+            # Python's message shows the offset as a timedelta repr.
+            raise ValueError(
+                f"{text!r} has a UTC offset of 24 hours or more; offsets range from -23:59 to "
+                "+23:59"
+            ) from error
+        raise

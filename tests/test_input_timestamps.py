@@ -252,6 +252,7 @@ def test_batch_timestamp_forms(
         ("20240501", "could be a date or Unix epoch seconds"),
         (1714564800000, "divide milliseconds by 1000"),
         ("1714564800000", "divide milliseconds by 1000"),
+        ("2024-05-01T13:00:00+25:00", "UTC offset of 24 hours or more"),
     ],
 )
 def test_batch_timestamp_rejected(
