@@ -83,6 +83,22 @@ def test_incomplete_clause_error_is_readable() -> None:
     assert "<class" not in raised.value.message
 
 
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT * FROM $$x.csv$$", "heredoc string 'x.csv'"),
+        ("SELECT * FROM E'x.csv'", "byte string 'x.csv'"),
+        ("SELECT * FROM 5", "number '5'"),
+    ],
+)
+def test_unexpected_token_error_is_readable(sql: str, expected: str) -> None:
+    with pytest.raises(QuerySyntaxError) as raised:
+        validate_query(sql, VIEWS)
+
+    assert raised.value.message.endswith(f"Expected table name but got {expected}")
+    assert "<Token" not in raised.value.message
+
+
 def test_rejection_names_construct_and_position() -> None:
     with pytest.raises(QueryRejected) as raised:
         validate_query("SELECT 1,\n  current_setting('threads')", VIEWS)

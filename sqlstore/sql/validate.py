@@ -59,6 +59,12 @@ NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # sqlglot's description of an incomplete clause, such as "Required keyword: 'this' missing for
 # <class 'sqlglot.expressions.query.Where'>".
 MISSING_PART_PATTERN = re.compile(r"missing for <class '[\w.]*\.(\w+)'>")
+# sqlglot's repr of a token in its error descriptions, such as
+# <Token token_type: TokenType.NUMBER, text: 5, line: 1, col: 15, start: 14, end: 14, comments: []>.
+TOKEN_REPR_PATTERN = re.compile(
+    r"<Token token_type: TokenType\.(\w+), text: (.*?), line: \d+, col: \d+, start: \d+, "
+    r"end: \d+, comments: \[.*?\]>"
+)
 MAX_PARAMETERS = 100
 # Texts whose sqlglot analysis is kept.
 VALIDATION_CACHE_SIZE = 512
@@ -390,12 +396,17 @@ def _parse_one_statement(sql: str) -> exp.Expression:
 
 
 def _readable_description(description: str) -> str:
-    """Return sqlglot's error description without the names of its Python classes, which mean
-    nothing to the author of the query."""
+    """Return sqlglot's error description without the names of its Python classes and the
+    repr of its tokens, which mean nothing to the author of the query."""
     match = MISSING_PART_PATTERN.search(description)
-    if match is None:
-        return description
-    return f"incomplete {match.group(1).upper()} clause: something is missing after it"
+    if match is not None:
+        return f"incomplete {match.group(1).upper()} clause: something is missing after it"
+    return TOKEN_REPR_PATTERN.sub(_token_description, description)
+
+
+def _token_description(match: re.Match[str]) -> str:
+    kind = match.group(1).lower().replace("_", " ")
+    return f"{kind} {match.group(2)!r}"
 
 
 def _syntax_error(sql: str, error: ParseError) -> QuerySyntaxError | QueryRejected:
