@@ -44,6 +44,7 @@ UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # this range can match no stored value and must be rejected before it reaches DuckDB.
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+UINT64_MAX = 2**64 - 1
 TRUE_WORDS = frozenset({"true", "1", "yes"})
 FALSE_WORDS = frozenset({"false", "0", "no"})
 
@@ -85,16 +86,37 @@ def convert_value(value: Any, arrow_type: pa.DataType, what: str) -> Any:
             return date.fromisoformat(str(value))
     except (ValueError, TypeError, OverflowError) as error:
         if family == "integer" and isinstance(error, OverflowError):
-            raise InvalidInput(
-                f"invalid value {value!r} for {what}: out of range; integers must fit in 64 "
-                f"bits (-2^63 to 2^63-1), and the column is {describe_type(arrow_type)}"
-            ) from error
+            raise InvalidInput(_out_of_range_message(value, arrow_type, what)) from error
         reason = f"; {error}" if family == "timestamp" else ""
         raise InvalidInput(
             f"invalid value {value!r} for {what}: expected {_expected(family)} "
             f"({describe_type(arrow_type)}){reason}"
         ) from error
     raise InvalidInput(f"{what} is not supported on {describe_type(arrow_type)} columns")
+
+
+def _out_of_range_message(value: Any, arrow_type: pa.DataType, what: str) -> str:
+    """Return the message for an integer outside the signed 64-bit range."""
+    text = str(value).strip().lstrip("+")
+    digits = text.lstrip("0")
+    in_uint64 = (
+        text.isascii()
+        and text.isdigit()
+        and len(digits) <= 20
+        and 0 < int(digits or "0") <= UINT64_MAX
+    )
+    if pa.types.is_uint64(arrow_type) and in_uint64:
+        # NOTE: uint64 values above 2^63-1 are stored and returned, but filters and lookups
+        # bind integers as BIGINT and key arrays as int64, so they cannot select them.
+        return (
+            f"invalid value {value!r} for {what}: filters and lookups take integers up to "
+            "2^63-1, and uint64 values above that cannot be selected this way yet; select them "
+            "with POST /sql and a $parameter"
+        )
+    return (
+        f"invalid value {value!r} for {what}: out of range; integers must fit in 64 bits "
+        f"(-2^63 to 2^63-1), and the column is {describe_type(arrow_type)}"
+    )
 
 
 def _to_integer(value: Any) -> int:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from sqlstore.errors import InvalidInput, SchemaMismatch
 from sqlstore.store import FeatureStore
+from sqlstore.values import convert_value
 
 PROPERTY_SETTINGS = settings(
     max_examples=50,
@@ -483,3 +484,34 @@ def test_exact_float_boundary_accepted(store: FeatureStore) -> None:
     stored = write_and_read(store, "boundary", appended, mode="append")
 
     assert stored["v"].to_pylist() == [0.5, float(2**53), float(-(2**53))]
+
+
+@pytest.mark.parametrize(
+    ("value", "arrow_type", "expected"),
+    [
+        (
+            "18446744073709551615",
+            pa.uint64(),
+            "filters and lookups take integers up to 2^63-1, and uint64 values above that cannot "
+            "be selected this way yet; select them with POST /sql and a $parameter",
+        ),
+        (
+            "18446744073709551616",
+            pa.uint64(),
+            "out of range; integers must fit in 64 bits (-2^63 to 2^63-1), and the column is "
+            "uint64",
+        ),
+        (
+            "9223372036854775808",
+            pa.uint32(),
+            "out of range; integers must fit in 64 bits (-2^63 to 2^63-1), and the column is "
+            "uint32",
+        ),
+        ("1" * 5000, pa.uint64(), "out of range; integers must fit in 64 bits"),
+    ],
+)
+def test_integer_beyond_int64_message(value: str, arrow_type: pa.DataType, expected: str) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        convert_value(value, arrow_type, "filter k__eq")
+
+    assert raised.value.message.startswith(f"invalid value '{value}' for filter k__eq: {expected}")
