@@ -738,6 +738,29 @@ def test_failing_timetz_query_points_into_its_text(http: httpx.Client) -> None:
     assert f"LINE 1: {sql}" in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("sql", "start"),
+    [
+        (
+            "SELECT " + "+".join(["1"] * 2000) + " AS n",
+            "syntax error: Parser Error: Max expression",
+        ),
+        (
+            "SELECT list_transform([1, 2], x -> x + 1) AS l",
+            "query failed: Binder Error: Deprecated",
+        ),
+    ],
+)
+def test_duckdb_advice_to_change_settings_is_replaced(
+    http: httpx.Client, sql: str, start: str
+) -> None:
+    message = http.post("/sql", json={"sql": sql}).json()["error"]["message"]
+
+    assert message.startswith(start)
+    assert "SET " not in message
+    assert message.endswith("(settings cannot be changed from a query; change the query)")
+
+
 def test_nested_types_in_csv_and_parquet(http: httpx.Client) -> None:
     sql = "SELECT {'x': 1} AS point, INTERVAL 3 HOUR AS span, union_value(k := 2) AS choice"
     csv = http.post("/sql", json={"sql": sql}, headers={"Accept": "text/csv"})

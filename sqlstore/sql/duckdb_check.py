@@ -188,6 +188,13 @@ DIGITS_PATTERN = re.compile(r"\d+")
 # remains is valid JSON. Inside JSON strings every quote is escaped, so the pattern matches only
 # these keys, never the text of a string literal.
 SOURCE_POSITION_PATTERN = re.compile(r',"query_location(?:_length)?":\d+')
+# DuckDB's advice to change a setting, in its error messages: a sentence, a line or a remark in
+# parentheses.
+SETTING_ADVICE_PATTERNS = (
+    re.compile(r'\s*Use "SET [^"]*"[^.\n]*\.?'),
+    re.compile(r"\s*Use SET [^\n]*"),
+    re.compile(r"\s*\(SET [^)]*\)"),
+)
 # Texts whose tree walk findings are kept, by text and limits.
 TREE_FACTS_CACHE_SIZE = 512
 _TREE_FACTS: LRUCache[tuple[str, SqlLimits], TreeFacts] = LRUCache(maxsize=TREE_FACTS_CACHE_SIZE)
@@ -429,7 +436,19 @@ def _serialize(sql: str) -> str:
 
 
 def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0]
+    return without_setting_advice(str(error).strip().splitlines()[0])
+
+
+def without_setting_advice(message: str) -> str:
+    """Return a DuckDB error message without its advice to change a setting, such as
+    'Use "SET max_expression_depth TO x"', which a query may not do: the sandbox's settings
+    are locked. A hint to change the query takes its place."""
+    advised = message
+    for pattern in SETTING_ADVICE_PATTERNS:
+        advised = pattern.sub("", advised)
+    if advised == message:
+        return message
+    return f"{advised.rstrip()} (settings cannot be changed from a query; change the query)"
 
 
 class _Dynamic(Exception):

@@ -39,6 +39,7 @@ from sqlstore.errors import (
     SqlstoreError,
 )
 from sqlstore.sql import protocol
+from sqlstore.sql.duckdb_check import without_setting_advice
 from sqlstore.sql.limits import SqlLimits
 from sqlstore.sql.validate import ValidatedQuery
 from sqlstore.sql.worker import ViewDefinition
@@ -634,8 +635,9 @@ def rejection_from_header(header: dict[str, Any]) -> QueryRejected | QuerySyntax
 
 def _without_stack_trace(message: str) -> str:
     """Cut the C++ stack trace that DuckDB appends to internal errors: it names files of the
-    server's installation and gives the client nothing it can act on."""
+    server's installation and gives the client nothing it can act on. Advice to change a
+    setting is replaced too (see `without_setting_advice`)."""
     position = message.find("Stack Trace")
     if position >= 0:
         message = message[:position]
-    return message.strip().rstrip("-").strip()
+    return without_setting_advice(message.strip().rstrip("-").strip())
