@@ -158,10 +158,10 @@ def test_error_shape(http: httpx.Client, method, path, options, status, code) ->
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [
-        ("DELETE", "/sql", "GET, POST"),
-        ("PUT", MOVIE_GENRES, "DELETE, GET, POST"),
-        ("POST", f"{MOVIE_GENRES}/info", "GET"),
-        ("POST", "/health", "GET"),
+        ("DELETE", "/sql", "GET, HEAD, POST"),
+        ("PUT", MOVIE_GENRES, "DELETE, GET, HEAD, POST"),
+        ("POST", f"{MOVIE_GENRES}/info", "GET, HEAD"),
+        ("POST", "/health", "GET, HEAD"),
     ],
 )
 def test_method_not_allowed_names_the_allowed_methods(
@@ -172,6 +172,25 @@ def test_method_not_allowed_names_the_allowed_methods(
     message = assert_error(response, 405, "method_not_allowed")
     assert response.headers["Allow"] == allowed
     assert message == f"method {method} is not allowed on {path}; use {allowed}"
+
+
+@pytest.mark.parametrize("path", ["/health", f"{MOVIE_GENRES}?limit=2", "/queries"])
+def test_head_answers_like_get_without_body(http: httpx.Client, path: str) -> None:
+    head = http.head(path)
+    get = http.get(path)
+
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+    assert head.headers["content-length"] == get.headers["content-length"]
+
+
+def test_head_on_post_route_is_405(http: httpx.Client) -> None:
+    response = http.head("/features/batch")
+
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+    assert response.content == b""
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from sqlstore.api.access import AccessControlMiddleware
 from sqlstore.api.errors import install_error_handlers
 from sqlstore.api.fastlane import FastLane
 from sqlstore.api.middleware import (
+    HEAD_REQUEST,
     BodySizeLimitMiddleware,
     MetricsMiddleware,
     RequestIdMiddleware,
@@ -61,6 +62,10 @@ class SqlstoreAPI(FastAPI):
     fast_lane: FastLane | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            # FastAPI routes answer GET only. A HEAD request is served as GET on a copy of the
+            # scope, and the server, which still sees HEAD, sends the headers without the body.
+            scope = {**scope, "method": "GET", HEAD_REQUEST: True}
         if scope["type"] == "http" and self.fast_lane is not None:
             remaining = await self.fast_lane.serve(scope, receive, send)
             if remaining is None:

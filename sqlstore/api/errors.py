@@ -14,7 +14,7 @@ from starlette.routing import compile_path
 
 from sqlstore import metrics
 from sqlstore.api.encoding import JSONBytesResponse
-from sqlstore.api.middleware import escape_path, route_template
+from sqlstore.api.middleware import escape_path, received_method, route_template
 from sqlstore.errors import SqlstoreError, quoted_value
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,8 @@ def _quoted_input(item: dict[str, Any]) -> str:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """Return the methods that the API description lists for the request's path, sorted.
+    """Return the methods that the API description lists for the request's path, and HEAD
+    with GET, sorted.
 
     The description is read because FastAPI keeps included routers as private objects
     rather than as routes with paths.
@@ -160,6 +161,8 @@ def _allowed_methods(request: Request) -> list[str]:
         pattern, _, _ = compile_path(template)
         if pattern.match(request.url.path):
             methods.update(method.upper() for method in operations)
+    if "GET" in methods:
+        methods.add("HEAD")
     return sorted(methods)
 
 
@@ -197,7 +200,7 @@ async def handle_http_error(request: Request, error: StarletteHTTPException) -> 
         allowed = _allowed_methods(request) or [(error.headers or {}).get("Allow", "")]
         headers = {**(error.headers or {}), "Allow": ", ".join(allowed)}
         message = (
-            f"method {request.method} is not allowed on {request.url.path}; "
+            f"method {received_method(request.scope)} is not allowed on {request.url.path}; "
             f"use {', '.join(allowed)}"
         )
     code = HTTP_CODES.get(error.status_code, "http_error")

@@ -13,6 +13,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sqlstore import metrics
 from sqlstore.api.encoding import dumps
 
+# Scope key that marks a HEAD request served as GET.
+HEAD_REQUEST = "sqlstore.head_request"
+
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -161,12 +164,18 @@ class MetricsMiddleware:
             )
 
 
+def received_method(scope: Scope) -> str:
+    """Return the request's method as the client sent it: HEAD for a HEAD request that the
+    application serves as GET (see `sqlstore.api.app`)."""
+    return "HEAD" if scope.get(HEAD_REQUEST) else scope["method"]
+
+
 def record_request(
     scope: Scope, status: int, elapsed: float, cache_result: str, access_log: bool
 ) -> None:
     """Count and time one finished request, and log it when `access_log` is true."""
     route = route_template(scope)
-    method = scope["method"]
+    method = received_method(scope)
     metrics.child(metrics.REQUESTS, route, method, str(status)).inc()
     metrics.child(metrics.REQUEST_SECONDS, route, method).observe(elapsed)
     if access_log:
@@ -189,7 +198,7 @@ def log_request(scope: Scope, status: int, elapsed: float, cache_result: str) ->
     state = scope.get("state", {})
     client = scope.get("client")
     fields = {
-        "method": scope["method"],
+        "method": received_method(scope),
         "path": scope["path"],
         "route": route_template(scope),
         "status": status,
