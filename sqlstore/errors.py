@@ -28,6 +28,13 @@ class InvalidInput(SqlstoreError):
     code = "invalid_input"
 
 
+class NotAcceptable(InvalidInput):
+    """The Accept header names no format that the endpoint can return."""
+
+    status = 406
+    code = "not_acceptable"
+
+
 class InvalidIdentifier(InvalidInput):
     """A group, table or column name does not match the identifier pattern."""
 

@@ -754,7 +754,7 @@ def test_bad_order_by(http: httpx.Client, order_by: str) -> None:
 
 def test_unsupported_accept(http: httpx.Client) -> None:
     response = http.get(MOVIE_GENRES, headers={"Accept": "application/xml"})
-    message = assert_error(response, 400, "invalid_input")
+    message = assert_error(response, 406, "not_acceptable")
 
     assert "text/csv" in message
 

@@ -148,7 +148,7 @@ def test_unsupported_accept_rejected_when_cached(client: httpx.Client) -> None:
 
     response = client.get("/features/fast/page", headers={"accept": "image/png"})
 
-    assert response.status_code == 400
+    assert response.status_code == 406
     assert "image/png" in response.json()["error"]["message"]
 
 

@@ -679,10 +679,10 @@ def test_arrow_format(http: httpx.Client) -> None:
     assert table.column("amount").to_pylist() == [order["amount"] for order in by_id(ORDERS)]
 
 
-def test_unsupported_accept_is_400_before_running(http: httpx.Client) -> None:
+def test_unsupported_accept_is_406_before_running(http: httpx.Client) -> None:
     response = http.post("/sql", json={"sql": "SELECT 1"}, headers={"Accept": "image/png"})
 
-    assert response.status_code == 400
+    assert response.status_code == 406
     assert "Accept" in response.json()["error"]["message"]
 
 

@@ -13,7 +13,7 @@ import pyarrow.ipc as pa_ipc
 import pyarrow.parquet as pq
 from starlette.responses import Response
 
-from sqlstore.errors import InvalidInput
+from sqlstore.errors import InvalidInput, NotAcceptable
 
 JSON_MEDIA_TYPE = "application/json"
 TABULAR_MEDIA_TYPES = {
@@ -96,7 +96,7 @@ def negotiate_format(accept: str | None) -> str:
         if media_type == "text/*":
             return "csv"
     supported = ", ".join(TABULAR_MEDIA_TYPES)
-    raise InvalidInput(f"unsupported Accept header {accept!r}: use one of {supported}")
+    raise NotAcceptable(f"unsupported Accept header {accept!r}: use one of {supported}")
 
 
 def _by_quality(accept: str) -> list[str]:

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 # Statuses of requests that the client got wrong or gave up. These are logged at INFO, other
 # errors at WARNING.
-CLIENT_INPUT_STATUSES = frozenset({400, 413, 415, 422, 499})
+CLIENT_INPUT_STATUSES = frozenset({400, 406, 413, 415, 422, 499})
 # Error messages are cut to this many characters, in responses and in the log.
 MAX_MESSAGE_CHARACTERS = 2000
 

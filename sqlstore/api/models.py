@@ -137,5 +137,6 @@ class ErrorResponse(BaseModel):
 
 # Error statuses of the feature, cache and online routes, for their OpenAPI schema.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 404, 409, 413, 415, 422, 503, 507)
+    status: {"model": ErrorResponse}
+    for status in (400, 404, 405, 406, 409, 413, 415, 422, 503, 507)
 }
