@@ -761,6 +761,26 @@ def test_duckdb_advice_to_change_settings_is_replaced(
     assert message.endswith("(settings cannot be changed from a query; change the query)")
 
 
+@pytest.mark.parametrize(
+    "query_string",
+    ["sql=SELECT%20%27%ff%27%20AS%20s", "sql=SELECT%20$v%20AS%20s&v=%c3"],
+)
+def test_get_sql_query_string_must_be_utf8(http: httpx.Client, query_string: str) -> None:
+    response = http.get(f"/sql?{query_string}")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith(
+        "the query string is not UTF-8 once percent-decoded"
+    )
+
+
+def test_get_sql_keeps_encoded_replacement_character(http: httpx.Client) -> None:
+    response = http.get("/sql?sql=SELECT%20%27%ef%bf%bd%27%20AS%20s")
+
+    assert response.status_code == 200
+    assert response.json()["data"] == [{"s": "\ufffd"}]
+
+
 def test_nested_types_in_csv_and_parquet(http: httpx.Client) -> None:
     sql = "SELECT {'x': 1} AS point, INTERVAL 3 HOUR AS span, union_value(k := 2) AS choice"
     csv = http.post("/sql", json={"sql": sql}, headers={"Accept": "text/csv"})

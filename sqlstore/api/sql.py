@@ -14,6 +14,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
+from urllib.parse import unquote_to_bytes
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
@@ -142,6 +143,7 @@ async def get_sql(
     """Run one read-only query given in the query string, for shareable links. Every other
     query-string key is a `$name` parameter, passed as a string."""
     file_format = negotiate_format(request.headers.get("accept"))
+    _check_query_string(request)
     parameters = _query_string_parameters(request, exclude={SQL_TEXT_KEY, ROW_LIMIT_KEY})
     prepared = await _prepare(request, sql, parameters, limit)
     return await serve_query(request, prepared, file_format)
@@ -166,6 +168,7 @@ async def get_named_query(
 ) -> Response:
     """Run a named query; every query-string key except `_limit` is one of its parameters."""
     file_format = negotiate_format(request.headers.get("accept"))
+    _check_query_string(request)
     values = _query_string_parameters(request, exclude={ROW_LIMIT_KEY})
     return await _run_named(request, name, values, limit, file_format)
 
@@ -197,6 +200,19 @@ async def _prepare(
     if service.validated_before(sql):
         return service.prepare(sql, parameters, limit)
     return await run_in_threadpool(service.prepare, sql, parameters, limit)
+
+
+def _check_query_string(request: Request) -> None:
+    """Reject a query string whose percent-decoded bytes are not UTF-8. Starlette replaces such
+    bytes with U+FFFD, which would change the query text or a parameter value silently."""
+    raw = request.scope.get("query_string", b"").replace(b"+", b" ")
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidInput(
+            f"the query string is not UTF-8 once percent-decoded (invalid byte at position "
+            f"{error.start} of the decoded string); percent-encode the text as UTF-8"
+        ) from error
 
 
 def _query_string_parameters(request: Request, exclude: set[str]) -> dict[str, str]:
