@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from datetime import datetime
-from pathlib import Path
 from typing import BinaryIO
 
 import orjson
@@ -150,10 +149,19 @@ class Registry:
     def _new_version(self) -> None:
         """Give the registry a new version, after an entry changed.
 
+        The token is written in place, not through a temporary file and a rename, so a killed
+        writer leaves no file behind. A reader that meets the file empty or half written reads
+        a value unlike any token and lists the folder, which is correct at any moment after
+        the entry changed.
         NOTE: a process that crashes between changing an entry and this write leaves other
         processes listing the registry as it was, until the next write or their restart.
         """
-        write_bytes_atomically(Path(self._version_path), os.urandom(16).hex().encode())
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        descriptor = os.open(self._version_path, flags, 0o644)
+        try:
+            os.write(descriptor, os.urandom(16).hex().encode())
+        finally:
+            os.close(descriptor)
 
     def list(self) -> list[RegistryEntry]:
         """Return every entry, sorted by group and name. Unreadable files are logged and skipped.

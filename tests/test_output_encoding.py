@@ -80,10 +80,10 @@ def test_accept_quality_decides_format(http: httpx.Client, accept: str, media_ty
     assert response.headers["content-type"] == media_type
 
 
-def test_accept_refusing_every_format_is_400(http: httpx.Client) -> None:
+def test_accept_refusing_every_format_is_406(http: httpx.Client) -> None:
     response = http.get("/features/encoding/bytes", headers={"accept": "application/json;q=0"})
 
-    assert response.status_code == 400
+    assert response.status_code == 406
     assert "unsupported Accept header" in response.json()["error"]["message"]
 
 

@@ -292,10 +292,10 @@ def test_unknown_request_field_is_422(server: RunningServer) -> None:
     assert response.status_code == 422
 
 
-def test_unsupported_accept_is_400(server: RunningServer) -> None:
+def test_unsupported_accept_is_406(server: RunningServer) -> None:
     response = post(server, {"entities": ENTITIES, "features": FEATURES}, accept="image/png")
 
-    assert response.status_code == 400
+    assert response.status_code == 406
 
 
 # Listing
