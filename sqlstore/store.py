@@ -22,7 +22,7 @@ from sqlstore.atomic import replace_atomically, storage_error
 from sqlstore.catalog import Catalog
 from sqlstore.errors import Conflict, InvalidIdentifier, InvalidInput, StorageError, TableBusy
 from sqlstore.identifiers import validate_column, validate_group, validate_table_name
-from sqlstore.layout import StoreLayout, resolve_root
+from sqlstore.layout import TEMPORARY_SUFFIX, StoreLayout, resolve_root
 from sqlstore.ordering import sort_columns, sort_table
 from sqlstore.records import MAX_LIST_DEPTH, normalize_timestamp_column
 from sqlstore.registry import ColumnInfo, Registry, RegistryEntry, StorageStats
@@ -229,6 +229,10 @@ class FeatureStore:
             with self._table_lock(group, name):
                 path.unlink(missing_ok=True)
                 logger.info("removed temporary file %s left by an interrupted write", path)
+        # Earlier releases wrote the registry's version token through a temporary file.
+        for path in self.layout.registry_dir.glob(f"..version.*{TEMPORARY_SUFFIX}"):
+            path.unlink(missing_ok=True)
+            logger.info("removed temporary file %s left by an interrupted write", path)
 
         for group_dir in sorted(p for p in self.layout.features_dir.glob("*") if p.is_dir()):
             for path in sorted(group_dir.glob("*.parquet")):

@@ -494,3 +494,15 @@ def check_recovered(root: Path, server: RunningServer, mode: str, context: str) 
     finally:
         stop_server(server)
     return version
+
+
+def test_recover_removes_old_version_token_temporaries(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path / "store")
+    store.write(GROUP, NAME, version_table("overwrite", 1))
+    leftover = tmp_path / "store" / "registry" / "..version.0123abcd.tmp"
+    leftover.write_bytes(b"half")
+
+    FeatureStore(tmp_path / "store").recover()
+
+    assert not leftover.exists()
+    assert temporary_files(tmp_path / "store") == []
