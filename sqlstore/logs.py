@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging.config
 import os
+import re
 import select
 import threading
 import time
@@ -24,6 +25,11 @@ MIN_FLUSH_SECONDS = 0.01
 # writes to the same pipe, so worker processes that share stderr write lines whole.
 ATOMIC_WRITE_BYTES = getattr(select, "PIPE_BUF", 512)
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"
+# Characters that text logs write as escapes: C0 and C1 controls, DEL, bidirectional
+# formatting characters and lone surrogates.
+CONTROL_CHARACTERS = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
 # python-json-logger writes these record attributes, then every `extra` field of the call.
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
 
@@ -77,6 +83,9 @@ def logging_config(
             # One line per HTTP request of the CLI's client would bury its output.
             "httpx": {"level": "WARNING"},
             "httpcore": {"level": "WARNING"},
+            # sqlglot warns about every statement it cannot parse, such as each DROP that the
+            # SQL endpoint rejects, and quotes the client's text.
+            "sqlglot": {"level": "ERROR"},
         },
     }
 
@@ -104,12 +113,23 @@ def flush_seconds_from_environment() -> float:
 
 
 class TextFormatter(logging.Formatter):
-    """`logging.Formatter` that formats the date and time of each second once. A server writes
-    a line per request, and `time.strftime` was half the cost of formatting one."""
+    """`logging.Formatter` that formats the date and time of each second once, and escapes
+    control characters in messages.
+
+    A server writes a line per request, and `time.strftime` was half the cost of formatting
+    one. Messages quote values that clients sent, so a newline, an escape sequence or a
+    bidirectional override in one could forge or hide log lines; each is written as an escape
+    such as \\x0a or \\u202e instead. Tracebacks keep their lines.
+    """
 
     def __init__(self, fmt: str | None = None) -> None:
         super().__init__(fmt)
         self._second_text = (-1, "")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        if CONTROL_CHARACTERS.search(record.message):
+            record.message = CONTROL_CHARACTERS.sub(_escaped, record.message)
+        return super().formatMessage(record)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         if datefmt is not None:
@@ -254,3 +274,10 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    character = match.group()
+    if ord(character) <= 0xFF:
+        return f"\\x{ord(character):02x}"
+    return f"\\u{ord(character):04x}"

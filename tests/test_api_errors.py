@@ -294,6 +294,49 @@ def test_boolean_is_not_a_number(
     assert location in locations
 
 
+@pytest.mark.parametrize(
+    ("path", "raw", "start"),
+    [
+        (
+            "/sql",
+            b'{"sql": "SELECT 1", "params": {"\\ud800": 1}}',
+            "parameter '\\ud800' is not used by the query",
+        ),
+        (
+            "/sql",
+            b'{"sql": "SELECT $x AS x", "params": {"x": "\\ud800"}}',
+            'invalid value for parameter $x: "\\ud800" contains a lone UTF-16 surrogate',
+        ),
+        (
+            "/features/surrogate/t",
+            b'{"records": [{"entity_id": 1}], "tags": ["\\ud800"]}',
+            "invalid request: body.tags: Value error, contains a lone UTF-16 surrogate",
+        ),
+        (
+            "/get-online-features",
+            b'{"entities": {"movie_id": [1]}, "features": [' + b"[" * 990 + b"]" * 990 + b"]}",
+            "invalid feature [[[[[[[...]]]]]]] in features",
+        ),
+    ],
+)
+def test_unusual_strings_get_4xx(writer: httpx.Client, path: str, raw: bytes, start: str) -> None:
+    response = writer.post(path, content=raw, headers={"Content-Type": "application/json"})
+
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["error"]["message"].startswith(start)
+
+
+def test_nul_inside_body_names_control_character(http: httpx.Client) -> None:
+    raw = b'{"sql": "SEL\x00ECT 1"}'
+    response = http.post("/sql", content=raw, headers={"Content-Type": "application/json"})
+
+    message = assert_error(response, 400, "invalid_input")
+    assert (
+        message
+        == "invalid JSON body: Invalid control character at character 12; send one JSON object"
+    )
+
+
 def test_request_id_echoed(http: httpx.Client) -> None:
     response = http.get("/features/content/no_such_table", headers={"X-Request-ID": "trace-42.a"})
 
@@ -487,6 +530,21 @@ def test_compressed_body_is_415(http: httpx.Client, path: str) -> None:
 
     message = assert_error(response, 415)
     assert message == "unsupported Content-Encoding 'gzip': send the body uncompressed"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/sql", '{"sql": "SELECT 7 AS seven"}'), ("/get-online-features", ONLINE_BODY)],
+)
+def test_fast_lane_rejects_content_encoding(http: httpx.Client, path: str, body: str) -> None:
+    plain = {"Content-Type": "application/json"}
+    assert http.post(path, content=body, headers=plain).status_code == 200
+
+    for encoding in ("gzip", "br"):
+        headers = {**plain, "Content-Encoding": encoding}
+        response = http.post(path, content=body, headers=headers)
+
+        assert_error(response, 415)
 
 
 @pytest.mark.parametrize(

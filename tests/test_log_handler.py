@@ -18,6 +18,7 @@ from sqlstore.logs import (
     ATOMIC_WRITE_BYTES,
     BUFFER_BYTES_LIMIT,
     BufferedStreamHandler,
+    TextFormatter,
     flush_seconds_from_environment,
 )
 
@@ -201,3 +202,36 @@ def test_stop_buffering_writes_at_once() -> None:
 
     assert after_stop == "INFO before\n"
     assert after_next == "INFO before\nINFO after\n"
+
+
+def text_line(message: str, *arguments: object, exc_info: bool = False) -> str:
+    """Return what TextFormatter writes for one INFO record."""
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, message, arguments, None)
+    if exc_info:
+        try:
+            raise ValueError("first\nsecond")
+        except ValueError:
+            record.exc_info = sys.exc_info()
+    return TextFormatter("%(levelname)s %(message)s").format(record)
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        ("a\nINFO forged line", "a\\x0aINFO forged line"),
+        ("\x1b[31mred\x00", "\\x1b[31mred\\x00"),
+        ("\u202eevil", "\\u202eevil"),
+        ("\ud800", "\\ud800"),
+        ("한국어 \u00e9", "한국어 \u00e9"),
+    ],
+)
+def test_text_formatter_escapes_control_characters(value: str, written: str) -> None:
+    assert text_line("value %s end", value) == f"INFO value {written} end"
+
+
+def test_text_formatter_keeps_traceback_lines() -> None:
+    lines = text_line("failed: %s", "x\ny", exc_info=True).splitlines()
+
+    assert lines[0] == "INFO failed: x\\x0ay"
+    assert lines[1] == "Traceback (most recent call last):"
+    assert lines[-2:] == ["ValueError: first", "second"]

@@ -120,8 +120,11 @@ def test_memory_limit_is_400(http: httpx.Client) -> None:
     response = http.post("/sql", json={"sql": sql})
 
     assert response.status_code == 400
+    message = response.json()["error"]["message"]
     assert response.json()["error"]["code"] == "query_out_of_memory"
-    assert "SQLSTORE_SQL_MEMORY_LIMIT_BYTES" in response.json()["error"]["message"]
+    assert "SQLSTORE_SQL_MEMORY_LIMIT_BYTES" in message
+    assert message.endswith("; make the query build less data at once")
+    assert "SET " not in message
 
 
 def test_default_row_cap_truncates(http: httpx.Client) -> None:

@@ -89,6 +89,7 @@ def test_incomplete_clause_error_is_readable() -> None:
         ("SELECT * FROM $$x.csv$$", "heredoc string 'x.csv'"),
         ("SELECT * FROM E'x.csv'", "byte string 'x.csv'"),
         ("SELECT * FROM 5", "number '5'"),
+        ("SELECT 1 FROM shop.users JOIN", "the end of the query"),
     ],
 )
 def test_unexpected_token_error_is_readable(sql: str, expected: str) -> None:

@@ -255,11 +255,25 @@ def test_missing_features_is_400(server: RunningServer) -> None:
     assert "features is required" in error_of(response)["message"]
 
 
-def test_name_with_inline_fields_is_400(server: RunningServer) -> None:
-    response = post(server, {"name": "movielens_liked", "features": FEATURES})
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"features": FEATURES}, "features"),
+        (
+            {"timestamp_column": "nope", "full_feature_names": False},
+            "full_feature_names, timestamp_column",
+        ),
+        ({"ttl_seconds": {"user/user_activity": 60}}, "ttl_seconds"),
+        ({"inclusive": True}, "inclusive"),
+    ],
+)
+def test_name_with_other_fields_is_400(
+    server: RunningServer, fields: dict[str, Any], named: str
+) -> None:
+    response = post(server, {"name": "movielens_liked", **fields})
 
     assert response.status_code == 400
-    assert "features cannot be given with it" in error_of(response)["message"]
+    assert f"so {named} cannot be given with it" in error_of(response)["message"]
 
 
 def test_unknown_name_is_404(server: RunningServer) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ import pyarrow.parquet as pq
 from starlette.responses import Response
 
 from sqlstore.errors import InvalidInput, NotAcceptable
+from sqlstore.sql.results import standard_json_values
 
 JSON_MEDIA_TYPE = "application/json"
 TABULAR_MEDIA_TYPES = {
@@ -47,7 +49,15 @@ def _default(value: Any) -> Any:
 
 def dumps(content: Any) -> bytes:
     """Encode `content` as JSON; NaN and infinity become null, datetimes RFC 3339 strings."""
-    return orjson.dumps(content, default=_default, option=orjson.OPT_NON_STR_KEYS)
+    try:
+        return orjson.dumps(content, default=_default, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        # orjson rejects integers beyond 64 bits and strings with lone surrogates, which a
+        # request can carry into a response; the standard library writes both, the surrogates
+        # as \u escapes.
+        return json.dumps(
+            standard_json_values(content), default=_default, separators=(",", ":"), allow_nan=False
+        ).encode()
 
 
 class JSONBytesResponse(Response):

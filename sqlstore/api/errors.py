@@ -172,6 +172,8 @@ def _invalid_json(request: Request, item: dict[str, Any]) -> Response:
     location = item.get("loc", ())
     position = f" at character {location[1]}" if len(location) > 1 else ""
     reason = item.get("ctx", {}).get("error", "JSON decode error")
+    # Some of the parser's reasons end in "at", such as "Invalid control character at".
+    reason = reason.removesuffix(" at")
     message = f"invalid JSON body: {reason}{position}; send one JSON object"
     logger.info(
         "%s %s failed with 400 (request %s): %s",

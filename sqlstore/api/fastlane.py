@@ -210,11 +210,15 @@ class FastLane:
 
 
 def _plain_json_request(scope: Scope, max_bytes: int) -> bool:
-    """Return True for a JSON body that its Content-Length, if any, does not put over
-    `max_bytes`. The full application handles the others."""
+    """Return True for an uncompressed JSON body that its Content-Length, if any, does not put
+    over `max_bytes`. The full application handles the others."""
     if declared_length_over(scope, max_bytes):
         return False
-    content_type = Headers(scope=scope).get("content-type")
+    headers = Headers(scope=scope)
+    if "content-encoding" in headers:
+        # Even "identity": the route's check answers every Content-Encoding the same way.
+        return False
+    content_type = headers.get("content-type")
     return content_type is not None and is_json_media_type(content_type)
 
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 from sqlstore.registry import RegistryEntry
 
@@ -32,6 +40,22 @@ class WriteRequest(BaseModel):
     tags: list[str] | None = None
     column_descriptions: dict[str, str] | None = None
     compression: Literal["snappy", "zstd"] = "snappy"
+
+    @field_validator(
+        "entity_key",
+        "timestamp_column",
+        "created_timestamp_column",
+        "description",
+        "owner",
+        "tags",
+        "column_descriptions",
+    )
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        """Reject text with a lone UTF-16 surrogate, which the registry file could not store."""
+        if not _is_valid_unicode(value):
+            raise ValueError("contains a lone UTF-16 surrogate, which is not valid Unicode")
+        return value
 
 
 class WriteResponse(BaseModel):
@@ -140,3 +164,20 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse}
     for status in (400, 404, 405, 406, 409, 413, 415, 422, 503, 507)
 }
+
+
+def _is_valid_unicode(value: Any) -> bool:
+    """Return False when `value`, or a string inside it, has a lone UTF-16 surrogate."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, list):
+        return all(_is_valid_unicode(item) for item in value)
+    if isinstance(value, dict):
+        return all(
+            _is_valid_unicode(key) and _is_valid_unicode(item) for key, item in value.items()
+        )
+    return True

@@ -202,7 +202,9 @@ def _parse_body(payload: Any, max_entities: int) -> tuple[dict[str, list[Any]], 
         )
     for feature in features:
         if not isinstance(feature, str) or not feature:
-            raise InvalidInput(f"invalid feature {feature!r} in features: use 'group/name:column'")
+            raise InvalidInput(
+                f"invalid feature {quoted_value(feature)} in features: use 'group/name:column'"
+            )
 
     entities = payload.get("entities")
     if not isinstance(entities, dict) or not entities:

@@ -187,12 +187,12 @@ def _run_entity_sql(request: Request, sql: str) -> pa.Table:
 
 
 def _reject_inline_fields(body: TrainingSetRequest) -> None:
-    inline = [
-        name for name in ("entities", "entity_sql", "features") if getattr(body, name) is not None
-    ]
+    # Every field but the name describes an inline request; the definition sets them itself.
+    inline = [name for name in body.model_fields_set if name != "name"]
     if inline:
         raise InvalidInput(
-            f"name runs a stored definition, so {', '.join(inline)} cannot be given with it"
+            f"name runs a stored definition, so {', '.join(sorted(inline))} cannot be given "
+            "with it; change the definition's file to change its options"
         )
 
 

@@ -61,11 +61,14 @@ def encode_json(content: Any) -> bytes:
     except orjson.JSONEncodeError:
         # orjson rejects integers beyond 64 bits (HUGEINT); the standard library writes them.
         return json.dumps(
-            _standard_json(content), default=json_value, separators=(",", ":"), allow_nan=False
+            standard_json_values(content),
+            default=json_value,
+            separators=(",", ":"),
+            allow_nan=False,
         ).encode()
 
 
-def _standard_json(value: Any) -> Any:
+def standard_json_values(value: Any) -> Any:
     """Return `value` with what orjson writes differently from the standard library made
     explicit: non-finite floats become null, and intervals (tuples) ISO 8601 durations."""
     if isinstance(value, float):
@@ -73,9 +76,9 @@ def _standard_json(value: Any) -> Any:
     if isinstance(value, pa.MonthDayNano):
         return json_value(value)
     if isinstance(value, dict):
-        return {key: _standard_json(item) for key, item in value.items()}
+        return {key: standard_json_values(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_standard_json(item) for item in value]
+        return [standard_json_values(item) for item in value]
     return value
 
 

@@ -616,9 +616,12 @@ def _error_from_header(header: dict[str, Any], limits: SqlLimits) -> Exception:
     if kind == "timeout":
         return QueryTimeout(_timeout_message(limits))
     if kind == "out_of_memory":
+        # DuckDB follows the first line with advice on settings and storage that a query
+        # cannot act on.
         return QueryOutOfMemory(
             f"query needed more memory than the limit of {limits.memory_limit_bytes:,} bytes "
-            f"(SQLSTORE_SQL_MEMORY_LIMIT_BYTES): {message}"
+            f"(SQLSTORE_SQL_MEMORY_LIMIT_BYTES): {message.splitlines()[0] if message else ''}; "
+            "make the query build less data at once"
         )
     if kind == "rejected":
         return rejection_from_header(header)

@@ -34,7 +34,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
-from sqlstore.errors import QueryRejected, QuerySyntaxError
+from sqlstore.errors import QueryRejected, QuerySyntaxError, quoted_value
 from sqlstore.sql.duckdb_check import (
     TreeFacts,
     check_with_duckdb,
@@ -339,10 +339,11 @@ def check_parameters(names: frozenset[str], values: Mapping[str, Any]) -> None:
 
     unknown = sorted(set(values) - names)
     if unknown:
-        raise QueryRejected(
-            f"parameter {unknown[0]!r} is not used by the query: remove it, or refer to it as "
-            f"${unknown[0]} in the SQL"
-        )
+        name = unknown[0]
+        advice = f"remove it, or refer to it as ${name} in the SQL"
+        if not name.isidentifier() or not name.isascii():
+            advice = "remove it (parameter names are letters, digits and underscores)"
+        raise QueryRejected(f"parameter {name!r} is not used by the query: {advice}")
 
     for name, value in values.items():
         _check_parameter_value(name, value)
@@ -357,6 +358,11 @@ def _check_parameter_value(name: str, value: Any) -> None:
             f"invalid value for parameter ${name}: {type(value).__name__}; use a string, number, "
             "boolean, null or a list of these"
         )
+    if any(isinstance(item, str) and not _is_valid_unicode(item) for item in items):
+        raise QueryRejected(
+            f"invalid value for parameter ${name}: {quoted_value(value)} contains a lone UTF-16 "
+            "surrogate, which is not valid Unicode; send valid text"
+        )
     if any(isinstance(item, float) and not math.isfinite(item) for item in items):
         # JSON has no such numbers: Python's parser reads 1e309 as infinity, and JSON encoders
         # write infinity and NaN as null.
@@ -364,6 +370,14 @@ def _check_parameter_value(name: str, value: Any) -> None:
             f"invalid value for parameter ${name}: {value!r} has a number that is not finite; "
             "JSON has no infinity or NaN, so send a finite number"
         )
+
+
+def _is_valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_one_statement(sql: str) -> exp.Expression:
@@ -405,6 +419,8 @@ def _readable_description(description: str) -> str:
 
 
 def _token_description(match: re.Match[str]) -> str:
+    if match.group(1) == "SENTINEL":
+        return "the end of the query"
     kind = match.group(1).lower().replace("_", " ")
     return f"{kind} {match.group(2)!r}"
 
