@@ -24,6 +24,7 @@ from sqlstore.values import (
     ISO_TIMESTAMP_PATTERN,
     MAX_EPOCH_SECONDS,
     MIN_EPOCH_SECONDS,
+    is_valid_unicode,
 )
 
 MICROSECONDS_PER_SECOND = 1_000_000
@@ -171,7 +172,7 @@ def _value_problem(value: Any) -> str | None:
         return (
             f"the integer {_preview(too_large)} does not fit in signed 64 bits; send it as a string"
         )
-    if any(isinstance(item, str) and not _is_valid_unicode(item) for item in numbers):
+    if any(isinstance(item, str) and not is_valid_unicode(item) for item in numbers):
         return f"value {_preview(value)} is not valid Unicode text (it has a lone surrogate)"
     if isinstance(value, list):
         kinds = [_json_kind(item) for item in value if item is not None]
@@ -203,14 +204,6 @@ def _is_integer(value: Any) -> bool:
 
 def _fits_int64(value: int) -> bool:
     return -(2**63) <= value < 2**63
-
-
-def _is_valid_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _first_inexact_integer(values: list[Any]) -> int | None:

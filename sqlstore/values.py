@@ -233,3 +233,19 @@ def _parse_iso_timestamp(text: str) -> datetime:
                 "+23:59"
             ) from error
         raise
+
+
+def is_valid_unicode(value: Any) -> bool:
+    """Return False when `value`, or a string inside its lists and dictionaries, has a lone
+    UTF-16 surrogate, which Python's JSON parser accepts and UTF-8 cannot encode."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, list):
+        return all(is_valid_unicode(item) for item in value)
+    if isinstance(value, dict):
+        return all(is_valid_unicode(key) and is_valid_unicode(item) for key, item in value.items())
+    return True

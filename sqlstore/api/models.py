@@ -15,6 +15,7 @@ from pydantic import (
 )
 
 from sqlstore.registry import RegistryEntry
+from sqlstore.values import is_valid_unicode
 
 
 class WriteRequest(BaseModel):
@@ -53,7 +54,7 @@ class WriteRequest(BaseModel):
     @classmethod
     def _valid_unicode(cls, value: Any) -> Any:
         """Reject text with a lone UTF-16 surrogate, which the registry file could not store."""
-        if not _is_valid_unicode(value):
+        if not is_valid_unicode(value):
             raise ValueError("contains a lone UTF-16 surrogate, which is not valid Unicode")
         return value
 
@@ -164,20 +165,3 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse}
     for status in (400, 404, 405, 406, 409, 413, 415, 422, 503, 507)
 }
-
-
-def _is_valid_unicode(value: Any) -> bool:
-    """Return False when `value`, or a string inside it, has a lone UTF-16 surrogate."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
-    if isinstance(value, list):
-        return all(_is_valid_unicode(item) for item in value)
-    if isinstance(value, dict):
-        return all(
-            _is_valid_unicode(key) and _is_valid_unicode(item) for key, item in value.items()
-        )
-    return True

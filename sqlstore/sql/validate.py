@@ -43,6 +43,7 @@ from sqlstore.sql.duckdb_check import (
 )
 from sqlstore.sql.functions import denial_reason, is_allowed_function, is_allowed_table_function
 from sqlstore.sql.limits import SqlLimits
+from sqlstore.values import is_valid_unicode
 
 logger = logging.getLogger(__name__)
 
@@ -358,7 +359,7 @@ def _check_parameter_value(name: str, value: Any) -> None:
             f"invalid value for parameter ${name}: {type(value).__name__}; use a string, number, "
             "boolean, null or a list of these"
         )
-    if any(isinstance(item, str) and not _is_valid_unicode(item) for item in items):
+    if any(isinstance(item, str) and not is_valid_unicode(item) for item in items):
         raise QueryRejected(
             f"invalid value for parameter ${name}: {quoted_value(value)} contains a lone UTF-16 "
             "surrogate, which is not valid Unicode; send valid text"
@@ -370,14 +371,6 @@ def _check_parameter_value(name: str, value: Any) -> None:
             f"invalid value for parameter ${name}: {value!r} has a number that is not finite; "
             "JSON has no infinity or NaN, so send a finite number"
         )
-
-
-def _is_valid_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _parse_one_statement(sql: str) -> exp.Expression:
