@@ -264,6 +264,17 @@ def test_missing_field_message_quotes_nothing(http: httpx.Client) -> None:
     assert message == "invalid request: body.sql: Field required"
 
 
+@pytest.mark.parametrize("literal", [b"Infinity", b"NaN"])
+def test_ttl_must_be_finite(writer: httpx.Client, literal: bytes) -> None:
+    raw = b'{"records": [{"entity_id": 1}], "ttl_seconds": ' + literal + b"}"
+    response = writer.post(
+        "/features/finite/t", content=raw, headers={"Content-Type": "application/json"}
+    )
+
+    message = assert_error(response, 422, "validation_error")
+    assert message.startswith("invalid request: body.ttl_seconds: Input should be a finite number")
+
+
 @pytest.mark.parametrize(
     ("path", "body", "location"),
     [

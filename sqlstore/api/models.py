@@ -35,7 +35,7 @@ class WriteRequest(BaseModel):
     )
     created_timestamp_column: str | None = None
     # Strict number types, because lax validation would read true as 1 and "60" as 60.
-    ttl_seconds: StrictFloat | None = Field(default=None, ge=0)
+    ttl_seconds: StrictFloat | None = Field(default=None, ge=0, allow_inf_nan=False)
     description: str | None = Field(default=None, max_length=10_000)
     owner: str | None = Field(default=None, max_length=200)
     tags: list[str] | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import pyarrow as pa
 from fastapi import APIRouter, Depends, Request
@@ -57,7 +57,7 @@ class TrainingSetRequest(BaseModel):
     inclusive: bool = Field(
         default=True, description="Match rows at the entity's timestamp; false: strictly before"
     )
-    ttl_seconds: dict[str, StrictFloat | None] = Field(
+    ttl_seconds: dict[str, Annotated[StrictFloat, Field(allow_inf_nan=False)] | None] = Field(
         default_factory=dict, description="TTL per table (`group/name`), overriding the registry"
     )
     created_before_event: bool = Field(
