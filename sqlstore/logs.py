@@ -117,9 +117,9 @@ class TextFormatter(logging.Formatter):
     control characters in messages.
 
     A server writes a line per request, and `time.strftime` was half the cost of formatting
-    one. Messages quote values that clients sent, so a newline, an escape sequence or a
-    bidirectional override in one could forge or hide log lines; each is written as an escape
-    such as \\x0a or \\u202e instead. Tracebacks keep their lines.
+    one. Messages quote values that clients sent, and a newline, an escape sequence or a
+    bidirectional override in one could forge or hide log lines. So each such character is
+    written as an escape, such as \\x0a or \\u202e. Tracebacks keep their lines.
     """
 
     def __init__(self, fmt: str | None = None) -> None:

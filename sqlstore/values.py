@@ -95,7 +95,7 @@ def convert_value(value: Any, arrow_type: pa.DataType, what: str) -> Any:
     raise InvalidInput(f"{what} is not supported on {describe_type(arrow_type)} columns")
 
 
-def _out_of_range_message(value: Any, arrow_type: pa.DataType, what: str) -> str:
+def _out_of_range_message(value: Any, arrow_type: pa.DataType, subject: str) -> str:
     """Return the message for an integer outside the signed 64-bit range."""
     text = str(value).strip().lstrip("+")
     digits = text.lstrip("0")
@@ -109,12 +109,12 @@ def _out_of_range_message(value: Any, arrow_type: pa.DataType, what: str) -> str
         # NOTE: uint64 values above 2^63-1 are stored and returned, but filters and lookups
         # bind integers as BIGINT and key arrays as int64, so they cannot select them.
         return (
-            f"invalid value {value!r} for {what}: filters and lookups take integers up to "
+            f"invalid value {value!r} for {subject}: filters and lookups take integers up to "
             "2^63-1, and uint64 values above that cannot be selected this way yet; select them "
             "with POST /sql and a $parameter"
         )
     return (
-        f"invalid value {value!r} for {what}: out of range; integers must fit in 64 bits "
+        f"invalid value {value!r} for {subject}: out of range; integers must fit in 64 bits "
         f"(-2^63 to 2^63-1), and the column is {describe_type(arrow_type)}"
     )
 

@@ -164,7 +164,7 @@ def test_error_shape(http: httpx.Client, method, path, options, status, code) ->
         ("POST", "/health", "GET, HEAD"),
     ],
 )
-def test_method_not_allowed_names_the_allowed_methods(
+def test_405_names_allowed_methods(
     http: httpx.Client, method: str, path: str, allowed: str
 ) -> None:
     response = http.request(method, path)
@@ -175,7 +175,7 @@ def test_method_not_allowed_names_the_allowed_methods(
 
 
 @pytest.mark.parametrize("path", ["/health", f"{MOVIE_GENRES}?limit=2", "/queries"])
-def test_head_answers_like_get_without_body(http: httpx.Client, path: str) -> None:
+def test_head_like_get_without_body(http: httpx.Client, path: str) -> None:
     head = http.head(path)
     get = http.get(path)
 
@@ -203,9 +203,7 @@ def test_head_on_post_route_is_405(http: httpx.Client) -> None:
         ("other", {"a": [1]}, '{"a":[1]}'),
     ],
 )
-def test_validation_message_quotes_the_value(
-    http: httpx.Client, field: str, value: Any, quoted: str
-) -> None:
+def test_422_quotes_value(http: httpx.Client, field: str, value: Any, quoted: str) -> None:
     response = http.post("/sql", json={"sql": "SELECT 1", field: value})
 
     message = assert_error(response, 422, "validation_error")
@@ -231,16 +229,14 @@ def test_validation_message_quotes_the_value(
         ),
     ],
 )
-def test_validation_message_quotes_any_json_value(
-    http: httpx.Client, path: str, raw: bytes, quoted: str
-) -> None:
+def test_422_quotes_any_json_value(http: httpx.Client, path: str, raw: bytes, quoted: str) -> None:
     response = http.post(path, content=raw, headers={"Content-Type": "application/json"})
 
     message = assert_error(response, 422, "validation_error")
     assert f" (got {quoted})" in message
 
 
-def test_online_message_quotes_deeply_nested_key(http: httpx.Client) -> None:
+def test_online_quotes_deep_key(http: httpx.Client) -> None:
     deep = b"[" * 990 + b"]" * 990
     raw = b'{"features": ["content/movie_genres:title"], "entities": {"movie_id": [' + deep + b"]}}"
     response = http.post(
@@ -251,14 +247,14 @@ def test_online_message_quotes_deeply_nested_key(http: httpx.Client) -> None:
     assert message.startswith("invalid value [[[[[[[...]]]]]]] at entities.movie_id[0]: ")
 
 
-def test_validation_message_cuts_long_values(http: httpx.Client) -> None:
+def test_422_cuts_long_values(http: httpx.Client) -> None:
     response = http.post("/sql", json={"sql": "SELECT 1", "limit": "9" * 500})
 
     message = assert_error(response, 422, "validation_error")
     assert message.endswith(f' (got "{"9" * 99}…)')
 
 
-def test_missing_field_message_quotes_nothing(http: httpx.Client) -> None:
+def test_422_missing_field_unquoted(http: httpx.Client) -> None:
     message = assert_error(http.post("/sql", json={"params": {}}), 422, "validation_error")
 
     assert message == "invalid request: body.sql: Field required"
@@ -337,7 +333,7 @@ def test_unusual_strings_get_4xx(writer: httpx.Client, path: str, raw: bytes, st
     assert response.json()["error"]["message"].startswith(start)
 
 
-def test_nul_inside_body_names_control_character(http: httpx.Client) -> None:
+def test_nul_inside_body_named(http: httpx.Client) -> None:
     raw = b'{"sql": "SEL\x00ECT 1"}'
     response = http.post("/sql", content=raw, headers={"Content-Type": "application/json"})
 
@@ -547,7 +543,7 @@ def test_compressed_body_is_415(http: httpx.Client, path: str) -> None:
     ("path", "body"),
     [("/sql", '{"sql": "SELECT 7 AS seven"}'), ("/get-online-features", ONLINE_BODY)],
 )
-def test_fast_lane_rejects_content_encoding(http: httpx.Client, path: str, body: str) -> None:
+def test_fast_lane_content_encoding_415(http: httpx.Client, path: str, body: str) -> None:
     plain = {"Content-Type": "application/json"}
     assert http.post(path, content=body, headers=plain).status_code == 200
 
@@ -778,7 +774,7 @@ def test_bad_filter_value(http: httpx.Client, params: dict[str, str], column: st
 @pytest.mark.parametrize(
     "value", ["9223372036854775808", "-9223372036854775809", "1" * 40, "+00099999999999999999999"]
 )
-def test_integer_filter_beyond_64_bits_is_out_of_range(http: httpx.Client, value: str) -> None:
+def test_filter_beyond_int64_out_of_range(http: httpx.Client, value: str) -> None:
     message = assert_error(http.get(MOVIE_GENRES, params={"movie_id": value}), 400)
 
     assert message == (
@@ -787,7 +783,7 @@ def test_integer_filter_beyond_64_bits_is_out_of_range(http: httpx.Client, value
     )
 
 
-def test_integer_filter_with_leading_zeros(http: httpx.Client) -> None:
+def test_filter_leading_zeros(http: httpx.Client) -> None:
     response = http.get(MOVIE_GENRES, params={"movie_id": "0" * 30 + "1", "columns": "movie_id"})
 
     assert response.status_code == 200, response.text

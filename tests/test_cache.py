@@ -226,7 +226,7 @@ def test_disk_survives_restart(tmp_path: Path) -> None:
     assert restarted.stats()[DISK_TIER]["total_items"] == 2
 
 
-def test_brief_disk_read_gives_up_while_another_process_writes(tmp_path: Path) -> None:
+def test_brief_read_gives_up_when_locked(tmp_path: Path) -> None:
     cache = disk_only(tmp_path)
     cache.put("a", response("alpha"))
     writer = sqlite3.connect(tmp_path / diskcache.core.DBNAME, isolation_level=None)

@@ -751,7 +751,7 @@ def test_env_memory_off(server_factory: Callable[..., RunningServer]) -> None:
     assert body["total"]["total_requests"] == 3
 
 
-def test_disk_hit_waits_for_a_lock_off_the_event_loop(
+def test_locked_disk_hit_off_event_loop(
     server_factory: Callable[..., RunningServer], tmp_path: Path
 ) -> None:
     root = tmp_path / "locked"

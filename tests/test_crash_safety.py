@@ -496,7 +496,7 @@ def check_recovered(root: Path, server: RunningServer, mode: str, context: str) 
     return version
 
 
-def test_recover_removes_old_version_token_temporaries(tmp_path: Path) -> None:
+def test_recover_removes_token_temporaries(tmp_path: Path) -> None:
     store = FeatureStore(tmp_path / "store")
     store.write(GROUP, NAME, version_table("overwrite", 1))
     leftover = tmp_path / "store" / "registry" / "..version.0123abcd.tmp"

@@ -225,11 +225,11 @@ def text_line(message: str, *arguments: object, exc_info: bool = False) -> str:
         ("한국어 \u00e9", "한국어 \u00e9"),
     ],
 )
-def test_text_formatter_escapes_control_characters(value: str, written: str) -> None:
+def test_text_log_escapes_controls(value: str, written: str) -> None:
     assert text_line("value %s end", value) == f"INFO value {written} end"
 
 
-def test_text_formatter_keeps_traceback_lines() -> None:
+def test_text_log_keeps_traceback() -> None:
     lines = text_line("failed: %s", "x\ny", exc_info=True).splitlines()
 
     assert lines[0] == "INFO failed: x\\x0ay"

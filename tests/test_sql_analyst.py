@@ -729,7 +729,7 @@ def test_timetz_and_bit_come_back_as_text(http: httpx.Client) -> None:
     assert csv.text.splitlines()[1].startswith('"12:00:00+05","101",1,2,')
 
 
-def test_failing_timetz_query_points_into_its_text(http: httpx.Client) -> None:
+def test_timetz_error_points_into_text(http: httpx.Client) -> None:
     sql = "SELECT '12:00:00+05'::TIMETZ AS at, 'zz'::INTEGER AS n"
     response = http.post("/sql", json={"sql": sql})
 
@@ -751,9 +751,7 @@ def test_failing_timetz_query_points_into_its_text(http: httpx.Client) -> None:
         ),
     ],
 )
-def test_duckdb_advice_to_change_settings_is_replaced(
-    http: httpx.Client, sql: str, start: str
-) -> None:
+def test_set_advice_replaced(http: httpx.Client, sql: str, start: str) -> None:
     message = http.post("/sql", json={"sql": sql}).json()["error"]["message"]
 
     assert message.startswith(start)
@@ -774,7 +772,7 @@ def test_get_sql_query_string_must_be_utf8(http: httpx.Client, query_string: str
     )
 
 
-def test_get_sql_keeps_encoded_replacement_character(http: httpx.Client) -> None:
+def test_get_sql_keeps_encoded_fffd(http: httpx.Client) -> None:
     response = http.get("/sql?sql=SELECT%20%27%ef%bf%bd%27%20AS%20s")
 
     assert response.status_code == 200

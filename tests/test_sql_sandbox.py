@@ -101,7 +101,7 @@ def test_worker_stopped_from_outside_is_503(service: SqlService) -> None:
     assert after.table.to_pylist() == [{"n": 2}]
 
 
-def test_worker_crash_during_query_is_blamed_on_the_query(service: SqlService) -> None:
+def test_worker_crash_blames_query(service: SqlService) -> None:
     error = error_of_query_whose_worker_gets(service, [signal.SIGUSR1])
 
     assert isinstance(error, QueryOutOfMemory)

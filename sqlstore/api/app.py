@@ -63,7 +63,7 @@ class SqlstoreAPI(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "HEAD":
-            # FastAPI routes answer GET only. A HEAD request is served as GET on a copy of the
+            # FastAPI routes accept GET only. A HEAD request is served as GET on a copy of the
             # scope, and the server, which still sees HEAD, sends the headers without the body.
             scope = {**scope, "method": "GET", HEAD_REQUEST: True}
         if scope["type"] == "http" and self.fast_lane is not None:

@@ -52,9 +52,9 @@ def dumps(content: Any) -> bytes:
     try:
         return orjson.dumps(content, default=_default, option=orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError:
-        # orjson rejects integers beyond 64 bits and strings with lone surrogates, which a
-        # request can carry into a response; the standard library writes both, the surrogates
-        # as \u escapes.
+        # orjson rejects integers beyond 64 bits and strings with lone surrogates, and a
+        # request can carry both into a response. The standard library writes them, the
+        # surrogates as \u escapes.
         return json.dumps(
             standard_json_values(content), default=_default, separators=(",", ":"), allow_nan=False
         ).encode()

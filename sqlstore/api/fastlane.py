@@ -216,7 +216,7 @@ def _plain_json_request(scope: Scope, max_bytes: int) -> bool:
         return False
     headers = Headers(scope=scope)
     if "content-encoding" in headers:
-        # Even "identity": the route's check answers every Content-Encoding the same way.
+        # Even "identity", so that the route's check handles every Content-Encoding alike.
         return False
     content_type = headers.get("content-type")
     return content_type is not None and is_json_media_type(content_type)

@@ -3,7 +3,7 @@
 Python's JSON parser, which FastAPI uses, reads a body that starts with a byte order mark or
 has a NUL byte among its first four bytes as UTF-16 or UTF-32 text. It then accepts such JSON,
 or reports a decode error at a position of the misread text. `JsonBodyRoute` rejects these
-bodies before they are parsed, with a message that says why.
+bodies before they are parsed, with a message that names the cause.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class JsonBodyRoute(APIRoute):
     """A route whose JSON body must be UTF-8 text without a byte order mark.
 
     FastAPI turns the InvalidInput raised while it parses the body into a 400 whose cause is
-    that error; `sqlstore.api.errors` answers with the cause.
+    that error, and `sqlstore.api.errors` returns the response for the cause.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:

@@ -441,14 +441,14 @@ def _first_line(error: Exception) -> str:
 
 def without_setting_advice(message: str) -> str:
     """Return a DuckDB error message without its advice to change a setting, such as
-    'Use "SET max_expression_depth TO x"', which a query may not do: the sandbox's settings
+    'Use "SET max_expression_depth TO x"', which a query may not do because the sandbox's settings
     are locked. A hint to change the query takes its place."""
-    advised = message
+    stripped = message
     for pattern in SETTING_ADVICE_PATTERNS:
-        advised = pattern.sub("", advised)
-    if advised == message:
+        stripped = pattern.sub("", stripped)
+    if stripped == message:
         return message
-    return f"{advised.rstrip()} (settings cannot be changed from a query; change the query)"
+    return f"{stripped.rstrip()} (settings cannot be changed from a query; change the query)"
 
 
 class _Dynamic(Exception):

@@ -74,7 +74,11 @@ def write_message(fd: int, header: dict[str, Any], body: bytes | None = None) ->
 
 
 def read_message(fd: int) -> Message:
-    """Read one message from a blocking file descriptor; raise EOFError when it is closed."""
+    """Read one message from a blocking file descriptor; raise EOFError when it is closed.
+
+    Bytes read past the end of the message are dropped. That is safe on the request pipe only
+    because the server sends a worker its next request after the response to the last one.
+    """
     reader = MessageReader()
     while True:
         message = reader.next_message()
@@ -144,24 +148,16 @@ class WorkerChannel:
     def send(self, header: dict[str, Any], timeout: float) -> None:
         """Write one request, waiting at most `timeout` seconds for room in the pipe."""
         deadline = time.monotonic() + timeout
-        for frame in encode_message(header):
-            view = memoryview(frame)
-            while view:
-                try:
-                    view = view[os.write(self.requests_fd, view) :]
-                except BlockingIOError:
-                    _wait_for(self.requests_fd, select.POLLOUT, deadline)
+        pending = [memoryview(frame) for frame in encode_message(header)]
+        while not self._write_available(pending):
+            _wait_for(self.requests_fd, select.POLLOUT, deadline)
 
     async def send_async(self, header: dict[str, Any]) -> None:
         """Write one request from the event loop, waiting there while the pipe is full."""
         loop = asyncio.get_running_loop()
-        for frame in encode_message(header):
-            view = memoryview(frame)
-            while view:
-                try:
-                    view = view[os.write(self.requests_fd, view) :]
-                except BlockingIOError:
-                    await _writable(loop, self.requests_fd)
+        pending = [memoryview(frame) for frame in encode_message(header)]
+        while not self._write_available(pending):
+            await _writable(loop, self.requests_fd)
 
     def receive(self, timeout: float) -> Message:
         """Wait at most `timeout` seconds for one response. Raise TimeoutError, or EOFError
@@ -197,6 +193,19 @@ class WorkerChannel:
         if not self.requests_closed:
             self.requests_closed = True
             os.close(self.requests_fd)
+
+    def _write_available(self, pending: list[memoryview]) -> bool:
+        """Write as much of `pending` as the pipe takes, removing what was written from it;
+        return True once all of it is written."""
+        while pending:
+            try:
+                written = os.write(self.requests_fd, pending[0])
+            except BlockingIOError:
+                return False
+            pending[0] = pending[0][written:]
+            if not pending[0]:
+                pending.pop(0)
+        return True
 
     def _read_available(self) -> bool:
         """Read the bytes waiting in the pipe into the reader; return False when there were none."""
