@@ -38,13 +38,14 @@ def worker_pids(service: SqlService) -> list[int]:
 def test_killed_worker_is_replaced(service: SqlService) -> None:
     service.run("SELECT 1")
     [pid] = worker_pids(service)
-    process = next(iter(service.sandbox._workers)).process
+    [worker] = service.sandbox._workers
     os.kill(pid, signal.SIGKILL)
-    process.wait(timeout=30)
+    worker.process.wait(timeout=30)
     result = service.run("SELECT count(*) AS n FROM shop.users")
 
     assert result.table.to_pylist() == [{"n": 2}]
     assert worker_pids(service) != [pid]
+    assert not Path(worker.folder).exists()
 
 
 def test_killed_worker_is_replaced_on_the_event_loop(service: SqlService) -> None:
@@ -121,11 +122,12 @@ def test_views_follow_schema_change(service: SqlService) -> None:
 def test_close_stops_workers(service: SqlService) -> None:
     service.run("SELECT 1")
     [pid] = worker_pids(service)
-    process = next(iter(service.sandbox._workers)).process
+    [worker] = service.sandbox._workers
     service.close()
 
-    assert process.poll() is not None
+    assert worker.process.poll() is not None
     assert worker_pids(service) == []
+    assert not Path(worker.folder).exists()
 
 
 # DuckDB's parse of a new text runs in an idle worker while sqlglot's checks run here.

@@ -15,9 +15,11 @@ import json
 import logging
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -90,6 +92,8 @@ class _Worker:
         responses_read, responses_write = os.pipe()
         cancels_read, self.cancels_fd = os.pipe()
         os.set_blocking(self.cancels_fd, False)
+        # Made here, so that the folder is removed even when the worker is killed.
+        self.folder = tempfile.mkdtemp(prefix="sqlstore-sandbox-")
         settings = {
             "threads": limits.threads,
             "memory_limit_bytes": limits.memory_limit_bytes,
@@ -101,6 +105,8 @@ class _Worker:
             "sqlstore.sql.worker",
             "--root",
             str(root),
+            "--folder",
+            self.folder,
             "--requests-fd",
             str(requests_read),
             "--responses-fd",
@@ -121,6 +127,7 @@ class _Worker:
             )
         except BaseException:
             os.close(self.cancels_fd)
+            shutil.rmtree(self.folder, ignore_errors=True)
             raise
         finally:
             os.close(requests_read)
@@ -188,6 +195,7 @@ class _Worker:
         if self.cancels_fd >= 0:
             os.close(self.cancels_fd)
             self.cancels_fd = -1
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def stop(self) -> None:
         """Ask the process to exit by closing its request pipe, then kill it if it lingers."""

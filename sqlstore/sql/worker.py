@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     from sqlstore.sql import protocol
 
     settings = json.loads(arguments.settings)
-    database = SandboxDatabase(Path(arguments.root), settings)
+    folder = Path(arguments.folder) if arguments.folder else None
+    database = SandboxDatabase(Path(arguments.root), settings, folder)
     if arguments.cancel_fd is not None:
         listen_for_cancels(arguments.cancel_fd, database.watchdog)
     protocol.write_message(arguments.responses_fd, {"ready": True, "pid": os.getpid()})
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sqlstore.sql.worker")
     parser.add_argument("--root", required=True, help="store root folder")
+    parser.add_argument("--folder", help="empty folder for the views' database files")
     parser.add_argument("--requests-fd", type=int, required=True)
     parser.add_argument("--responses-fd", type=int, required=True)
     parser.add_argument("--cancel-fd", type=int, help="pipe of request numbers to cancel")
@@ -191,11 +193,13 @@ def _serve(database: SandboxDatabase, requests_fd: int, responses_fd: int) -> No
 class SandboxDatabase:
     """The worker's DuckDB database: read-only views, no file access outside the features."""
 
-    def __init__(self, root: Path, settings: dict[str, Any]) -> None:
+    def __init__(self, root: Path, settings: dict[str, Any], folder: Path | None = None) -> None:
+        """`folder` holds the database files of the views; without it a new temporary folder
+        does."""
         self.root = root.resolve()
         self.features_dir = self.root / "features"
         self.settings = settings
-        self.folder = Path(tempfile.mkdtemp(prefix="sqlstore-sandbox-"))
+        self.folder = folder or Path(tempfile.mkdtemp(prefix="sqlstore-sandbox-"))
         self.connection: Any = None
         self.fingerprint: tuple[ViewDefinition, ...] | None = None
         # The request's description of the views, and what was built from it.
