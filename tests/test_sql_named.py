@@ -247,6 +247,16 @@ def test_unknown_parameter_is_400(http: httpx.Client) -> None:
     assert "unknown parameter 'colour'" in response.json()["error"]["message"]
 
 
+def test_post_parameters_outside_params_is_422(http: httpx.Client) -> None:
+    response = http.post("/queries/user_recent_ratings", json={"user_id": 1})
+
+    assert response.status_code == 422
+    assert response.json()["error"]["message"].startswith(
+        "invalid request: body: Value error, unknown fields ['user_id']: send the query's "
+        'parameters inside params, as {"params": {"name": value}}'
+    )
+
+
 def test_parameter_of_wrong_type_is_400(http: httpx.Client) -> None:
     response = http.get("/queries/user_recent_ratings", params={"user_id": "fifteen"})
 

@@ -18,7 +18,7 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.responses import Response
@@ -120,6 +120,20 @@ class NamedQueryRequest(BaseModel):
 
     params: dict[str, Any] = Field(default_factory=dict)
     limit: StrictInt | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parameters_inside_params(cls, data: Any) -> Any:
+        """Reject other top-level fields with a message that names `params`, the place of a
+        named query's parameters, instead of pydantic's bare "Extra inputs are not permitted"."""
+        if isinstance(data, dict):
+            unknown = sorted(str(key) for key in data if key not in ("params", "limit"))
+            if unknown:
+                raise ValueError(
+                    f"unknown fields {unknown}: send the query's parameters inside params, as "
+                    '{"params": {"name": value}}'
+                )
+        return data
 
 
 def _service(request: Request) -> SqlService:
