@@ -331,9 +331,17 @@ def post_sql(client: httpx.Client, sql: str) -> None:
 @contextmanager
 def stdlib_connection(base_url: str) -> Iterator[http.client.HTTPConnection]:
     """Yield a keep-alive connection of the standard library's client, which costs less per
-    request than httpx."""
+    request than httpx.
+
+    The socket gets TCP_NODELAY, as httpx and urllib3 (requests) set it on theirs. http.client
+    sends a request's headers and body in two writes, so without it Nagle's algorithm may
+    delay the body until the server acknowledges the headers. No median here moved by more
+    than the noise with it.
+    """
     host, port = base_url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.connect()
+    connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         yield connection
     finally:

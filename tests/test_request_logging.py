@@ -249,3 +249,31 @@ def test_json_log_keeps_received_path(tmp_path: Path) -> None:
     line = by_id[response.headers["x-request-id"]]
     assert line["path"] == RECEIVED_PATH
     assert line["message"].startswith(f"GET {ESCAPED_PATH} 400 ")
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_query_lines_at_info_only_when_cut(tmp_path: Path, level: str) -> None:
+    options = ("--log-format", "json", "--log-level", level)
+    server = start_server(make_store(tmp_path / "store"), tmp_path / "server.log", options=options)
+    sql = "SELECT entity_id FROM g.t ORDER BY entity_id"
+    try:
+        whole = httpx.post(server.base_url + "/sql", json={"sql": sql})
+        cut = httpx.post(server.base_url + "/sql", json={"sql": sql, "limit": 1})
+    finally:
+        stop_server(server)
+    records = json_lines(server)
+    query_lines = {
+        record["message"].split(":")[0]: record
+        for record in records
+        if record.get("logger") == "sqlstore.sql.service"
+    }
+
+    whole_line = query_lines.get(f"request {whole.headers['x-request-id']}")
+    cut_line = query_lines[f"request {cut.headers['x-request-id']}"]
+    assert cut_line["level"] == "INFO"
+    assert "query returned 1 rows (cut at the row limit)" in cut_line["message"]
+    if level == "info":
+        assert whole_line is None
+    else:
+        assert whole_line["level"] == "DEBUG"
+        assert "query returned 2 rows in" in whole_line["message"]

@@ -19,7 +19,7 @@ from conftest import RunningServer, start_server, stop_server
 
 from sqlstore.api.sql import lane_response
 from sqlstore.sql.limits import SqlLimits
-from sqlstore.sql.service import SqlService
+from sqlstore.sql.service import PREPARED_KEY_BYTES, SqlService
 from sqlstore.store import FeatureStore, TableDefinition
 from sqlstore.tokens import create_token
 
@@ -245,3 +245,56 @@ def test_lane_leaves_other_requests_to_the_route(
     service.prepare("SELECT k FROM g.t")
 
     assert serve_in_lane(service, body, accept) is None
+
+
+@pytest.fixture()
+def own_service(tmp_path: Path) -> Iterator[SqlService]:
+    store = FeatureStore(tmp_path / "store")
+    store.write("g", "t", pa.table({"k": [1, 2]}), definition=TableDefinition(["k"]))
+    sql_service = SqlService(store, SqlLimits(workers=1, threads=1))
+    yield sql_service
+    sql_service.close()
+
+
+def test_repeat_reads_rewritten_table(own_service: SqlService) -> None:
+    body = b'{"sql": "SELECT k FROM g.t ORDER BY k"}'
+    own_service.prepare("SELECT k FROM g.t ORDER BY k")
+    first = serve_in_lane(own_service, body)
+    repeated = serve_in_lane(own_service, body)
+    own_service.store.write("g", "t", pa.table({"k": [7]}), definition=TableDefinition(["k"]))
+    after_write = serve_in_lane(own_service, body)
+
+    assert orjson.loads(first.body)["data"] == [{"k": 1}, {"k": 2}]
+    assert orjson.loads(repeated.body)["data"] == [{"k": 1}, {"k": 2}]
+    assert orjson.loads(after_write.body)["data"] == [{"k": 7}]
+
+
+def test_repeat_after_delete_goes_to_route(own_service: SqlService) -> None:
+    body = b'{"sql": "SELECT k FROM g.t ORDER BY k"}'
+    own_service.prepare("SELECT k FROM g.t ORDER BY k")
+    served = [serve_in_lane(own_service, body) for _ in range(2)]
+    own_service.store.delete("g", "t")
+
+    assert [response.status_code for response in served] == [200, 200]
+    assert serve_in_lane(own_service, body) is None
+
+
+def test_remembered_query_dropped_on_registry_change(own_service: SqlService) -> None:
+    version = own_service.registry_version()
+    prepared = own_service.prepare("SELECT k FROM g.t")
+    own_service.remember_prepared((b"key",), version, prepared)
+    remembered = own_service.prepared_for((b"key",))
+    own_service.store.write("g", "u", pa.table({"k": [1]}), definition=TableDefinition(["k"]))
+
+    assert remembered is not None
+    assert remembered.query == prepared.query
+    assert remembered.started > prepared.started
+    assert own_service.prepared_for((b"key",)) is None
+
+
+def test_long_request_not_remembered(own_service: SqlService) -> None:
+    sql = "SELECT k FROM g.t -- " + "x" * PREPARED_KEY_BYTES
+    version = own_service.registry_version()
+    own_service.remember_prepared((sql.encode(),), version, own_service.prepare(sql))
+
+    assert own_service.prepared_for((sql.encode(),)) is None

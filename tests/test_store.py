@@ -695,3 +695,12 @@ def test_page_total_rows(
 
     assert page.table.num_rows == rows
     assert page.total_rows == total
+
+
+def test_registry_version_reads_the_whole_token_file(store: FeatureStore) -> None:
+    store.write("user", "tokened", users(2))
+    # Longer than one read: a file that another program wrote.
+    token = b"a" * 6000 + b"b"
+    (store.root / "registry" / ".version").write_bytes(token)
+
+    assert store.registry.version() == token

@@ -266,16 +266,12 @@ async def lane_response(state: Any, scope: Scope, body: bytes, receive: Receive)
     not validated lately, a validation error, a result cache miss. Errors of the query itself
     are raised, as the route raises them.
     """
-    request = _plain_sql_request(scope, body)
-    if request is None:
-        return None
-    sql, parameters, limit = request
     service: SqlService = state.sql
-    if not service.validated_before(sql):
-        return None
-    try:
-        prepared = service.prepare(sql, parameters, limit)
-    except SqlstoreError:
+    key = (body, *_accept_values(scope))
+    prepared = service.prepared_for(key)
+    if prepared is None:
+        prepared = _lane_prepared(service, scope, body, key)
+    if prepared is None:
         return None
 
     cache = state.cache
@@ -289,6 +285,31 @@ async def lane_response(state: Any, scope: Scope, body: bytes, receive: Receive)
     request_id = scope["state"]["request_id"]
     computed = await _computed_response(state, prepared, "json", None, request_id, receive)
     return cached_response(computed, "bypass")
+
+
+def _lane_prepared(
+    service: SqlService, scope: Scope, body: bytes, key: tuple[bytes, ...]
+) -> PreparedQuery | None:
+    """Prepare the query of a plain request whose text was validated lately, or return None.
+
+    The prepared query is remembered under `key` for the next identical request."""
+    request = _plain_sql_request(scope, body)
+    if request is None:
+        return None
+    sql, parameters, limit = request
+    if not service.validated_before(sql):
+        return None
+    version = service.registry_version()
+    try:
+        prepared = service.prepare(sql, parameters, limit)
+    except SqlstoreError:
+        return None
+    service.remember_prepared(key, version, prepared)
+    return prepared
+
+
+def _accept_values(scope: Scope) -> list[bytes]:
+    return [value for name, value in scope["headers"] if name == b"accept"]
 
 
 def _plain_sql_request(scope: Scope, body: bytes) -> tuple[str, dict[str, Any], int | None] | None:

@@ -171,15 +171,20 @@ class WorkerChannel:
                 _wait_for(self.responses_fd, select.POLLIN, deadline)
 
     async def receive_async(self, timeout: float) -> Message:
-        """Like `receive`, waiting on the event loop instead of blocking a thread."""
+        """Like `receive`, waiting on the event loop instead of blocking a thread.
+
+        It waits for the pipe to be readable before it reads. A worker takes longer than the
+        server's way to this call, so a first read would find the pipe empty, at the cost of
+        a system call per query.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             message = self.reader.next_message()
             if message is not None:
                 return message
-            if not self._read_available():
-                await _readable(loop, self.responses_fd, deadline)
+            await _readable(loop, self.responses_fd, deadline)
+            self._read_available()
 
     def close(self) -> None:
         """Close both pipes; safe to call twice."""
