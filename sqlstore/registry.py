@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from datetime import datetime
 from typing import BinaryIO
 
@@ -89,8 +90,13 @@ def _parse_write_stamp(file: BinaryIO) -> str:
 
 # A random token in the registry folder that every change of an entry replaces.
 VERSION_FILE = ".version"
-# Bytes asked of each read of the version file, whose token is 32 bytes.
+# Maximum bytes read from the version file, whose token is 32 bytes. A longer file is not a
+# token that this release wrote.
 VERSION_READ_BYTES = 4096
+# Flags of every open of the version file. Without O_NONBLOCK, a FIFO in its place would block
+# the opening thread, the server's event loop included; O_NOFOLLOW keeps a write from going
+# through a symbolic link to another file.
+VERSION_OPEN_FLAGS = os.O_NONBLOCK | os.O_NOFOLLOW
 
 
 class Registry:
@@ -103,6 +109,8 @@ class Registry:
         self._version_path = str(layout.registry_dir / VERSION_FILE)
         # The last listing and the registry version it was made at.
         self._listing: tuple[bytes | None, list[RegistryEntry]] = (None, [])
+        # Why the version file was last found unusable, logged once per cause.
+        self._version_problem: str | None = None
 
     def get(self, group: str, name: str) -> RegistryEntry:
         """Return the entry of one table, or raise NotFound."""
@@ -158,12 +166,47 @@ class Registry:
         NOTE: a process that crashes between changing an entry and this write leaves other
         processes listing the registry as it was, until the next write or their restart.
         """
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        descriptor = os.open(self._version_path, flags, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | VERSION_OPEN_FLAGS
+        try:
+            descriptor = os.open(self._version_path, flags, 0o644)
+        except OSError as error:
+            self._remove_unwritable_version(error)
+            return
         try:
             os.write(descriptor, os.urandom(16).hex().encode())
+        except OSError as error:
+            self._remove_unwritable_version(error)
         finally:
             os.close(descriptor)
+
+    def _remove_unwritable_version(self, error: OSError) -> None:
+        """Remove a version file that could not be written, so that no reader keeps a listing
+        from before this change. Readers already ignore a path that is not a regular file, so
+        such a path is left alone. Raise `error` when a regular file cannot be removed."""
+        try:
+            status = os.lstat(self._version_path)
+        except FileNotFoundError:
+            status = None
+        if status is None or not stat.S_ISREG(status.st_mode):
+            logger.error(
+                "could not write the registry version file %s: %s; every listing reads the "
+                "registry folder until it is a regular file again",
+                self._version_path,
+                error,
+            )
+            return
+        logger.error(
+            "could not write the registry version file %s: %s; removing it, so that every "
+            "listing reads the registry folder",
+            self._version_path,
+            error,
+        )
+        try:
+            os.unlink(self._version_path)
+        except FileNotFoundError:
+            return
+        except OSError:
+            raise error from None
 
     def list(self) -> list[RegistryEntry]:
         """Return every entry, sorted by group and name. Unreadable files are logged and skipped.
@@ -188,22 +231,48 @@ class Registry:
         return self._read_version()
 
     def _read_version(self) -> bytes | None:
-        """Return the version token, or None without a token file. Read with `os.read`, which
-        costs half as much as a buffered `open`, because the SQL endpoint lists the registry on
-        every request."""
+        """Return the version token, or None when there is none to trust and the caller must
+        list the folder.
+
+        There is none without a file, in an empty one (a writer between truncating and writing
+        it, or killed there), in a file longer than any token, and at a path that is not a
+        regular file.
+
+        It reads with `os.read`, which costs half as much as a buffered `open`, because the SQL
+        endpoint lists the registry on every request.
+        """
         try:
-            descriptor = os.open(self._version_path, os.O_RDONLY)
+            descriptor = os.open(self._version_path, os.O_RDONLY | VERSION_OPEN_FLAGS)
         except FileNotFoundError:
             return None
+        except OSError as error:
+            self._report_unusable_version(str(error))
+            return None
         try:
-            chunks = [os.read(descriptor, VERSION_READ_BYTES)]
-            while len(chunks[-1]) == VERSION_READ_BYTES:
-                # A short read of a regular file is its end. Only a file that this release did
-                # not write is longer than one read.
-                chunks.append(os.read(descriptor, VERSION_READ_BYTES))
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                self._report_unusable_version("not a regular file")
+                return None
+            token = os.read(descriptor, VERSION_READ_BYTES)
+        except OSError as error:
+            self._report_unusable_version(str(error))
+            return None
         finally:
             os.close(descriptor)
-        return b"".join(chunks)
+        if len(token) >= VERSION_READ_BYTES:
+            self._report_unusable_version(f"longer than {VERSION_READ_BYTES} bytes")
+            return None
+        self._version_problem = None
+        return token or None
+
+    def _report_unusable_version(self, problem: str) -> None:
+        if problem != self._version_problem:
+            self._version_problem = problem
+            logger.warning(
+                "registry version file %s is unusable (%s); the registry folder is listed on "
+                "every read until the file is a regular file of one token again",
+                self._version_path,
+                problem,
+            )
 
     def _list_files(self) -> list[RegistryEntry]:
         """Read every entry file. A file is parsed again only when its inode, size or

@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
 
@@ -697,10 +699,59 @@ def test_page_total_rows(
     assert page.total_rows == total
 
 
-def test_registry_version_reads_the_whole_token_file(store: FeatureStore) -> None:
+def test_long_version_file_is_no_token(store: FeatureStore) -> None:
     store.write("user", "tokened", users(2))
-    # Longer than one read: a file that another program wrote.
-    token = b"a" * 6000 + b"b"
-    (store.root / "registry" / ".version").write_bytes(token)
+    # Longer than any token: a file that another program wrote.
+    (store.root / "registry" / ".version").write_bytes(b"a" * 6000)
 
-    assert store.registry.version() == token
+    assert store.registry.version() is None
+    assert [entry.name for entry in store.registry.list()] == ["tokened"]
+
+
+def test_empty_version_file_lists_again(tmp_path: Path) -> None:
+    reader = FeatureStore(tmp_path / "store")
+    writer = FeatureStore(tmp_path / "store")
+    writer.write("user", "first", users(2))
+    version_file = tmp_path / "store" / "registry" / ".version"
+    # A writer killed between truncating the token file and writing it leaves it empty.
+    version_file.write_bytes(b"")
+    listed_before = [entry.name for entry in reader.registry.list()]
+    writer.write("user", "second", users(2))
+    version_file.write_bytes(b"")
+
+    assert listed_before == ["first"]
+    assert [entry.name for entry in reader.registry.list()] == ["first", "second"]
+
+
+def run_with_deadline(function: Callable[[], object], seconds: float = 10) -> object:
+    """Return what `function` returns, failing the test if it blocks for `seconds`."""
+    results: list[object] = []
+    thread = threading.Thread(target=lambda: results.append(function()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "blocked on the registry version file"
+    return results[0]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink"])
+def test_version_path_of_another_kind_is_ignored(store: FeatureStore, kind: str) -> None:
+    store.write("user", "before", users(2))
+    version_file = store.root / "registry" / ".version"
+    version_file.unlink()
+    if kind == "fifo":
+        os.mkfifo(version_file)
+    elif kind == "directory":
+        version_file.mkdir()
+    else:
+        target = store.root / "elsewhere.txt"
+        target.write_bytes(b"untouched")
+        version_file.symlink_to(target)
+    other = FeatureStore(store.root)
+
+    version = run_with_deadline(other.registry.version)
+    run_with_deadline(lambda: other.write("user", "after", users(2)))
+
+    assert version is None
+    assert [entry.name for entry in store.registry.list()] == ["after", "before"]
+    if kind == "symlink":
+        assert (store.root / "elsewhere.txt").read_bytes() == b"untouched"
