@@ -188,6 +188,8 @@ def serve(
     """Serve the REST API (OpenAPI documentation at /docs)."""
     import uvicorn
 
+    from sqlstore.api.httpprotocol import CoalescingHttpToolsProtocol
+
     resolved = resolve_root(root)
     log_level = log_level or _logging_choice["level"]
     log_format = log_format or _logging_choice["format"]
@@ -236,6 +238,7 @@ def serve(
         # The application logs one line per request itself, with the request id and cache result.
         access_log=False,
         timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
+        http=CoalescingHttpToolsProtocol,
     )
 
 
