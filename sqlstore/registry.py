@@ -97,6 +97,8 @@ VERSION_READ_BYTES = 4096
 # the opening thread, the server's event loop included; O_NOFOLLOW keeps a write from going
 # through a symbolic link to another file.
 VERSION_OPEN_FLAGS = os.O_NONBLOCK | os.O_NOFOLLOW
+# The reader's fallback without a usable version file, for the log.
+READ_FALLBACK = "the registry folder is listed on every read until the file contains a token again"
 
 
 class Registry:
@@ -109,8 +111,9 @@ class Registry:
         self._version_path = str(layout.registry_dir / VERSION_FILE)
         # The last listing and the registry version it was made at.
         self._listing: tuple[bytes | None, list[RegistryEntry]] = (None, [])
-        # Why the version file was last found unusable, logged once per cause.
-        self._version_problem: str | None = None
+        # Why the version file was last found unusable, by "read" and "write", so that each
+        # cause is logged once.
+        self._version_problems: dict[str, str] = {}
 
     def get(self, group: str, name: str) -> RegistryEntry:
         """Return the entry of one table, or raise NotFound."""
@@ -176,8 +179,10 @@ class Registry:
             os.write(descriptor, os.urandom(16).hex().encode())
         except OSError as error:
             self._remove_unwritable_version(error)
+            return
         finally:
             os.close(descriptor)
+        self._version_problems.pop("write", None)
 
     def _remove_unwritable_version(self, error: OSError) -> None:
         """Remove a version file that could not be written, so that no reader keeps a listing
@@ -188,11 +193,11 @@ class Registry:
         except FileNotFoundError:
             status = None
         if status is None or not stat.S_ISREG(status.st_mode):
-            logger.error(
-                "could not write the registry version file %s: %s; every listing reads the "
-                "registry folder until it is a regular file again",
-                self._version_path,
-                error,
+            self._report_unusable_version(
+                "write",
+                f"could not be written: {error}; every listing reads the registry folder until "
+                "it is a regular file again",
+                logging.ERROR,
             )
             return
         logger.error(
@@ -234,9 +239,9 @@ class Registry:
         """Return the version token, or None when there is none to trust and the caller must
         list the folder.
 
-        There is none without a file, in an empty one (a writer between truncating and writing
-        it, or killed there), in a file longer than any token, and at a path that is not a
-        regular file.
+        It returns None without a file, for an empty one (a writer between truncating and
+        writing it, or killed there), for a file longer than any token, and for a path that is
+        not a regular file.
 
         It reads with `os.read`, which costs half as much as a buffered `open`, because the SQL
         endpoint lists the registry on every request.
@@ -246,32 +251,35 @@ class Registry:
         except FileNotFoundError:
             return None
         except OSError as error:
-            self._report_unusable_version(str(error))
+            self._report_unusable_version("read", f"{error}; {READ_FALLBACK}")
             return None
         try:
             if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-                self._report_unusable_version("not a regular file")
+                self._report_unusable_version("read", f"not a regular file; {READ_FALLBACK}")
                 return None
             token = os.read(descriptor, VERSION_READ_BYTES)
         except OSError as error:
-            self._report_unusable_version(str(error))
+            self._report_unusable_version("read", f"{error}; {READ_FALLBACK}")
             return None
         finally:
             os.close(descriptor)
         if len(token) >= VERSION_READ_BYTES:
-            self._report_unusable_version(f"longer than {VERSION_READ_BYTES} bytes")
+            self._report_unusable_version(
+                "read", f"longer than {VERSION_READ_BYTES} bytes; {READ_FALLBACK}"
+            )
             return None
-        self._version_problem = None
+        self._version_problems.pop("read", None)
         return token or None
 
-    def _report_unusable_version(self, problem: str) -> None:
-        if problem != self._version_problem:
-            self._version_problem = problem
-            logger.warning(
-                "registry version file %s is unusable (%s); the registry folder is listed on "
-                "every read until the file is a regular file of one token again",
-                self._version_path,
-                problem,
+    def _report_unusable_version(
+        self, operation: str, problem: str, level: int = logging.WARNING
+    ) -> None:
+        """Log why the version file cannot be used for `operation` ("read" or "write"), once
+        for each new cause."""
+        if self._version_problems.get(operation) != problem:
+            self._version_problems[operation] = problem
+            logger.log(
+                level, "registry version file %s is unusable: %s", self._version_path, problem
             )
 
     def _list_files(self) -> list[RegistryEntry]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -755,3 +756,27 @@ def test_version_path_of_another_kind_is_ignored(store: FeatureStore, kind: str)
     assert [entry.name for entry in store.registry.list()] == ["after", "before"]
     if kind == "symlink":
         assert (store.root / "elsewhere.txt").read_bytes() == b"untouched"
+
+
+def test_unusable_version_file_logged_once(
+    store: FeatureStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.write("user", "first", users(2))
+    version_file = store.root / "registry" / ".version"
+    version_file.unlink()
+    version_file.mkdir()
+
+    with caplog.at_level(logging.WARNING, logger="sqlstore.registry"):
+        for name in ("second", "third", "fourth"):
+            store.write("user", name, users(2))
+            store.registry.list()
+    messages = [record.getMessage() for record in caplog.records]
+
+    assert len([message for message in messages if "could not be written" in message]) == 1
+    assert len([message for message in messages if "not a regular file" in message]) == 1
+    assert [entry.name for entry in store.registry.list()] == [
+        "first",
+        "fourth",
+        "second",
+        "third",
+    ]

@@ -37,6 +37,9 @@ class CoalescingTransport:
     def write(self, data: bytes) -> None:
         if not data:
             return
+        if not isinstance(data, bytes):
+            # A caller may change a bytearray after this call, before the flush.
+            data = bytes(data)
         if not self._pending:
             self._loop.call_soon(self.flush)
         self._pending.append(data)
