@@ -60,6 +60,9 @@ PLAIN_QUERIES = [
     "SELECT list_transform(numbers, lambda x: x * 2) AS doubled FROM shop.typed ORDER BY id",
     "SELECT CAST(moment AS DATE) AS day, date_trunc('hour', zoned) AS hour FROM shop.typed",
     "SELECT 1.5::DECIMAL(38,10) AS wide, 123456789012345678::DECIMAL(18,0) AS whole",
+    # Column names that would be code, or break a string literal, if they were parsed as code.
+    "SELECT id AS \"}); __import__('os')._exit(3) #\", "
+    'text AS "back\\slash \'q\' ""dq""", id AS "ünï 名" FROM shop.typed ORDER BY id',
 ]
 # Queries with a column type whose Python value differs from its Arrow value, so that every
 # run goes through Arrow.
