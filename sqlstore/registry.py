@@ -94,7 +94,7 @@ VERSION_FILE = ".version"
 # token that this release wrote.
 VERSION_READ_BYTES = 4096
 # Flags of every open of the version file. Without O_NONBLOCK, a FIFO in its place would block
-# the opening thread, the server's event loop included; O_NOFOLLOW keeps a write from going
+# the opening thread, the server's event loop included. O_NOFOLLOW keeps a write from going
 # through a symbolic link to another file.
 VERSION_OPEN_FLAGS = os.O_NONBLOCK | os.O_NOFOLLOW
 # The reader's fallback without a usable version file, for the log.
@@ -230,9 +230,9 @@ class Registry:
         return list(entries)
 
     def version(self) -> bytes | None:
-        """Return the registry's current version token, which every write replaces, or None for
-        a store without one. Read it before the listing that it is to stand for: a write in
-        between then gives a token that no later read matches."""
+        """Return the registry's current version token, which every write replaces, or None when
+        there is no usable token. Read it before the listing it is to describe, so that a write
+        in between leaves a token that no later read matches."""
         return self._read_version()
 
     def _read_version(self) -> bytes | None:

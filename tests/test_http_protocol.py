@@ -1,6 +1,6 @@
-"""HTTP/1.1 over a raw socket to a real server: responses sent in one write by the server's
-protocol (`sqlstore.api.httpprotocol`) stay whole and in order for pipelined requests, HEAD,
-100-continue and bodies larger than what it delays."""
+"""HTTP/1.1 over a raw socket to a real server. The server's protocol
+(`sqlstore.api.httpprotocol`) sends each response in one write. Responses must stay whole and
+in order for pipelined requests, HEAD, 100-continue and bodies past its flush size."""
 
 from __future__ import annotations
 
@@ -46,11 +46,14 @@ def split_responses(data: bytes) -> list[tuple[bytes, dict[bytes, bytes], bytes]
 
 
 def exchange(
-    connection: socket.socket, requests: bytes
+    connection: socket.socket, *requests: tuple[bytes, bytes]
 ) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
-    """Send `requests`, the last with Connection: close, and return the split responses."""
+    """Send bodiless (method, path) requests in one write, pipelined, the last with
+    Connection: close, and return the split responses."""
+    lines = [method + b" " + path + b" HTTP/1.1\r\nHost: test\r\n" for method, path in requests]
+    lines[-1] += b"Connection: close\r\n"
     with connection:
-        connection.sendall(requests)
+        connection.sendall(b"".join(line + b"\r\n" for line in lines))
         return split_responses(read_until_closed(connection))
 
 
@@ -60,12 +63,8 @@ def connection(demo_server: RunningServer) -> socket.socket:
 
 
 def test_pipelined_requests_answered_in_order(connection: socket.socket) -> None:
-    requests = (
-        b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n"
-        b"GET /queries HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
     (health_status, _, health_body), (queries_status, _, queries_body) = exchange(
-        connection, requests
+        connection, (b"GET", b"/health"), (b"GET", b"/queries")
     )
 
     assert health_status == b"HTTP/1.1 200 OK"
@@ -75,12 +74,8 @@ def test_pipelined_requests_answered_in_order(connection: socket.socket) -> None
 
 
 def test_head_then_get_on_one_connection(connection: socket.socket) -> None:
-    requests = (
-        b"HEAD /health HTTP/1.1\r\nHost: test\r\n\r\n"
-        b"GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
     (head_status, head_headers, head_body), (get_status, _, get_body) = exchange(
-        connection, requests
+        connection, (b"HEAD", b"/health"), (b"GET", b"/health")
     )
 
     assert head_status == get_status == b"HTTP/1.1 200 OK"

@@ -735,7 +735,7 @@ def run_with_deadline(function: Callable[[], object], seconds: float = 10) -> ob
 
 
 @pytest.mark.parametrize("kind", ["fifo", "directory", "symlink"])
-def test_version_path_of_another_kind_is_ignored(store: FeatureStore, kind: str) -> None:
+def test_non_regular_version_path_ignored(store: FeatureStore, kind: str) -> None:
     store.write("user", "before", users(2))
     version_file = store.root / "registry" / ".version"
     version_file.unlink()

@@ -173,9 +173,9 @@ class WorkerChannel:
     async def receive_async(self, timeout: float) -> Message:
         """Like `receive`, waiting on the event loop instead of blocking a thread.
 
-        It waits for the pipe to be readable before it reads. A worker takes longer than the
-        server's way to this call, so a first read would find the pipe empty, at the cost of
-        a system call per query.
+        It waits for the pipe to be readable before it reads, because in practice the worker has
+        not answered yet when the server gets here, and a first read would cost a system call for
+        nothing.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -16,7 +16,6 @@ import pyarrow as pa
 from cachetools import LRUCache
 
 from sqlstore.errors import InvalidInput, SqlstoreError
-from sqlstore.registry import RegistryEntry
 from sqlstore.sql.duckdb_check import TreeFacts, cached_tree_facts, tree_facts
 from sqlstore.sql.limits import SqlLimits
 from sqlstore.sql.named import NamedQuery, find_named_query, list_named_queries
@@ -65,14 +64,13 @@ class SqlResult:
 
 @dataclass(frozen=True)
 class PreparedQuery:
-    """A validated query with its row limit and the registry it was validated against."""
+    """A validated query with its row limit and the views of the registry it was validated
+    against."""
 
     query: ValidatedQuery
     row_limit: int
-    entries: list[RegistryEntry]
-    started: float
-    # The views of `entries`, as the sandbox takes them.
     views: list[ViewDefinition]
+    started: float
 
 
 class SqlService:
@@ -132,9 +130,7 @@ class SqlService:
                 check.close()
         self._validated[query.sql] = True
         views = [ViewDefinition(e.group, e.name, e.path, e.version) for e in entries]
-        return PreparedQuery(
-            query=query, row_limit=row_limit, entries=entries, started=started, views=views
-        )
+        return PreparedQuery(query=query, row_limit=row_limit, views=views, started=started)
 
     def registry_version(self) -> bytes | None:
         """Return the registry version to pass to `remember_prepared`; read it before `prepare`."""
@@ -143,9 +139,10 @@ class SqlService:
     def remember_prepared(
         self, key: tuple[bytes, ...], version: bytes | None, prepared: PreparedQuery
     ) -> None:
-        """Keep `prepared` for the next request with the same `key`, which must determine the
+        """Remember `prepared` for the next request with the same `key`, which must determine the
         text, parameters and limit it was prepared from (the fast lane uses the request body).
-        `version` is `registry_version()` read before `prepare`. Longer keys are ignored."""
+        `version` is `registry_version()` read before `prepare`. Keys longer than
+        PREPARED_KEY_BYTES are not remembered."""
         if version is not None and sum(len(part) for part in key) <= PREPARED_KEY_BYTES:
             self._prepared_requests[key] = (version, prepared)
 
@@ -184,8 +181,7 @@ class SqlService:
 
     def execute(self, prepared: PreparedQuery, request_id: str = "-") -> SqlResult:
         """Run a prepared query in the sandbox; the result contains an Arrow table."""
-        views = prepared.views
-        result = self.sandbox.run(prepared.query, views, prepared.row_limit, request_id)
+        result = self.sandbox.run(prepared.query, prepared.views, prepared.row_limit, request_id)
         return self._finish(prepared, result, request_id)
 
     async def execute_async(
@@ -198,9 +194,8 @@ class SqlService:
         """Run a prepared query in the sandbox, waiting on the event loop. With `json_rows`,
         the result may hold JSON rows instead of a table. When `disconnected` completes first,
         the query is stopped and QueryCancelled raised."""
-        views = prepared.views
         result = await self.sandbox.run_async(
-            prepared.query, views, prepared.row_limit, request_id, json_rows, disconnected
+            prepared.query, prepared.views, prepared.row_limit, request_id, json_rows, disconnected
         )
         return self._finish(prepared, result, request_id)
 
