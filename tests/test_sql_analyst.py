@@ -705,10 +705,22 @@ def test_types_without_json_form_are_encoded(http: httpx.Client) -> None:
     ]
 
 
-def test_timetz_and_bit_come_back_as_text(http: httpx.Client) -> None:
+def test_repeated_name_skips_given_names(http: httpx.Client) -> None:
+    sql = "SELECT 1 AS a, 2 AS a, 3 AS a_1, 4 AS a"
+    bodies = [http.post("/sql", json={"sql": sql}).json() for _ in range(2)]
+    csv = http.post("/sql", json={"sql": sql}, headers={"Accept": "text/csv"})
+
+    for body in bodies:
+        assert body["data"] == [{"a": 1, "a_2": 2, "a_1": 3, "a_3": 4}]
+        assert body["metadata"]["columns"] == ["a", "a_2", "a_1", "a_3"]
+    assert csv.text.splitlines() == ['"a","a_2","a_1","a_3"', "1,2,3,4"]
+
+
+def test_timetz_bit_varint_come_back_as_text(http: httpx.Client) -> None:
     sql = (
         "SELECT '12:00:00+05'::TIMETZ AS at, '101'::BIT AS bits, 1 AS a, 2 AS a, "
-        "['23:30:00-02:30'::TIMETZ] AS times, {'flag': '1'::BIT} AS record"
+        "['23:30:00-02:30'::TIMETZ] AS times, {'flag': '1'::BIT} AS record, "
+        "(2::VARINT ** 100)::VARINT AS big, [5::VARINT] AS bigs"
     )
     bodies = [http.post("/sql", json={"sql": sql}).json() for _ in range(2)]
     csv = http.post("/sql", json={"sql": sql}, headers={"Accept": "text/csv"})
@@ -722,9 +734,12 @@ def test_timetz_and_bit_come_back_as_text(http: httpx.Client) -> None:
                 "a_1": 2,
                 "times": "['23:30:00-02:30']",
                 "record": "{'flag': 1}",
+                "big": str(2**100),
+                "bigs": "[5]",
             }
         ]
         assert body["metadata"]["dtypes"]["at"] == "string"
+        assert body["metadata"]["dtypes"]["big"] == "string"
         assert body["metadata"]["dtypes"]["a"] == "int32"
     assert csv.text.splitlines()[1].startswith('"12:00:00+05","101",1,2,')
 

@@ -76,8 +76,8 @@ def table_records(table: pa.Table) -> list[dict[str, Any]]:
     except (OverflowError, ValueError, pa.ArrowException) as error:
         raise InvalidInput(
             f"column {_first_unconvertible_column(table)!r} has values that JSON cannot represent "
-            f"({error}); request CSV, Parquet or Arrow with the Accept header, or cast the "
-            "column to text in SQL"
+            f"({error}); request Parquet or Arrow with the Accept header, or cast the column "
+            "to text in SQL, as CAST(column AS VARCHAR)"
         ) from error
 
 
@@ -131,6 +131,8 @@ def encode_table(table: pa.Table, file_format: str) -> bytes:
     """Encode `table` as CSV, Parquet or an Arrow IPC stream."""
     sink = pa.BufferOutputStream()
     if file_format == "csv":
+        # NOTE: pyarrow writes a date or timestamp that Python cannot represent (infinity, a
+        # year past 9999) as "<value out of range: N>", so such values are lost in CSV.
         pa_csv.write_csv(csv_ready_table(table), sink)
     elif file_format == "parquet":
         pq.write_table(table, sink)

@@ -33,16 +33,22 @@ NESTED_TYPE_CHECKS = (
 
 def with_unique_names(table: pa.Table) -> pa.Table:
     """Rename repeated column names to name_1, name_2 and so on, so that JSON rows and CSV
-    headers keep every column. DuckDB allows `SELECT 1 AS a, 2 AS a`."""
-    seen: set[str] = set()
+    headers keep every column. DuckDB allows `SELECT 1 AS a, 2 AS a`.
+
+    The first column of each name keeps it, and a new name skips every name of the result, so
+    that `SELECT 1 AS a, 2 AS a, 3 AS a_1` gives a, a_2 and a_1: no column takes a name that
+    the query gave another.
+    """
+    query_names = set(table.column_names)
+    used: set[str] = set()
     names = []
     for name in table.column_names:
         unique = name
         suffix = 0
-        while unique in seen:
+        while unique in used or (suffix > 0 and unique in query_names):
             suffix += 1
             unique = f"{name}_{suffix}"
-        seen.add(unique)
+        used.add(unique)
         names.append(unique)
     if names == table.column_names:
         return table

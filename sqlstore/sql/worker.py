@@ -76,7 +76,7 @@ TEMPORAL_LIMITS = frozenset({dt.date.min, dt.date.max, dt.datetime.min, dt.datet
 JSON_ROWS_BYTE_SHARE = 16
 DECIMAL_TYPE_PATTERN = re.compile(r"DECIMAL\(\d+,\d+\)")
 # DuckDB type ids whose values Arrow export changes, so that results carry them as text.
-TEXT_EXPORT_TYPES = frozenset({"time with time zone", "bit"})
+TEXT_EXPORT_TYPES = frozenset({"time with time zone", "bit", "bignum"})
 # DuckDB type ids whose `children` are the types they contain.
 NESTED_TYPES = frozenset({"list", "array", "struct", "map", "union"})
 
