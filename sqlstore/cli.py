@@ -186,9 +186,11 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the REST API (OpenAPI documentation at /docs)."""
+    import functools
+
     import uvicorn
 
-    from sqlstore.api.httpprotocol import CoalescingHttpToolsProtocol
+    from sqlstore.api.httpprotocol import CoalescingHttpToolsProtocol, HttpLimits
 
     resolved = resolve_root(root)
     log_level = log_level or _logging_choice["level"]
@@ -238,7 +240,10 @@ def serve(
         # The application logs one line per request itself, with the request id and cache result.
         access_log=False,
         timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
-        http=CoalescingHttpToolsProtocol,
+        # A partial, rather than a subclass made here, so that worker processes can unpickle it.
+        http=functools.partial(  # type: ignore[arg-type]
+            CoalescingHttpToolsProtocol, limits=HttpLimits.from_settings(settings)
+        ),
     )
 
 

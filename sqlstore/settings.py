@@ -67,6 +67,11 @@ class Settings:
     max_entity_ids: int = 10_000
     max_columns: int = 1000
     lock_timeout_seconds: float = 60.0
+    # Reading requests; docs/operations.md describes each. The header timeout counts from the
+    # connection (first request) or the request's first byte, the body timeout between chunks.
+    http_header_timeout_seconds: float = 30.0
+    http_body_timeout_seconds: float = 60.0
+    http_max_head_bytes: int = 64 * 1024
     # One INFO line per request; docs/operations.md describes it.
     access_log: bool = True
     # Threads of each worker's DuckDB catalog; 0 means one per CPU core. `serve` sets it to the
@@ -114,6 +119,17 @@ class Settings:
             raise ValueError(
                 f"invalid SQLSTORE_SWITCH_INTERVAL_SECONDS={self.switch_interval_seconds}: use "
                 "a number of seconds above 0 and at most 1, such as 0.0005"
+            )
+        for name in ("http_header_timeout_seconds", "http_body_timeout_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(
+                    f"invalid SQLSTORE_{name.upper()}={getattr(self, name)}: use a number of "
+                    "seconds above 0, such as 30"
+                )
+        if self.http_max_head_bytes < 1024:
+            raise ValueError(
+                f"invalid SQLSTORE_HTTP_MAX_HEAD_BYTES={self.http_max_head_bytes}: use at least "
+                "1024 bytes, such as 65536"
             )
         if self.duckdb_threads < 0:
             raise ValueError(

@@ -1,18 +1,27 @@
 """HTTP/1.1 over a raw socket to a real server. The server's protocol
 (`sqlstore.api.httpprotocol`) sends each response in one write. Responses must stay whole and
-in order for pipelined requests, HEAD, 100-continue and bodies past its flush size."""
+in order for pipelined requests, HEAD, 100-continue and bodies past its flush size. Requests
+that the protocol rejects (timeouts, oversized heads, malformed requests) get the JSON error
+shape and a closed connection."""
 
 from __future__ import annotations
 
 import json
 import socket
 import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
-from conftest import RunningServer
+from conftest import RunningServer, start_server, stop_server
+
+from sqlstore.settings import Settings
 
 TIMEOUT_SECONDS = 10
+# Limits of `limited_server`: short timeouts so that the tests waiting for them are quick.
+LIMITED_TIMEOUT_SECONDS = "1"
+LIMITED_HEAD_BYTES = 16 * 1024
 
 
 def connect(server: RunningServer) -> socket.socket:
@@ -117,3 +126,243 @@ def test_body_past_flush_size_arrives_whole(demo_server: RunningServer) -> None:
     assert response.status_code == 200
     assert len(response.content) > 64 * 1024
     assert response.text == expected
+
+
+@pytest.fixture(scope="module")
+def limited_server(
+    demo_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """A server on the demo store with 1 s timeouts, a 16 KiB head limit and DEBUG logs, so
+    that every rejection is logged."""
+    env = {
+        "SQLSTORE_HTTP_HEADER_TIMEOUT_SECONDS": LIMITED_TIMEOUT_SECONDS,
+        "SQLSTORE_HTTP_BODY_TIMEOUT_SECONDS": LIMITED_TIMEOUT_SECONDS,
+        "SQLSTORE_HTTP_MAX_HEAD_BYTES": str(LIMITED_HEAD_BYTES),
+        "SQLSTORE_LOG_LEVEL": "debug",
+    }
+    log_path = tmp_path_factory.mktemp("limited_logs") / "server.log"
+    server = start_server(demo_root, log_path, env=env)
+    yield server
+    stop_server(server)
+
+
+def send_and_read(server: RunningServer, *parts: bytes) -> bytes:
+    """Send `parts` in separate writes on a new connection and return all bytes received
+    until the server closes it. A server that keeps it open fails the test with a timeout."""
+    with connect(server) as connection:
+        for part in parts:
+            connection.sendall(part)
+        return read_until_closed(connection)
+
+
+def single_error(data: bytes) -> tuple[bytes, dict[bytes, bytes], dict[str, str]]:
+    """Return the status line, headers and `error` object of the only response in `data`."""
+    [(status, headers, body)] = split_responses(data)
+    return status, headers, json.loads(body)["error"]
+
+
+def test_head_timeout_sends_408(limited_server: RunningServer) -> None:
+    data = send_and_read(limited_server, b"GET /health HTTP/1.1\r\nHost: test\r\nX-Slow: 1")
+    status, headers, error = single_error(data)
+
+    assert status == b"HTTP/1.1 408 Request Timeout"
+    assert headers[b"connection"] == b"close"
+    assert error["code"] == "request_timeout"
+    assert error["message"] == (
+        "request head timed out: not complete within 1 s; send the request line and all "
+        "headers without pausing"
+    )
+    assert error["request_id"] == headers[b"x-request-id"].decode()
+    log = limited_server.log_containing("with 408 (request " + error["request_id"])
+    assert "closed connection from 127.0.0.1:" in log
+
+
+def test_head_timeout_keeps_client_request_id(limited_server: RunningServer) -> None:
+    data = send_and_read(
+        limited_server, b"GET /health HTTP/1.1\r\nX-Request-ID: slow-client-7\r\nHost: te"
+    )
+    _, headers, error = single_error(data)
+
+    assert error["request_id"] == "slow-client-7"
+    assert headers[b"x-request-id"] == b"slow-client-7"
+
+
+def test_head_timeout_after_keep_alive_request(limited_server: RunningServer) -> None:
+    data = send_and_read(
+        limited_server,
+        b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n" + b"GET /health HTTP/1.1\r\nHost: t",
+    )
+    (first_status, _, first_body), (second_status, _, second_body) = split_responses(data)
+
+    assert first_status == b"HTTP/1.1 200 OK"
+    assert json.loads(first_body)["status"] == "healthy"
+    assert second_status == b"HTTP/1.1 408 Request Timeout"
+    assert json.loads(second_body)["error"]["code"] == "request_timeout"
+
+
+def test_idle_connection_closed_without_response(limited_server: RunningServer) -> None:
+    assert send_and_read(limited_server) == b""
+
+
+def test_body_timeout_sends_408(limited_server: RunningServer) -> None:
+    head = (
+        b"POST /sql HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n"
+    )
+    data = send_and_read(limited_server, head, b'{"sql": "SELECT')
+    status, headers, error = single_error(data)
+
+    assert status == b"HTTP/1.1 408 Request Timeout"
+    assert headers[b"connection"] == b"close"
+    assert error["code"] == "request_timeout"
+    assert error["message"] == (
+        "request body timed out: no data arrived for 1 s before it was complete; send the "
+        "whole body that Content-Length declares, without pausing"
+    )
+
+
+def test_expect_continue_rejected_closes(limited_server: RunningServer) -> None:
+    head = (
+        b"POST /sql HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 999999999999\r\n\r\n"
+    )
+    status, headers, error = single_error(send_and_read(limited_server, head))
+
+    assert status == b"HTTP/1.1 413 Request Entity Too Large"
+    assert headers[b"connection"] == b"close"
+    assert error["code"] == "payload_too_large"
+
+
+def test_expect_continue_accepted_keeps_alive(limited_server: RunningServer) -> None:
+    body = b'{"sql": "SELECT 7 AS n"}'
+    head = (
+        b"POST /sql HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    with connect(limited_server) as connection:
+        connection.sendall(head)
+        interim = connection.recv(65536)
+        connection.sendall(
+            body + b"GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        )
+        data = read_until_closed(connection)
+    (sql_status, sql_headers, sql_body), (health_status, _, _) = split_responses(data)
+
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert sql_status == b"HTTP/1.1 200 OK"
+    assert b"connection" not in sql_headers
+    assert json.loads(sql_body)["data"] == [{"n": 7}]
+    assert health_status == b"HTTP/1.1 200 OK"
+
+
+def header_lines(total_bytes: int) -> bytes:
+    """Header lines named X-Pad-N whose names and values add up to `total_bytes`."""
+    lines = []
+    remaining = total_bytes
+    number = 0
+    while remaining > 0:
+        name = f"X-Pad-{number}".encode()
+        value = b"a" * max(1, min(1000, remaining - len(name)))
+        lines.append(name + b": " + value + b"\r\n")
+        remaining -= len(name) + len(value)
+        number += 1
+    return b"".join(lines)
+
+
+def test_head_over_limit_sends_431(limited_server: RunningServer) -> None:
+    request = b"GET /health HTTP/1.1\r\nHost: test\r\n" + header_lines(20_000) + b"\r\n"
+    status, headers, error = single_error(send_and_read(limited_server, request))
+
+    assert status == b"HTTP/1.1 431 Request Header Fields Too Large"
+    assert headers[b"connection"] == b"close"
+    assert error["code"] == "request_header_fields_too_large"
+    assert str(LIMITED_HEAD_BYTES) in error["message"]
+
+
+def test_unfinished_head_over_limit_sends_431(limited_server: RunningServer) -> None:
+    """A head that never ends is rejected once the bytes after its first chunk pass the
+    limit, before the header timeout."""
+    parts = [b"GET /health HTTP/1.1\r\nHost: test\r\n"]
+    parts += [header_lines(4_000) for _ in range(40)]
+    status, _, error = single_error(send_and_read(limited_server, *parts))
+
+    assert status == b"HTTP/1.1 431 Request Header Fields Too Large"
+    assert error["code"] == "request_header_fields_too_large"
+
+
+def test_head_under_limit_accepted(limited_server: RunningServer) -> None:
+    request = (
+        b"GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+        + header_lines(12_000)
+        + b"\r\n"
+    )
+    [(status, _, body)] = split_responses(send_and_read(limited_server, request))
+
+    assert status == b"HTTP/1.1 200 OK"
+    assert json.loads(body)["status"] == "healthy"
+
+
+def test_long_sql_url_sends_414(demo_server: RunningServer) -> None:
+    """Over 65535 bytes, the most that httptools can parse, with the default 64 KiB head
+    limit."""
+    query = urllib.parse.quote("SELECT 1 AS n" + " " * 70_000)
+    request = b"GET /sql?sql=" + query.encode() + b" HTTP/1.1\r\nHost: test\r\n\r\n"
+    status, headers, error = single_error(send_and_read(demo_server, request))
+
+    assert status == b"HTTP/1.1 414 Request-URI Too Long"
+    assert headers[b"connection"] == b"close"
+    assert error["code"] == "uri_too_long"
+    assert "65535 bytes" in error["message"]
+    assert "POST /sql" in error["message"]
+
+
+def test_url_over_head_limit_sends_414(limited_server: RunningServer) -> None:
+    request = b"GET /features?x=" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: test\r\n\r\n"
+    status, _, error = single_error(send_and_read(limited_server, request))
+
+    assert status == b"HTTP/1.1 414 Request-URI Too Long"
+    assert error["code"] == "uri_too_long"
+    assert f"{LIMITED_HEAD_BYTES} bytes" in error["message"]
+    assert "POST /sql" not in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "reason"),
+    [
+        (b"GE T / HTTP/1.1\r\nHost: test\r\n\r\n", "Invalid method encountered"),
+        (b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", "Invalid header token"),
+        (
+            b"POST /sql HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+            "Invalid character in chunk size",
+        ),
+    ],
+)
+def test_malformed_request_sends_400(
+    limited_server: RunningServer, request_bytes: bytes, reason: str
+) -> None:
+    status, headers, error = single_error(send_and_read(limited_server, request_bytes))
+
+    assert status == b"HTTP/1.1 400 Bad Request"
+    assert headers[b"content-type"] == b"application/json"
+    assert error["code"] == "bad_request"
+    assert error["message"] == (
+        f"invalid HTTP request: {reason}; send a well-formed HTTP/1.1 request"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("HTTP_HEADER_TIMEOUT_SECONDS", "0"),
+        ("HTTP_BODY_TIMEOUT_SECONDS", "-1"),
+        ("HTTP_MAX_HEAD_BYTES", "100"),
+    ],
+)
+def test_http_limit_settings_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv("SQLSTORE_" + name, value)
+
+    with pytest.raises(ValueError, match=f"invalid SQLSTORE_{name}="):
+        Settings.from_environment(tmp_path)
