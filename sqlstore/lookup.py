@@ -113,11 +113,26 @@ def _entity_table(
         for column, value in zip(key_columns, converted, strict=True):
             values[column].append(value)
 
-    arrays = {ROW_COLUMN: pa.array(range(len(keys)), pa.int64())}
+    rows: Sequence[int] = range(len(keys))
+    unsigned = [column for column in key_columns if pa.types.is_uint64(schema.field(column).type)]
+    if unsigned:
+        # A negative id equals no uint64 key and a uint64 array cannot hold it, so its entity
+        # stays out of the query and is reported missing.
+        rows = [i for i in rows if all(values[column][i] >= 0 for column in unsigned)]
+        values = {column: [values[column][i] for i in rows] for column in key_columns}
+
+    arrays = {ROW_COLUMN: pa.array(rows, pa.int64())}
     for column in key_columns:
-        family = type_family(schema.field(column).type)
-        arrays[column] = pa.array(values[column], ENTITY_ARROW_TYPES[family])
+        arrays[column] = pa.array(values[column], entity_arrow_type(schema.field(column).type))
     return pa.table(arrays), keys
+
+
+def entity_arrow_type(key_type: pa.DataType) -> pa.DataType:
+    """Return the Arrow type of entity ids for a key column of `key_type`: uint64 for a uint64
+    key, whose ids may exceed int64, and otherwise the type of the key's family."""
+    if pa.types.is_uint64(key_type):
+        return pa.uint64()
+    return ENTITY_ARROW_TYPES[type_family(key_type)]
 
 
 def convert_entity(

@@ -44,14 +44,18 @@ import pyarrow.compute as pc
 from sqlstore.catalog import query_arrow
 from sqlstore.errors import InvalidInput, NotFound
 from sqlstore.identifiers import quote_identifier, quote_string
-from sqlstore.lookup import ENTITY_ARROW_TYPES, MAX_ENTITY_IDS, LookupResult, convert_entity
+from sqlstore.lookup import MAX_ENTITY_IDS, LookupResult, convert_entity, entity_arrow_type
 from sqlstore.pointintime import default_feature_columns
 from sqlstore.references import FeatureReference
 from sqlstore.registry import RegistryEntry
+from sqlstore.sql.results import end_of_day_text
 from sqlstore.stablefiles import read_unchanged
 from sqlstore.store import FeatureStore
 from sqlstore.types import type_family
 from sqlstore.values import INT64_MAX, INT64_MIN, convert_value
+
+# A uint64 key minus this offset fits int64 (see IntegerKeyIndex).
+UINT64_OFFSET = 2**63
 
 logger = logging.getLogger(__name__)
 
@@ -175,17 +179,20 @@ class FewLookup(Lookup):
 
 
 class IntegerKeyIndex:
-    """Index of a single integer key: the keys sorted, searched with `np.searchsorted`."""
+    """Index of a single integer key: the keys sorted, searched with `np.searchsorted`.
+
+    uint64 keys are stored minus 2^63 (their top bit flipped, read as int64), which keeps their
+    order, so that keys above 2^63-1 fit the int64 search as well.
+    """
 
     kind = "sorted integer keys"
 
     def __init__(self, keys: pa.ChunkedArray) -> None:
         values = keys.to_numpy()
         rows = np.arange(len(values), dtype=np.int64)
-        if values.dtype == np.uint64:
-            # Keys beyond the int64 range cannot be requested, because entity ids are int64.
-            within = values <= INT64_MAX
-            values, rows = values[within], rows[within]
+        self.unsigned = values.dtype == np.uint64
+        if self.unsigned:
+            values = (values ^ np.uint64(UINT64_OFFSET)).view(np.int64)
         values = values.astype(np.int64)
         order = np.argsort(values, kind="stable")
         self.sorted_keys = values[order]
@@ -197,12 +204,12 @@ class IntegerKeyIndex:
 
     def find(self, columns: list[list[int]]) -> np.ndarray:
         """Return the row of each key, or -1 for a key that is not in the view."""
-        keys = np.array(columns[0], dtype=np.int64)
+        keys, possible = self._stored_keys(columns[0])
         if len(self.sorted_keys) == 0:
             return np.full(len(keys), -1, dtype=np.int64)
         positions = np.searchsorted(self.sorted_keys, keys)
         positions[positions == len(self.sorted_keys)] = 0
-        found = self.sorted_keys[positions] == keys
+        found = (self.sorted_keys[positions] == keys) & possible
         return np.where(found, self.rows[positions], -1)
 
     def find_few(self, columns: list[list[int]]) -> list[int]:
@@ -210,10 +217,24 @@ class IntegerKeyIndex:
         sorted_keys = self.sorted_keys
         rows = []
         for key in columns[0]:
+            if self.unsigned:
+                if key < 0:
+                    rows.append(-1)
+                    continue
+                key -= UINT64_OFFSET
             position = int(sorted_keys.searchsorted(key))
             found = position < len(sorted_keys) and sorted_keys.item(position) == key
             rows.append(self.rows.item(position) if found else -1)
         return rows
+
+    def _stored_keys(self, keys: list[int]) -> tuple[np.ndarray, np.ndarray | bool]:
+        """Return requested keys as the index stores them, and which of them a key of the
+        index can equal: a negative id equals no uint64 key."""
+        if not self.unsigned:
+            return np.array(keys, dtype=np.int64), True
+        possible = np.array([key >= 0 for key in keys], dtype=bool)
+        unsigned = np.array([max(key, 0) for key in keys], dtype=np.uint64)
+        return (unsigned ^ np.uint64(UINT64_OFFSET)).view(np.int64), possible
 
 
 class HashKeyIndex:
@@ -709,9 +730,13 @@ def json_array(column: pa.ChunkedArray) -> pa.Array:
     """Return a column as one Arrow array whose Python values encode to the JSON of the typed
     values: UTC and naive timestamps of second to microsecond precision become the ISO 8601
     text that orjson writes for the datetimes, which is many times faster to convert per
-    request than building datetime objects."""
+    request than building datetime objects, and a time column that holds 24:00:00 becomes
+    text, because Python's time would turn it into 00:00:00."""
     array = column.combine_chunks()
     arrow_type = array.type
+    if pa.types.is_time(arrow_type):
+        text = end_of_day_text(column, "json")
+        return array if text is None else text.combine_chunks()
     if not pa.types.is_timestamp(arrow_type) or arrow_type.unit == "ns":
         return array
     if arrow_type.tz not in (None, "UTC", "Etc/UTC", "+00:00", "Z"):
@@ -821,8 +846,14 @@ def unique_entities(
 
 def keys_table(entry: RegistryEntry, schema: pa.Schema, columns: dict[str, list[Any]]) -> pa.Table:
     """Return converted keys as an Arrow table, the key filter of the DuckDB path."""
+    key_columns = entry.entity_key
+    unsigned = [column for column in key_columns if pa.types.is_uint64(schema.field(column).type)]
+    if unsigned:
+        # A negative id equals no uint64 key and a uint64 array cannot hold it.
+        count = len(columns[key_columns[0]])
+        rows = [i for i in range(count) if all(columns[c][i] >= 0 for c in unsigned)]
+        columns = {column: [columns[column][i] for i in rows] for column in key_columns}
     arrays = {}
-    for column in entry.entity_key:
-        family = type_family(schema.field(column).type)
-        arrays[column] = pa.array(columns[column], ENTITY_ARROW_TYPES[family])
+    for column in key_columns:
+        arrays[column] = pa.array(columns[column], entity_arrow_type(schema.field(column).type))
     return pa.table(arrays)

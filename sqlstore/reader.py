@@ -212,23 +212,59 @@ def _condition(item: Filter, arrow_type: pa.DataType) -> tuple[str, list[Any]]:
             raise InvalidInput(f"{what}: contains applies to list columns only")
         element_type = arrow_type.value_type
         value = convert_value(item.value, element_type, what)
-        return f"list_contains({column}, CAST(? AS {_bound_type(element_type, what)}))", [value]
+        element_sql_type = _bound_type(element_type, value, what)
+        return f"list_contains({column}, CAST(? AS {element_sql_type}))", [value]
 
-    sql_type = _bound_type(arrow_type, what)
+    # Reject a column type that cannot be filtered before any value is converted.
+    _bound_type(arrow_type, None, what)
     if item.operator == "in":
-        raw_values = [part for part in item.value.split(",") if part != ""]
+        raw_values = in_values(item.value, what)
         if not raw_values or len(raw_values) > MAX_IN_VALUES:
-            raise InvalidInput(f"{what} needs 1 to {MAX_IN_VALUES} comma-separated values")
+            raise InvalidInput(
+                f"{what} needs 1 to {MAX_IN_VALUES} values, comma-separated or as a JSON array"
+            )
         values = [convert_value(raw, arrow_type, what) for raw in raw_values]
-        placeholders = ", ".join(f"CAST(? AS {sql_type})" for _ in values)
+        placeholders = ", ".join(
+            f"CAST(? AS {_bound_type(arrow_type, value, what)})" for value in values
+        )
         return f"{column} IN ({placeholders})", values
 
     value = convert_value(item.value, arrow_type, what)
+    sql_type = _bound_type(arrow_type, value, what)
     return f"{column} {COMPARISONS[item.operator]} CAST(? AS {sql_type})", [value]
 
 
-def _bound_type(arrow_type: pa.DataType, what: str) -> str:
-    sql_type = sql_type_for(arrow_type)
+def in_values(text: str, what: str) -> list[str]:
+    """Split the value of an `in` filter: a JSON array of strings and numbers when it starts
+    with `[`, so that a value may contain a comma, else comma-separated parts without empty
+    ones."""
+    if not text.startswith("["):
+        return [part for part in text.split(",") if part != ""]
+    example = '["Heat, The (1995)", "Up (2009)"]'
+    try:
+        parsed = orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        raise InvalidInput(
+            f"{what}: invalid JSON array {text!r} ({error}); give an array such as {example}, "
+            "or comma-separated values"
+        ) from None
+    if not isinstance(parsed, list):
+        raise InvalidInput(f"{what}: {text!r} is not a JSON array; give one such as {example}")
+    values = []
+    for position, value in enumerate(parsed):
+        if type(value) not in (str, int, float):
+            raise InvalidInput(
+                f"{what}: item {position} of {text!r} is {orjson.dumps(value).decode()}; give "
+                "strings or numbers, and use __isnull for nulls"
+            )
+        values.append(value if isinstance(value, str) else orjson.dumps(value).decode())
+    return values
+
+
+def _bound_type(arrow_type: pa.DataType, value: Any, what: str) -> str:
+    """Return the SQL type that `value` is bound as (UBIGINT above 2^63-1, which only uint64
+    columns accept), or raise InvalidInput for a column type that cannot be filtered."""
+    sql_type = sql_type_for(arrow_type, value)
     if sql_type is None:
         raise InvalidInput(f"{what}: filtering on {arrow_type} columns is not supported")
     return sql_type

@@ -9,12 +9,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from sqlstore.errors import InvalidInput
+from sqlstore.errors import InvalidInput, quoted_value
 from sqlstore.types import describe_type, type_family
 
 INTEGER_PATTERN = re.compile(r"[+-]?[0-9]+")
-# More digits than any 64-bit integer has; such text is out of range without being converted.
-MAX_INTEGER_DIGITS = 19
+# More digits than any 64-bit integer has (2^64-1 has 20); such text is out of range without
+# being converted.
+MAX_INTEGER_DIGITS = 20
 EPOCH_TEXT_PATTERN = re.compile(r"[+-]?\d+(\.\d+)?")
 # Text of at most 8 digits may be an ISO 8601 year or a basic-format date (20240501), so it is
 # not taken as epoch seconds. Seconds since 1973-03-03 have 9 digits or more.
@@ -40,8 +41,9 @@ EPOCH_RANGE_MESSAGE = (
     "so divide milliseconds by 1000, or send an ISO 8601 string"
 )
 UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Filters bind integers as BIGINT and lookups build int64 key arrays, so an integer outside
-# this range can match no stored value and must be rejected before it reaches DuckDB.
+# Filters bind integers as BIGINT, or UBIGINT above 2^63-1, and lookups build int64 or uint64
+# key arrays, so an integer outside -2^63 to 2^63-1 (2^64-1 on a uint64 column) can match no
+# stored value and must be rejected before it reaches DuckDB.
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 UINT64_MAX = 2**64 - 1
@@ -60,8 +62,15 @@ SQL_TYPES = {
 }
 
 
-def sql_type_for(arrow_type: pa.DataType) -> str | None:
-    """Return the SQL type values of this column are bound as, or None if unsupported."""
+def sql_type_for(arrow_type: pa.DataType, value: Any = None) -> str | None:
+    """Return the SQL type that `value`, converted for this column, is bound as, or None if
+    the column's type is unsupported.
+
+    Integers above 2^63-1, which `convert_value` returns only for uint64 columns, are bound as
+    UBIGINT, because BIGINT cannot hold them.
+    """
+    if type(value) is int and value > INT64_MAX:
+        return "UBIGINT"
     return SQL_TYPES.get(type_family(arrow_type))
 
 
@@ -73,7 +82,7 @@ def convert_value(value: Any, arrow_type: pa.DataType, what: str) -> Any:
     family = type_family(arrow_type)
     try:
         if family == "integer":
-            return _to_integer(value)
+            return _to_integer(value, _integer_maximum(arrow_type))
         if family == "floating":
             return _to_float(value)
         if family == "boolean":
@@ -89,37 +98,30 @@ def convert_value(value: Any, arrow_type: pa.DataType, what: str) -> Any:
             raise InvalidInput(_out_of_range_message(value, arrow_type, what)) from error
         reason = f"; {error}" if family == "timestamp" else ""
         raise InvalidInput(
-            f"invalid value {value!r} for {what}: expected {_expected(family)} "
+            f"invalid value {quoted_value(value)} for {what}: expected {_expected(family)} "
             f"({describe_type(arrow_type)}){reason}"
         ) from error
     raise InvalidInput(f"{what} is not supported on {describe_type(arrow_type)} columns")
 
 
 def _out_of_range_message(value: Any, arrow_type: pa.DataType, subject: str) -> str:
-    """Return the message for an integer outside the signed 64-bit range."""
-    text = str(value).strip().lstrip("+")
-    digits = text.lstrip("0")
-    in_uint64 = (
-        text.isascii()
-        and text.isdigit()
-        and len(digits) <= 20
-        and 0 < int(digits or "0") <= UINT64_MAX
-    )
-    if pa.types.is_uint64(arrow_type) and in_uint64:
-        # NOTE: uint64 values above 2^63-1 are stored and returned, but filters and lookups
-        # bind integers as BIGINT and key arrays as int64, so they cannot select them.
-        return (
-            f"invalid value {value!r} for {subject}: filters and lookups take integers up to "
-            "2^63-1, and uint64 values above that cannot be selected this way yet; select them "
-            "with POST /sql and a $parameter"
-        )
+    """Return the message for an integer outside the range that the column can be compared
+    with."""
+    maximum = "2^64-1" if _integer_maximum(arrow_type) == UINT64_MAX else "2^63-1"
     return (
-        f"invalid value {value!r} for {subject}: out of range; integers must fit in 64 bits "
-        f"(-2^63 to 2^63-1), and the column is {describe_type(arrow_type)}"
+        f"invalid value {quoted_value(value)} for {subject}: out of range; integers must fit in "
+        f"64 bits (-2^63 to {maximum}), and the column is {describe_type(arrow_type)}"
     )
 
 
-def _to_integer(value: Any) -> int:
+def _integer_maximum(arrow_type: pa.DataType) -> int:
+    """Return the largest integer that a value for a column of `arrow_type` may be."""
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    return UINT64_MAX if pa.types.is_uint64(arrow_type) else INT64_MAX
+
+
+def _to_integer(value: Any, maximum: int) -> int:
     if isinstance(value, bool):
         raise TypeError("a boolean is not an integer")
     if isinstance(value, int):
@@ -128,12 +130,12 @@ def _to_integer(value: Any) -> int:
         number = int(value)
     elif isinstance(value, str) and INTEGER_PATTERN.fullmatch(value.strip()):
         if len(value.strip().lstrip("+-").lstrip("0")) > MAX_INTEGER_DIGITS:
-            raise OverflowError("integer outside the signed 64-bit range")
+            raise OverflowError("integer outside the 64-bit range")
         number = int(value)
     else:
         raise ValueError("not an integer")
-    if not INT64_MIN <= number <= INT64_MAX:
-        raise OverflowError("integer outside the signed 64-bit range")
+    if not INT64_MIN <= number <= maximum:
+        raise OverflowError("integer outside the 64-bit range")
     return number
 
 

@@ -275,7 +275,7 @@ ERROR_CASES = [
     ({"entities": {"user_id": [True]}, "features": USER_FEATURES}, 400, ["entities.user_id[0]"]),
     ({"entities": {"user_id": [1.5]}, "features": USER_FEATURES}, 400, ["entities.user_id[0]"]),
     ({"entities": {"user_id": [None]}, "features": USER_FEATURES}, 400, ["null"]),
-    ({"entities": {"user_id": ["abc"]}, "features": USER_FEATURES}, 400, ["'abc'", "user_id"]),
+    ({"entities": {"user_id": ["abc"]}, "features": USER_FEATURES}, 400, ['"abc"', "user_id"]),
     ({"entities": {"user_id": [2**63]}, "features": USER_FEATURES}, 400, ["user_id"]),
     ({"entities": {"user_id": [10**23]}, "features": USER_FEATURES}, 400, ["64 bits"]),
     ({"entities": {"movie_id": [1]}, "features": USER_FEATURES}, 400, ["'user_id'"]),

@@ -4,17 +4,24 @@ result that also contains a HUGEINT. Each response must be valid in its format, 
 from __future__ import annotations
 
 import csv
+import decimal
 import io
 import json
 
 import httpx
 import pyarrow as pa
+import pyarrow.ipc as pa_ipc
+import pyarrow.parquet as pq
 import pytest
 from conftest import RunningServer
 
+from sqlstore.api.encoding import dumps
+from sqlstore.sql.results import encode_json
 from sqlstore.store import FeatureStore, TableDefinition
 
 CSV = "text/csv"
+PARQUET = "application/vnd.apache.parquet"
+ARROW = "application/vnd.apache.arrow.stream"
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +39,12 @@ def http(module_server: RunningServer, module_http: httpx.Client) -> httpx.Clien
 def csv_rows(response: httpx.Response) -> list[dict[str, str]]:
     assert response.status_code == 200, response.text
     return list(csv.DictReader(io.StringIO(response.text)))
+
+
+def binary_table(content: bytes, media_type: str) -> pa.Table:
+    if media_type == PARQUET:
+        return pq.read_table(pa.BufferReader(content))
+    return pa_ipc.open_stream(content).read_all()
 
 
 def test_binary_page_as_csv_is_hex(http: httpx.Client) -> None:
@@ -150,3 +163,163 @@ def test_nanosecond_batch_lookup(http: httpx.Client, nanosecond_table: str) -> N
     assert response.status_code == 200, response.text
     assert NANOSECOND_TEXTS[0] in response.text
     assert NANOSECOND_TEXTS[2] in response.text
+
+
+END_OF_DAY_SQL = "SELECT TIME '24:00:00' AS t, TIME '01:02:03.5' AS u"
+# 38 digits, more than a float holds.
+WIDE_DECIMAL_TEXT = "123456789012345678901234567890123456.70"
+
+
+@pytest.fixture(scope="module")
+def exact_table(module_server: RunningServer) -> str:
+    """A keyed table with a time of 24:00:00 and a decimal of 38 digits."""
+    table = pa.table(
+        {
+            "entity_id": [1, 2, 3],
+            "clock": pa.array([86_400_000_000, 3_723_500_000, None], pa.time64("us")),
+            "amount": pa.array(
+                [decimal.Decimal(WIDE_DECIMAL_TEXT), decimal.Decimal("1.25"), None],
+                pa.decimal128(38, 2),
+            ),
+        }
+    )
+    FeatureStore(module_server.root).write(
+        "encoding", "exact", table, definition=TableDefinition(entity_key=["entity_id"])
+    )
+    return "encoding/exact"
+
+
+def test_end_of_day_time_sql_json(http: httpx.Client) -> None:
+    response = http.post("/sql", json={"sql": END_OF_DAY_SQL})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["data"] == [{"t": "24:00:00", "u": "01:02:03.500000"}]
+
+
+def test_end_of_day_time_sql_csv(http: httpx.Client) -> None:
+    response = http.post("/sql", json={"sql": END_OF_DAY_SQL}, headers={"accept": CSV})
+
+    assert csv_rows(response) == [{"t": "24:00:00.000000", "u": "01:02:03.500000"}]
+
+
+@pytest.mark.parametrize("media_type", [PARQUET, ARROW])
+def test_end_of_day_time_sql_binary(http: httpx.Client, media_type: str) -> None:
+    response = http.post("/sql", json={"sql": END_OF_DAY_SQL}, headers={"accept": media_type})
+
+    assert response.status_code == 200, response.text
+    table = binary_table(response.content, media_type)
+    # 24:00:00 is 86,400 seconds in microseconds, which Python's time cannot show.
+    assert table["t"].cast(pa.int64()).to_pylist() == [86_400_000_000]
+    assert table["u"].cast(pa.int64()).to_pylist() == [3_723_500_000]
+
+
+def test_end_of_day_time_page(http: httpx.Client, exact_table: str) -> None:
+    response = http.get(f"/features/{exact_table}", params={"columns": "entity_id,clock"})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["data"] == [
+        {"entity_id": 1, "clock": "24:00:00"},
+        {"entity_id": 2, "clock": "01:02:03.500000"},
+        {"entity_id": 3, "clock": None},
+    ]
+
+
+def test_end_of_day_time_page_csv(http: httpx.Client, exact_table: str) -> None:
+    params = {"columns": "entity_id,clock"}
+    response = http.get(f"/features/{exact_table}", params=params, headers={"accept": CSV})
+
+    assert [row["clock"] for row in csv_rows(response)] == [
+        "24:00:00.000000",
+        "01:02:03.500000",
+        "",
+    ]
+
+
+def test_wide_decimal_sql_exact(http: httpx.Client) -> None:
+    sql = (
+        "SELECT 123456789012345678901234567890123456.7::DECIMAL(38,1) AS d, "
+        "1.25::DECIMAL(10,2) AS s, 7.00::DECIMAL(10,2) AS w"
+    )
+
+    response = http.post("/sql", json={"sql": sql})
+
+    assert response.status_code == 200, response.text
+    expected = b'"data":[{"d":123456789012345678901234567890123456.7,"s":1.25,"w":7}]'
+    assert expected in response.content
+
+
+def test_wide_decimal_page_exact(http: httpx.Client, exact_table: str) -> None:
+    response = http.get(f"/features/{exact_table}", params={"columns": "entity_id,amount"})
+
+    assert response.status_code == 200, response.text
+    expected = (
+        b'"data":[{"entity_id":1,"amount":123456789012345678901234567890123456.7},'
+        b'{"entity_id":2,"amount":1.25},{"entity_id":3,"amount":null}]'
+    )
+    assert expected in response.content
+
+
+def test_wide_decimal_batch_lookup_exact(http: httpx.Client, exact_table: str) -> None:
+    # A lookup as of a given time runs in DuckDB and encodes the rows with `table_records`.
+    body = {
+        "feature_names": [f"{exact_table}:amount"],
+        "entity_ids": [1, 2],
+        "timestamp": "2100-01-01T00:00:00Z",
+    }
+
+    response = http.post("/features/batch", json=body)
+
+    assert response.status_code == 200, response.text
+    expected = (
+        b'[{"entity_id":1,"amount":123456789012345678901234567890123456.7},'
+        b'{"entity_id":2,"amount":1.25}]'
+    )
+    assert expected in response.content
+
+
+def test_wide_decimal_page_csv_exact(http: httpx.Client, exact_table: str) -> None:
+    params = {"columns": "entity_id,amount"}
+    response = http.get(f"/features/{exact_table}", params=params, headers={"accept": CSV})
+
+    assert [row["amount"] for row in csv_rows(response)] == [WIDE_DECIMAL_TEXT, "1.25", ""]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            {"big": 2**70, "d": decimal.Decimal("123456789012345678901234567890.5")},
+            b'{"big":1180591620717411303424,"d":123456789012345678901234567890.5}',
+        ),
+        (
+            {"s": "a\ud800", "d": [decimal.Decimal("-0.10")]},
+            b'{"s":"a\\ud800","d":[-0.1]}',
+        ),
+        (
+            {"k\udc00": decimal.Decimal("2.50"), "n": float("nan")},
+            b'{"k\\udc00":2.5,"n":null}',
+        ),
+    ],
+)
+def test_json_fallback_keeps_decimals(content: dict, expected: bytes) -> None:
+    assert encode_json(content) == expected
+    assert dumps(content) == expected
+
+
+def test_end_of_day_time_online_lookup(http: httpx.Client, exact_table: str) -> None:
+    body = {"entities": {"entity_id": [1, 2, 3]}, "features": [f"{exact_table}:clock"]}
+
+    response = http.post("/get-online-features", json=body)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][1]["values"] == ["24:00:00", "01:02:03.500000", None]
+
+
+def test_wide_decimal_online_lookup_exact(http: httpx.Client, exact_table: str) -> None:
+    body = {"entities": {"entity_id": [1, 2]}, "features": [f"{exact_table}:amount"]}
+
+    response = http.post("/get-online-features", json=body)
+
+    assert response.status_code == 200, response.text
+    expected = b'"values":[123456789012345678901234567890123456.7,1.25]'
+    assert expected in response.content

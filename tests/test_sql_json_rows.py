@@ -266,3 +266,56 @@ def test_new_table_version_is_run_through_arrow_again(service: SqlService) -> No
     assert json.loads(before.json_rows or b"") == [{"n": 1}]
     assert after.table is not None
     assert after.table.to_pylist() == [{"n": "one"}]
+
+
+def test_end_of_day_time_on_both_routes(service: SqlService) -> None:
+    sql = "SELECT TIME '24:00:00' AS t, TIME '01:02:03.5' AS u"
+    bodies = [json.loads(response_body(run(service, sql))) for _ in range(3)]
+
+    for body in bodies:
+        assert body["data"] == [{"t": "24:00:00", "u": "01:02:03.500000"}]
+
+
+def test_end_of_day_time_column_keeps_others(service: SqlService) -> None:
+    sql = "SELECT * FROM (VALUES (1, TIME '24:00:00'), (2, TIME '00:00:00')) AS v(n, t) ORDER BY n"
+    bodies = [json.loads(response_body(run(service, sql))) for _ in range(2)]
+
+    for body in bodies:
+        assert body["data"] == [{"n": 1, "t": "24:00:00"}, {"n": 2, "t": "00:00:00"}]
+
+
+WIDE_DECIMAL_SQL = (
+    "SELECT 123456789012345678901234567890123456.7::DECIMAL(38,1) AS d, "
+    "1.25::DECIMAL(10,2) AS s, 3.00::DECIMAL(10,2) AS w, -0.50::DECIMAL(4,2) AS n, "
+    "0.0000001::DECIMAL(18,10) AS tiny, 99999999999999999999999999999999999999::HUGEINT AS h"
+)
+WIDE_DECIMAL_JSON = (
+    b'"data":[{"d":123456789012345678901234567890123456.7,"s":1.25,"w":3,"n":-0.5,'
+    b'"tiny":0.0000001,"h":99999999999999999999999999999999999999}]'
+)
+
+
+def test_wide_decimal_digits_kept_by_arrow(service: SqlService) -> None:
+    first = run(service, WIDE_DECIMAL_SQL)
+
+    assert first.table is not None
+    assert WIDE_DECIMAL_JSON in response_body(first)
+
+
+def test_decimal_digits_kept_by_json_rows(service: SqlService) -> None:
+    sql = (
+        "SELECT 123456789012345678901234567890123456.7::DECIMAL(38,1) AS d, "
+        "1.25::DECIMAL(10,2) AS s"
+    )
+    run(service, sql)
+    second = run(service, sql)
+
+    assert second.json_rows == b'[{"d":123456789012345678901234567890123456.7,"s":1.25}]'
+
+
+def test_decimal_list_digits_kept(service: SqlService) -> None:
+    sql = "SELECT [12345678901234567890.12::DECIMAL(22,2), NULL] AS amounts"
+    bodies = [response_body(run(service, sql)) for _ in range(2)]
+
+    for body in bodies:
+        assert b'"data":[{"amounts":[12345678901234567890.12,null]}]' in body

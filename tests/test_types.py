@@ -18,7 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sqlstore.errors import InvalidInput, SchemaMismatch
-from sqlstore.store import FeatureStore
+from sqlstore.lookup import lookup_entities
+from sqlstore.reader import parse_filters, read_page
+from sqlstore.references import resolve_reference
+from sqlstore.store import FeatureStore, TableDefinition
 from sqlstore.values import convert_value
 
 PROPERTY_SETTINGS = settings(
@@ -490,15 +493,15 @@ def test_exact_float_boundary_accepted(store: FeatureStore) -> None:
     ("value", "arrow_type", "expected"),
     [
         (
-            "18446744073709551615",
-            pa.uint64(),
-            "filters and lookups take integers up to 2^63-1, and uint64 values above that cannot "
-            "be selected this way yet; select them with POST /sql and a $parameter",
-        ),
-        (
             "18446744073709551616",
             pa.uint64(),
-            "out of range; integers must fit in 64 bits (-2^63 to 2^63-1), and the column is "
+            "out of range; integers must fit in 64 bits (-2^63 to 2^64-1), and the column is "
+            "uint64",
+        ),
+        (
+            "-9223372036854775809",
+            pa.uint64(),
+            "out of range; integers must fit in 64 bits (-2^63 to 2^64-1), and the column is "
             "uint64",
         ),
         (
@@ -507,11 +510,107 @@ def test_exact_float_boundary_accepted(store: FeatureStore) -> None:
             "out of range; integers must fit in 64 bits (-2^63 to 2^63-1), and the column is "
             "uint32",
         ),
-        ("1" * 5000, pa.uint64(), "out of range; integers must fit in 64 bits"),
+        (
+            "18446744073709551615",
+            pa.int64(),
+            "out of range; integers must fit in 64 bits (-2^63 to 2^63-1), and the column is int64",
+        ),
     ],
 )
-def test_integer_beyond_int64_message(value: str, arrow_type: pa.DataType, expected: str) -> None:
+def test_integer_beyond_64_bits_message(value: str, arrow_type: pa.DataType, expected: str) -> None:
     with pytest.raises(InvalidInput) as raised:
         convert_value(value, arrow_type, "filter k__eq")
 
-    assert raised.value.message.startswith(f"invalid value '{value}' for filter k__eq: {expected}")
+    assert raised.value.message == f'invalid value "{value}" for filter k__eq: {expected}'
+
+
+def test_integer_of_5000_digits_message() -> None:
+    with pytest.raises(InvalidInput) as raised:
+        convert_value("1" * 5000, pa.uint64(), "filter k__eq")
+
+    assert raised.value.message.startswith('invalid value "1111')
+    assert "out of range; integers must fit in 64 bits (-2^63 to 2^64-1)" in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("value", "arrow_type", "expected"),
+    [
+        (None, pa.string(), "invalid value null for parameter p: expected a string (string)"),
+        (True, pa.int64(), "invalid value true for parameter p: expected an integer (int64)"),
+        (False, pa.float64(), "invalid value false for parameter p: expected a number (double)"),
+        ([1], pa.string(), "invalid value [1] for parameter p: expected a string (string)"),
+        (
+            {"a": 1},
+            pa.bool_(),
+            'invalid value {"a":1} for parameter p: expected true or false (bool)',
+        ),
+        (
+            "x'y",
+            pa.date32(),
+            'invalid value "x\'y" for parameter p: expected an ISO 8601 date such as '
+            "2024-05-01 (date32[day])",
+        ),
+    ],
+)
+def test_invalid_value_shown_as_json(value: object, arrow_type: pa.DataType, expected: str) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        convert_value(value, arrow_type, "parameter p")
+
+    assert raised.value.message == expected
+
+
+UINT64_KEYS = [2**64 - 1, 2**63, 5]
+
+
+@pytest.fixture(scope="module")
+def uint64_keys(store: FeatureStore) -> str:
+    """A table keyed by uint64 values above and below 2^63-1."""
+    table = pa.table({"k": pa.array(UINT64_KEYS, pa.uint64()), "v": ["top", "half", "small"]})
+    store.write("types", "uint64_keys", table, definition=TableDefinition(["k"]))
+    return "types/uint64_keys"
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ([("k", "18446744073709551615")], [2**64 - 1]),
+        ([("k__eq", "9223372036854775808")], [2**63]),
+        ([("k__ne", "18446744073709551615")], [5, 2**63]),
+        ([("k__gt", "9223372036854775807")], [2**63, 2**64 - 1]),
+        ([("k__gte", "9223372036854775808")], [2**63, 2**64 - 1]),
+        ([("k__lt", "18446744073709551615")], [5, 2**63]),
+        ([("k__lte", "9223372036854775808")], [5, 2**63]),
+        ([("k__gt", "-1")], [5, 2**63, 2**64 - 1]),
+        ([("k__in", "18446744073709551615,5,-1")], [5, 2**64 - 1]),
+    ],
+)
+def test_uint64_filter_selects_large_keys(
+    store: FeatureStore, uint64_keys: str, filters: list[tuple[str, str]], expected: list[int]
+) -> None:
+    page = read_page(store, "types", "uint64_keys", filters=parse_filters(filters), order_by="k")
+
+    assert page.table["k"].to_pylist() == expected
+    assert page.total_rows == len(expected)
+
+
+def test_uint64_lookup_finds_large_keys(store: FeatureStore, uint64_keys: str) -> None:
+    reference = resolve_reference(f"{uint64_keys}:v", store.list_tables())
+    ids = [2**64 - 1, -3, 2**63, "18446744073709551615", 4]
+
+    result = lookup_entities(store, reference, ids)
+
+    assert result.table["k"].to_pylist() == [2**64 - 1, 2**63]
+    assert result.table["v"].to_pylist() == ["top", "half"]
+    assert result.missing == [-3, 4]
+
+
+def test_uint64_lookup_rejects_2_to_64(store: FeatureStore, uint64_keys: str) -> None:
+    reference = resolve_reference(f"{uint64_keys}:v", store.list_tables())
+
+    with pytest.raises(InvalidInput) as raised:
+        lookup_entities(store, reference, [2**64])
+
+    assert raised.value.message == (
+        "invalid value 18446744073709551616 for entity id of key 'k' in types/uint64_keys: out "
+        "of range; integers must fit in 64 bits (-2^63 to 2^64-1), and the column is uint64"
+    )

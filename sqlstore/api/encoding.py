@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import json
 from typing import Any
 
 import orjson
@@ -15,7 +14,7 @@ import pyarrow.parquet as pq
 from starlette.responses import Response
 
 from sqlstore.errors import InvalidInput, NotAcceptable
-from sqlstore.sql.results import standard_json_values
+from sqlstore.sql.results import decimal_number, dumps_with_fragments, with_end_of_day_text
 
 JSON_MEDIA_TYPE = "application/json"
 TABULAR_MEDIA_TYPES = {
@@ -39,7 +38,7 @@ def _default(value: Any) -> Any:
         # nanosecond columns, and their isoformat keeps the nanoseconds.
         return value.isoformat()
     if isinstance(value, decimal.Decimal):
-        return str(value)
+        return decimal_number(value)
     if isinstance(value, dt.timedelta):
         return value.total_seconds()
     if isinstance(value, bytes):
@@ -48,16 +47,14 @@ def _default(value: Any) -> Any:
 
 
 def dumps(content: Any) -> bytes:
-    """Encode `content` as JSON; NaN and infinity become null, datetimes RFC 3339 strings."""
+    """Encode `content` as JSON; NaN and infinity become null, datetimes RFC 3339 strings and
+    decimals numbers with every digit."""
     try:
         return orjson.dumps(content, default=_default, option=orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError:
         # orjson rejects integers beyond 64 bits and strings with lone surrogates, and a
-        # request can carry both into a response. The standard library writes them, the
-        # surrogates as \u escapes.
-        return json.dumps(
-            standard_json_values(content), default=_default, separators=(",", ":"), allow_nan=False
-        ).encode()
+        # request can carry both into a response.
+        return dumps_with_fragments(content, _default)
 
 
 class JSONBytesResponse(Response):
@@ -70,7 +67,9 @@ class JSONBytesResponse(Response):
 
 
 def table_records(table: pa.Table) -> list[dict[str, Any]]:
-    """Return the rows of `table` as dictionaries."""
+    """Return the rows of `table` as dictionaries, with times of 24:00:00 as text (see
+    `with_end_of_day_text`)."""
+    table = with_end_of_day_text(table, "json")
     try:
         return table.to_pylist()
     except (OverflowError, ValueError, pa.ArrowException) as error:
@@ -146,7 +145,9 @@ def encode_table(table: pa.Table, file_format: str) -> bytes:
 
 def csv_ready_table(table: pa.Table) -> pa.Table:
     """Replace the columns that CSV cannot hold: nested values (lists, structs, maps) by their
-    JSON text, and binary values, which need not be UTF-8, by their hex digits as in JSON."""
+    JSON text, binary values, which need not be UTF-8, by their hex digits as in JSON, and
+    times of 24:00:00 by text (see `with_end_of_day_text`)."""
+    table = with_end_of_day_text(table, "csv")
     columns = []
     for column in table.columns:
         if pa.types.is_nested(column.type):
