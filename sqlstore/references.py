@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlstore.errors import InvalidInput, NotFound
+from sqlstore.errors import InvalidInput, NotFound, quoted_value
 from sqlstore.registry import RegistryEntry
 
 
@@ -19,21 +19,58 @@ class FeatureReference:
     columns: list[str] | None = None
 
 
+REFERENCE_FORM = "'group/name:column', 'group/name:col1,col2', 'group/name' or a unique table name"
+
+
+@dataclass(frozen=True)
+class ParsedReference:
+    """The parts of a feature reference's text, before the registry is consulted."""
+
+    group: str | None
+    name: str
+    columns: list[str] | None
+
+
+def parse_reference(text: object) -> ParsedReference:
+    """Split `group/name:col1,col2` into its parts, or raise InvalidInput when a part is empty
+    or the table part has more than one `/`. Group, table and column names are checked
+    against the registry later, so only the shape is checked here."""
+    if not isinstance(text, str) or not text:
+        raise InvalidInput(f"invalid feature reference {quoted_value(text)}: use {REFERENCE_FORM}")
+    table_part, colon, column_part = text.partition(":")
+    group: str | None = None
+    name = table_part
+    if "/" in table_part:
+        group, _, name = table_part.partition("/")
+    if not name or group == "" or "/" in name:
+        raise InvalidInput(
+            f"invalid feature reference {text!r}: the table part {table_part!r} must be "
+            f"'group/name' or a table name; use {REFERENCE_FORM}"
+        )
+    if not colon:
+        return ParsedReference(group, name, None)
+    columns = [column.strip() for column in column_part.split(",")]
+    if not all(columns):
+        raise InvalidInput(
+            f"invalid feature reference {text!r}: a column name after ':' is empty; use "
+            f"{REFERENCE_FORM}, or omit ':' for every feature column"
+        )
+    return ParsedReference(group, name, columns)
+
+
 def resolve_reference(text: str, entries: Sequence[RegistryEntry]) -> FeatureReference:
     """Resolve `group/name`, `group/name:column` or a bare table name to a registered table.
 
     A bare name must match exactly one table; otherwise the error lists the candidates.
     """
-    if not isinstance(text, str) or not text:
-        raise InvalidInput(f"invalid feature name {text!r}: use 'group/name' or a table name")
-    table_part, _, column_part = text.partition(":")
-    by_reference = {entry.reference: entry for entry in entries}
-
-    if "/" in table_part:
-        entry = by_reference.get(table_part)
+    parsed = parse_reference(text)
+    if parsed.group is not None:
+        table_part = f"{parsed.group}/{parsed.name}"
+        entry = next((entry for entry in entries if entry.reference == table_part), None)
         if entry is None:
             raise NotFound(f"feature table {table_part!r} not found{_suggest(table_part, entries)}")
     else:
+        table_part = parsed.name
         matches = [entry for entry in entries if entry.name == table_part]
         if not matches:
             raise NotFound(f"feature table {table_part!r} not found{_suggest(table_part, entries)}")
@@ -42,16 +79,13 @@ def resolve_reference(text: str, entries: Sequence[RegistryEntry]) -> FeatureRef
             raise InvalidInput(f"feature name {table_part!r} is ambiguous: use one of {candidates}")
         entry = matches[0]
 
-    columns = None
-    if column_part:
-        columns = [column.strip() for column in column_part.split(",")]
-        for column in columns:
-            if entry.column(column) is None:
-                available = ", ".join(c.name for c in entry.columns)
-                raise InvalidInput(
-                    f"unknown column {column!r} in feature {text!r}; columns: {available}"
-                )
-    return FeatureReference(requested=text, entry=entry, columns=columns)
+    for column in parsed.columns or []:
+        if entry.column(column) is None:
+            available = ", ".join(c.name for c in entry.columns)
+            raise InvalidInput(
+                f"unknown column {column!r} in feature {text!r}; columns: {available}"
+            )
+    return FeatureReference(requested=text, entry=entry, columns=parsed.columns)
 
 
 def _suggest(text: str, entries: Sequence[RegistryEntry]) -> str:

@@ -235,6 +235,20 @@ class Registry:
         in between leaves a token that no later read matches."""
         return self._read_version()
 
+    def version_problem(self) -> str | None:
+        """Return why the version file is unusable, or None when it contains a token or does
+        not exist (a store not yet written by this release). Listing still works while it is
+        unusable, but reads the whole folder every time."""
+        token = self._read_version()
+        problem = self._version_problems.get("read")
+        if problem is not None:
+            return f"registry version file {self._version_path} is unusable: {problem}"
+        if token is None and os.path.lexists(self._version_path):
+            # NOTE: a write truncates the file before writing its token, so a check at that
+            # instant also finds it empty.
+            return f"registry version file {self._version_path} is empty; {READ_FALLBACK}"
+        return None
+
     def _read_version(self) -> bytes | None:
         """Return the version token, or None when there is none to trust and the caller must
         list the folder.
@@ -249,6 +263,7 @@ class Registry:
         try:
             descriptor = os.open(self._version_path, os.O_RDONLY | VERSION_OPEN_FLAGS)
         except FileNotFoundError:
+            self._version_problems.pop("read", None)
             return None
         except OSError as error:
             self._report_unusable_version("read", f"{error}; {READ_FALLBACK}")

@@ -406,6 +406,7 @@ def _resolve_definition(
             return declared_value
         return getattr(existing, attribute)
 
+    _check_described_columns(declared.column_descriptions or {}, columns)
     descriptions = dict(
         {c.name: c.description for c in existing.columns if c.description} if existing else {}
     )
@@ -422,6 +423,17 @@ def _resolve_definition(
         tags=keep(declared.tags, "tags"),
         column_descriptions=descriptions,
     )
+
+
+def _check_described_columns(descriptions: dict[str, str], columns: set[str]) -> None:
+    """Reject a description of a column that the table will not have, which would be lost."""
+    for column in descriptions:
+        if column not in columns:
+            available = ", ".join(sorted(columns))
+            raise InvalidInput(
+                f"column_descriptions names unknown column {column!r}; the table's columns "
+                f"are: {available}"
+            )
 
 
 def _check_append_matches(declared: TableDefinition, existing: RegistryEntry) -> None:

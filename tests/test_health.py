@@ -3,6 +3,7 @@ naming the failed check when the registry folder or the store root disappears.""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,3 +82,71 @@ def test_repeated_failure_logged_once(server: RunningServer) -> None:
 
     assert statuses == [503] * 5
     assert server.log().count("health check failed") == 1
+
+
+def make_directory(path: Path) -> None:
+    path.mkdir()
+
+
+def make_fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def make_empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def make_oversized(path: Path) -> None:
+    path.write_bytes(b"0" * 5000)
+
+
+# Each unusable version file, with the cause that the check names.
+UNUSABLE_VERSION_FILES = [
+    (make_directory, "is unusable: not a regular file"),
+    (make_fifo, "is unusable: not a regular file"),
+    (make_empty, "is empty"),
+    (make_oversized, "is unusable: longer than 4096 bytes"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "cause"), UNUSABLE_VERSION_FILES, ids=["directory", "fifo", "empty", "oversized"]
+)
+def test_unusable_version_file_degraded(server: RunningServer, make, cause: str) -> None:
+    version = server.root / "registry" / ".version"
+    version.unlink()
+    make(version)
+    degraded = health(server)
+    if version.is_dir():
+        version.rmdir()
+    else:
+        version.unlink()
+    recovered = health(server)
+
+    assert degraded.status_code == 200
+    body = degraded.json()
+    assert body["status"] == "degraded"
+    assert body["checks"]["root"] == "ok"
+    assert body["checks"]["duckdb"] == "ok"
+    assert body["checks"]["registry"].startswith(f"degraded: registry version file {version} ")
+    assert cause in body["checks"]["registry"]
+    assert recovered.status_code == 200
+    assert recovered.json()["status"] == "healthy"
+    log = server.log_containing("health check degraded")
+    assert "health check degraded: registry version file" in log
+
+
+def test_failure_outranks_degraded(server: RunningServer) -> None:
+    version = server.root / "registry" / ".version"
+    version.unlink()
+    version.mkdir()
+    moved = server.root.with_name("store-moved")
+    server.root.rename(moved)
+    try:
+        failed = health(server)
+    finally:
+        moved.rename(server.root)
+        version.rmdir()
+
+    assert failed.status_code == 503
+    assert failed.json()["status"] == "unhealthy"

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
+from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import sqlstore
 from sqlstore import metrics
 from sqlstore.api import caching, features, health, online, training
 from sqlstore.api import sql as sql_routes
 from sqlstore.api.access import AccessControlMiddleware
+from sqlstore.api.encoding import negotiate_format
 from sqlstore.api.errors import install_error_handlers
 from sqlstore.api.fastlane import FastLane
 from sqlstore.api.middleware import (
@@ -25,6 +29,7 @@ from sqlstore.api.middleware import (
     RequestIdMiddleware,
 )
 from sqlstore.cache import CacheSettings, ResultCache
+from sqlstore.errors import InvalidInput, NotAcceptable
 from sqlstore.logs import BufferedStreamHandler
 from sqlstore.settings import Settings
 from sqlstore.store import FeatureStore
@@ -66,12 +71,65 @@ class SqlstoreAPI(FastAPI):
             # FastAPI routes accept GET only. A HEAD request is served as GET on a copy of the
             # scope, and the server, which still sees HEAD, sends the headers without the body.
             scope = {**scope, "method": "GET", HEAD_REQUEST: True}
-        if scope["type"] == "http" and self.fast_lane is not None:
+        if scope["type"] == "http" and encoded_slash_segment(scope) is not None:
+            # Starlette routes on the decoded path, in which such a segment becomes two, so the
+            # request skips the fast lane and the router rejects it.
+            scope = {**scope, ENCODED_SLASH: True}
+        elif scope["type"] == "http" and self.fast_lane is not None and _fast_lane_applies(scope):
             remaining = await self.fast_lane.serve(scope, receive, send)
             if remaining is None:
                 return
             receive = remaining
         await super().__call__(scope, receive, send)
+
+
+ENCODED_SLASH = "sqlstore.encoded_slash"
+ENCODED_SLASH_PATTERN = re.compile(rb"%2f", re.IGNORECASE)
+
+
+def encoded_slash_segment(scope: Scope) -> str | None:
+    """Return the decoded path segment of the request that contains an encoded slash (%2F),
+    or None. Starlette routes on the decoded path, so without this check `/features/a%2Fb`
+    would read table b of group a."""
+    raw_path = scope.get("raw_path")
+    if not raw_path or ENCODED_SLASH_PATTERN.search(raw_path) is None:
+        return None
+    for segment in raw_path.split(b"?", 1)[0].split(b"/"):
+        if ENCODED_SLASH_PATTERN.search(segment):
+            return unquote_to_bytes(segment).decode("utf-8", "replace")
+    return None
+
+
+def _fast_lane_applies(scope: Scope) -> bool:
+    """Return False for an online lookup whose Accept header does not select JSON, the only
+    format of the fast lane's lookups. The route serves those, and returns the 406 for an
+    unsupported format."""
+    if scope["path"] != online.ONLINE_PATH:
+        return True
+    accept = Headers(scope=scope).get("accept")
+    if not accept:
+        return True
+    try:
+        return negotiate_format(accept) == "json"
+    except NotAcceptable:
+        return False
+
+
+def reject_encoded_slash(router_app: ASGIApp) -> ASGIApp:
+    """Wrap the router so that a request flagged by `SqlstoreAPI` gets a 400. The error is
+    raised inside the exception handlers, so it has the usual JSON shape and request id."""
+
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get(ENCODED_SLASH):
+            value = encoded_slash_segment(scope)
+            raise InvalidInput(
+                f"invalid path segment {value!r}: group, table and query names cannot contain "
+                "'/', so an encoded slash (%2F) in the path is rejected; remove the '/' from "
+                "the name"
+            )
+        await router_app(scope, receive, send)
+
+    return route
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -146,4 +204,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(training.router)
     app.include_router(sql_routes.router)
     app.include_router(caching.router)
+    app.router.middleware_stack = reject_encoded_slash(app.router.middleware_stack)
     return app

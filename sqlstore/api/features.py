@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -39,8 +40,8 @@ from sqlstore.api.models import (
 )
 from sqlstore.api.pagecache import PAGE_KIND, page_request
 from sqlstore.cache import CachedResponse
-from sqlstore.errors import InvalidInput, PayloadTooLarge
-from sqlstore.lookup import lookup_entities
+from sqlstore.errors import InvalidInput, PayloadTooLarge, quoted_value
+from sqlstore.lookup import LookupResult, lookup_entities
 from sqlstore.online import OnlineStore
 from sqlstore.reader import Page, parse_filters, read_page
 from sqlstore.records import records_to_table
@@ -79,9 +80,25 @@ def list_tables(request: Request) -> Response:
     return JSONBytesResponse({"count": len(tables), "tables": tables})
 
 
-@router.post("/batch", response_model=BatchResponse, dependencies=[Depends(json_body)])
+TABULAR_RESPONSE = {
+    200: {
+        "content": {media_type: {} for media_type in FORMAT_MEDIA_TYPES.values()},
+        "description": "JSON by default; the Accept header selects CSV, Parquet or Arrow",
+    }
+}
+
+
+@router.post(
+    "/batch",
+    response_model=BatchResponse,
+    responses=TABULAR_RESPONSE,
+    dependencies=[Depends(json_body)],
+)
 def batch_features(request: Request, body: BatchRequest) -> Response:
-    """Return the latest row per entity of several tables, as of `timestamp` (default: now)."""
+    """Return the latest row per entity of several tables, as of `timestamp` (default: now).
+    With an Accept header for CSV, Parquet or Arrow, the response is the rows of the one
+    requested feature name, without the metadata."""
+    file_format = negotiate_format(request.headers.get("accept"))
     store = _store(request)
     settings = _settings(request)
     if body.entity_ids is None:
@@ -93,6 +110,13 @@ def batch_features(request: Request, body: BatchRequest) -> Response:
             "SQLSTORE_MAX_ENTITY_IDS"
         )
 
+    if file_format != "json" and len(body.feature_names) != 1:
+        raise InvalidInput(
+            f"a {file_format} response contains one table, but feature_names has "
+            f"{len(body.feature_names)} names; request one name per call, or accept "
+            "application/json"
+        )
+
     as_of = _parse_as_of(body.timestamp)
     entries = store.list_tables()
     references = [resolve_reference(name, entries) for name in body.feature_names]
@@ -101,7 +125,7 @@ def batch_features(request: Request, body: BatchRequest) -> Response:
     online = _online(request) if body.timestamp is None else None
 
     def compute() -> CachedResponse:
-        return _encode_batch(store, references, body.entity_ids, as_of, online)
+        return _encode_batch(store, references, body.entity_ids, as_of, online, file_format)
 
     # A lookup as of now changes as time passes when a table has a TTL, so it is not cached.
     as_of_now = body.timestamp is None
@@ -110,7 +134,7 @@ def batch_features(request: Request, body: BatchRequest) -> Response:
 
     tables = {(r.entry.group, r.entry.name) for r in references}
     versions = table_versions(store, sorted(tables))
-    canonical = body.model_dump(mode="json")
+    canonical = {**body.model_dump(mode="json"), "format": file_format}
     return serve_cached(request, "batch", canonical, versions, compute)
 
 
@@ -120,15 +144,19 @@ def _encode_batch(
     entity_ids: list[Any],
     as_of: datetime,
     online: OnlineStore | None = None,
+    file_format: str = "json",
 ) -> CachedResponse:
+    if file_format != "json":
+        result = _look_up_batch(store, references[0], entity_ids, as_of, online)
+        headers = {"X-Row-Count": str(result.table.num_rows)}
+        content = encode_table(result.table, file_format)
+        return CachedResponse(content, FORMAT_MEDIA_TYPES[file_format], headers)
+
     features: dict[str, list[dict[str, Any]]] = {}
     found: dict[str, int] = {}
     not_found: dict[str, list[Any]] = {}
     for reference in references:
-        if online is not None:
-            result = online.lookup_entities(reference, entity_ids, as_of)
-        else:
-            result = lookup_entities(store, reference, entity_ids, as_of)
+        result = _look_up_batch(store, reference, entity_ids, as_of, online)
         features[reference.requested] = table_records(result.table)
         found[reference.requested] = result.table.num_rows
         not_found[reference.requested] = result.missing
@@ -144,6 +172,18 @@ def _encode_batch(
     }
     body = {"features": features, "metadata": metadata, "timestamp": now}
     return CachedResponse(dumps(body), JSON_MEDIA_TYPE)
+
+
+def _look_up_batch(
+    store: FeatureStore,
+    reference: FeatureReference,
+    entity_ids: list[Any],
+    as_of: datetime,
+    online: OnlineStore | None,
+) -> LookupResult:
+    if online is not None:
+        return online.lookup_entities(reference, entity_ids, as_of)
+    return lookup_entities(store, reference, entity_ids, as_of)
 
 
 def _online(request: Request) -> OnlineStore | None:
@@ -163,16 +203,7 @@ def _parse_as_of(value: str | float | None) -> datetime:
         ) from error
 
 
-@router.get(
-    "/{group}/{name}",
-    response_model=FeatureTableResponse,
-    responses={
-        200: {
-            "content": {media_type: {} for media_type in FORMAT_MEDIA_TYPES.values()},
-            "description": "JSON by default; the Accept header selects CSV, Parquet or Arrow",
-        }
-    },
-)
+@router.get("/{group}/{name}", response_model=FeatureTableResponse, responses=TABULAR_RESPONSE)
 async def read_table(
     request: Request,
     group: str,
@@ -186,9 +217,11 @@ async def read_table(
 ) -> Response:
     """Return rows of one table. Other query parameters filter rows: `column=value`, or
     `column__op=value` with op one of eq, ne, lt, lte, gt, gte, in (comma-separated values),
-    isnull (true/false) and contains (an element of a list column)."""
+    isnull (true/false) and contains (an element of a list column). Filters given more than
+    once must all hold; columns, limit, offset and order_by may be given once."""
     settings = _settings(request)
     file_format = negotiate_format(request.headers.get("accept"))
+    reject_repeated_keys(request, PAGE_PARAMETERS)
     limit = settings.default_limit if limit is None else limit
     if limit > settings.max_limit:
         raise InvalidInput(
@@ -219,6 +252,22 @@ async def read_table(
         return _encode_page(page, group, name, limit, offset, file_format)
 
     return await serve_cached_async(request, PAGE_KIND, canonical, versions, compute)
+
+
+def reject_repeated_keys(request: Request, keys: Collection[str] | None = None) -> None:
+    """Raise InvalidInput when one of `keys` (default: any key) appears twice in the query
+    string, because only one of the values would be used."""
+    seen: set[str] = set()
+    for key, _ in request.query_params.multi_items():
+        if keys is not None and key not in keys:
+            continue
+        if key in seen:
+            values = request.query_params.getlist(key)
+            raise InvalidInput(
+                f"query parameter {key!r} is given {len(values)} times ({quoted_value(values)}); "
+                "give it once"
+            )
+        seen.add(key)
 
 
 def _encode_page(

@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["service"])
 
 OK = "ok"
+# The prefix of a check result for a part that works, but worse than it should.
+DEGRADED = "degraded: "
 
 
 def check_root(store: FeatureStore) -> str:
@@ -36,6 +38,9 @@ def check_registry(store: FeatureStore) -> str:
             next(entries, None)
     except OSError as error:
         return f"registry folder {folder} cannot be read: {error.strerror or error}"
+    problem = store.registry.version_problem()
+    if problem is not None:
+        return DEGRADED + problem
     return OK
 
 
@@ -63,22 +68,35 @@ CHECKS: dict[str, Callable[[FeatureStore], str]] = {
 )
 def health(request: Request) -> JSONBytesResponse:
     """Report whether the store root is readable, the registry folder can be listed and
-    DuckDB runs a query, with status 503 when any of them fails. No token is needed."""
+    DuckDB runs a query, with status 503 when any of them fails. A check that starts with
+    `degraded: ` keeps status 200 and makes `status` `degraded`. No token is needed."""
     store: FeatureStore = request.app.state.store
     checks = {name: check(store) for name, check in CHECKS.items()}
-    failed = {name: result for name, result in checks.items() if result != OK}
+    problems = {name: result for name, result in checks.items() if result != OK}
+    failed = {name: result for name, result in problems.items() if not result.startswith(DEGRADED)}
     body = {
-        "status": "unhealthy" if failed else "healthy",
+        "status": _overall_status(failed, problems),
         "timestamp": datetime.now(UTC).isoformat(),
         "checks": checks,
     }
 
     # Log the transitions only, so that a probe every second does not flood the log.
     previous = getattr(request.app.state, "health_failures", {})
-    if failed != previous:
+    if problems != previous:
         if failed:
             logger.error("health check failed: %s", "; ".join(failed.values()))
+        elif problems:
+            causes = (problem.removeprefix(DEGRADED) for problem in problems.values())
+            logger.warning("health check degraded: %s", "; ".join(causes))
         else:
             logger.info("health checks pass again")
-        request.app.state.health_failures = failed
+        request.app.state.health_failures = problems
     return JSONBytesResponse(body, status_code=503 if failed else 200)
+
+
+def _overall_status(failed: dict[str, str], problems: dict[str, str]) -> str:
+    if failed:
+        return "unhealthy"
+    if problems:
+        return "degraded"
+    return "healthy"

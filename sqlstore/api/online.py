@@ -17,12 +17,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import pyarrow as pa
 from fastapi import APIRouter, FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from sqlstore.api.encoding import JSON_MEDIA_TYPE, JSONBytesResponse, dumps
+from sqlstore.api.encoding import (
+    FORMAT_MEDIA_TYPES,
+    JSON_MEDIA_TYPE,
+    JSONBytesResponse,
+    dumps,
+    encode_table,
+    negotiate_format,
+)
 from sqlstore.api.jsonbody import check_body_start, require_json_body
 from sqlstore.api.models import ERROR_RESPONSES
 from sqlstore.errors import InvalidInput, PayloadTooLarge, quoted_value
@@ -35,7 +43,7 @@ from sqlstore.online import (
     OnlineView,
 )
 from sqlstore.pointintime import default_feature_columns
-from sqlstore.references import resolve_reference
+from sqlstore.references import ParsedReference, parse_reference, resolve_reference
 from sqlstore.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -89,7 +97,15 @@ class TableRequest:
     texts: tuple[str, ...]
 
 
-@router.post("/get-online-features")
+@router.post(
+    "/get-online-features",
+    responses={
+        200: {
+            "content": {media_type: {} for media_type in FORMAT_MEDIA_TYPES.values()},
+            "description": "JSON by default; the Accept header selects CSV, Parquet or Arrow",
+        }
+    },
+)
 async def get_online_features(request: Request) -> Response:
     """Return the latest values of features for a list of entities, column by column.
 
@@ -98,7 +114,10 @@ async def get_online_features(request: Request) -> Response:
     column). The response lists `metadata.feature_names` (the entity columns, then
     `group/name:column` for each feature) and, in the same order, one result per name with
     `values`, `statuses` (PRESENT, NULL_VALUE, NOT_FOUND or OUTSIDE_MAX_AGE) and
-    `event_timestamps`, one item per entity."""
+    `event_timestamps`, one item per entity. With an Accept header for CSV, Parquet or
+    Arrow, the response is a table instead: one row per entity and one column per name in
+    `metadata.feature_names`, without the statuses and event timestamps."""
+    file_format = negotiate_format(request.headers.get("accept"))
     require_json_body(request)
     try:
         body = await request.body()
@@ -108,13 +127,74 @@ async def get_online_features(request: Request) -> Response:
         raise InvalidInput(
             "the client closed the connection before sending the whole body"
         ) from None
+    if file_format != "json":
+        table = await lookup_table(request.app.state, body)
+        content = await run_in_threadpool(encode_table, table, file_format)
+        return Response(content, media_type=FORMAT_MEDIA_TYPES[file_format])
     return Response(await lookup_body(request.app.state, body), media_type=JSON_MEDIA_TYPE)
+
+
+@dataclass(frozen=True)
+class TableLookup:
+    """The lookup of one table: the columns it returns, each with the reference text that
+    selected it and its output name `group/name:column`."""
+
+    found: Lookup
+    texts: list[str]
+    columns: list[str]
+    names: list[str]
 
 
 async def lookup_body(state: Any, body: bytes) -> bytes:
     """Return the JSON response body of `POST /get-online-features` for the raw JSON `body`,
     with the online store and settings of the application `state`. Raises the request's
     error."""
+    entities, lookups, positions = await _look_up(state, body)
+    # Features are listed in the order of the references that asked for them:
+    # (position of the reference, name, result).
+    listed: list[tuple[int, str, dict[str, list[Any]]]] = []
+    for lookup in lookups:
+        results = table_results(lookup.found, lookup.columns)
+        for text, name, result in zip(lookup.texts, lookup.names, results, strict=True):
+            listed.append((positions[text], name, result))
+    # A stable sort keeps the columns of one reference in the order it selects them.
+    listed.sort(key=lambda item: item[0])
+    names = [*entities, *(name for _, name, _ in listed)]
+    results = [_entity_result(values) for values in entities.values()]
+    results += [result for _, _, result in listed]
+    return dumps({"metadata": {"feature_names": names}, "results": results})
+
+
+async def lookup_table(state: Any, body: bytes) -> pa.Table:
+    """Return the lookup of the raw JSON `body` as a table: the entity columns as sent, then
+    one column per feature with the stored type, named as in `metadata.feature_names`. A key
+    that is not found or has expired gets nulls, as does a null value."""
+    entities, lookups, positions = await _look_up(state, body)
+    listed: list[tuple[int, str, pa.ChunkedArray]] = []
+    for lookup in lookups:
+        rows = lookup.found.take(lookup.columns)
+        for text, name, column in zip(lookup.texts, lookup.names, rows.columns, strict=True):
+            listed.append((positions[text], name, column))
+    listed.sort(key=lambda item: item[0])
+
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {}
+    for name, values in entities.items():
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            # Integers mixed with strings, which the lookup converts to the key's type: the
+            # column echoes every value as text.
+            columns[name] = pa.array([str(value) for value in values], pa.string())
+    for _, name, column in listed:
+        columns[name] = column
+    return pa.table(columns)
+
+
+async def _look_up(
+    state: Any, body: bytes
+) -> tuple[dict[str, list[Any]], list[TableLookup], dict[str, int]]:
+    """Parse the body and look up every requested table. Return the entities, one lookup per
+    table in request order, and the position of each reference's first occurrence."""
     online: OnlineStore = state.online
     settings: Settings = state.settings
     check_body_start(body)
@@ -123,31 +203,25 @@ async def lookup_body(state: Any, body: bytes) -> bytes:
 
     tables = await _group_by_table(online, features)
     names = list(entities)
-    results = [_entity_result(values) for values in entities.values()]
-    # Features are looked up table by table, then listed in the order of the references that
-    # asked for them: (position of the reference, name, result).
-    listed: list[tuple[int, str, dict[str, list[Any]]]] = []
-    positions = _first_positions(features)
+    lookups: list[TableLookup] = []
     used_columns: set[str] = set()
     for table in tables:
-        state = online.current(table.group, table.name, now_us) if online.settings.enabled else None
-        if state is None:
-            state = await run_in_threadpool(online.state, table.group, table.name, now_us)
-        key_values = _key_values(state, entities, table)
+        view = online.current(table.group, table.name, now_us) if online.settings.enabled else None
+        if view is None:
+            view = await run_in_threadpool(online.state, table.group, table.name, now_us)
+        key_values = _key_values(view, entities, table)
         used_columns.update(key_values)
-        if isinstance(state, OnlineView):
-            found = online.find(state, key_values, now_us)
+        if isinstance(view, OnlineView):
+            found = online.find(view, key_values, now_us)
         else:
-            found = await run_in_threadpool(online.find, state, key_values, now_us)
+            found = await run_in_threadpool(online.find, view, key_values, now_us)
         # The DuckDB path reads the entry again, so it may describe a newer version.
         selected = requested_columns(found.view, table.texts, names)
         columns = [column for _, column in selected]
         table_names = [f"{found.view.entry.reference}:{column}" for column in columns]
         names += table_names
-        for (text, _), name, result in zip(
-            selected, table_names, table_results(found, columns), strict=True
-        ):
-            listed.append((positions[text], name, result))
+        texts = [text for text, _ in selected]
+        lookups.append(TableLookup(found, texts, columns, table_names))
 
     unused = [name for name in entities if name not in used_columns]
     if unused:
@@ -155,11 +229,7 @@ async def lookup_body(state: Any, body: bytes) -> bytes:
             f"entities has columns {unused} that are not the key of any requested feature "
             "table; remove them"
         )
-    # A stable sort keeps the columns of one reference in the order it selects them.
-    listed.sort(key=lambda item: item[0])
-    names = [*entities, *(name for _, name, _ in listed)]
-    results += [result for _, _, result in listed]
-    return dumps({"metadata": {"feature_names": names}, "results": results})
+    return entities, lookups, _first_positions(features)
 
 
 def _first_positions(features: list[str]) -> dict[str, int]:
@@ -254,9 +324,9 @@ async def _group_by_table(online: OnlineStore, features: list[str]) -> tuple[Tab
 
     tables: dict[tuple[str, str], list[str]] = {}
     for text in features:
-        table_part = text.partition(":")[0]
-        if "/" in table_part:
-            group, name = _checked_table_name(table_part)
+        parsed = parse_reference(text)
+        if parsed.group is not None:
+            group, name = _checked_table_name(parsed)
         else:
             entries = await run_in_threadpool(online.store.list_tables)
             entry = resolve_reference(text, entries).entry
@@ -271,7 +341,7 @@ def _group_named_tables(features: tuple[str, ...]) -> tuple[TableRequest, ...]:
     for the next request with the same features, which most clients send every time."""
     tables: dict[tuple[str, str], list[str]] = {}
     for text in features:
-        tables.setdefault(_checked_table_name(text.partition(":")[0]), []).append(text)
+        tables.setdefault(_checked_table_name(parse_reference(text)), []).append(text)
     return _table_requests(tables)
 
 
@@ -279,9 +349,8 @@ def _table_requests(tables: dict[tuple[str, str], list[str]]) -> tuple[TableRequ
     return tuple(TableRequest(group, name, tuple(texts)) for (group, name), texts in tables.items())
 
 
-def _checked_table_name(table_part: str) -> tuple[str, str]:
-    group, _, name = table_part.partition("/")
-    return validate_group(group), validate_table_name(name)
+def _checked_table_name(parsed: ParsedReference) -> tuple[str, str]:
+    return validate_group(parsed.group or ""), validate_table_name(parsed.name)
 
 
 def _key_values(
