@@ -3,7 +3,7 @@
 -- description: movies carry each genre, the mean rating of those movies, and the genre's share
 -- description: of that year's genre tags. A movie with three genres counts once for each.
 -- param: user_id INTEGER | MovieLens user id
--- param: min_ratings INTEGER = 1 | Ratings a genre needs in a year to be listed
+-- param: min_ratings INTEGER = 1 min 1 | Ratings a genre needs in a year to be listed
 WITH tagged AS (
     SELECT
         year(i.event_timestamp) AS rating_year,

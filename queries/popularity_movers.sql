@@ -2,10 +2,10 @@
 -- description: Movies whose number of ratings grew the most from the previous window of
 -- description: window_days days to the window that ends at as_of (exclusive), among movies with
 -- description: at least min_ratings ratings in the recent window. Ties: lower movie_id first.
--- param: as_of TIMESTAMP = 2016-10-17T00:00:00Z | End of the recent window (exclusive)
--- param: window_days INTEGER = 365 | Length of each window in days
--- param: min_ratings INTEGER = 5 | Ratings a movie needs in the recent window
--- param: limit INTEGER = 20 | Number of movies to return
+-- param: as_of TIMESTAMP = 2016-10-17T00:00:00Z min 1970-01-01T00:00:00Z max 2100-01-01T00:00:00Z | End of the recent window (exclusive)
+-- param: window_days INTEGER = 365 min 1 max 36500 | Length of each window in days
+-- param: min_ratings INTEGER = 5 min 1 | Ratings a movie needs in the recent window
+-- param: limit INTEGER = 20 min 0 | Number of movies to return
 WITH bounds AS (
     SELECT
         $as_of AS recent_end,

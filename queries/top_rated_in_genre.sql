@@ -2,8 +2,8 @@
 -- description: Movies of one genre with at least min_ratings ratings, ranked by mean rating
 -- description: (ties: more ratings first, then lower movie_id).
 -- param: genre VARCHAR = Drama | Genre name exactly as in content.movie_genres.genres
--- param: min_ratings INTEGER = 50 | Ratings a movie needs to be listed
--- param: limit INTEGER = 20 | Number of movies to return
+-- param: min_ratings INTEGER = 50 min 1 | Ratings a movie needs to be listed
+-- param: limit INTEGER = 20 min 0 | Number of movies to return
 SELECT
     g.movie_id,
     g.title,

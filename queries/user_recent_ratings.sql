@@ -2,7 +2,7 @@
 -- description: The latest ratings of one user, newest first, with the movie title
 -- description: (ties in time: lower movie_id first).
 -- param: user_id INTEGER | MovieLens user id
--- param: limit INTEGER = 20 | Number of ratings to return
+-- param: limit INTEGER = 20 min 0 | Number of ratings to return
 SELECT
     i.event_timestamp,
     i.movie_id,

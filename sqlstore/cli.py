@@ -668,10 +668,7 @@ def _show_remote_queries(url: str, token: str | None) -> None:
     for heading in ("name", "title", "parameters"):
         table.add_column(heading)
     for query in queries:
-        parameters = ", ".join(
-            f"{p['name']} {p['type']}" + ("" if p["required"] else f" = {p['default']}")
-            for p in query["parameters"]
-        )
+        parameters = ", ".join(_parameter_summary(p) for p in query["parameters"])
         table.add_row(query["name"], query["title"], parameters or "-")
     console.print(table)
 
@@ -681,12 +678,25 @@ def _show_named_queries(service: SqlService) -> None:
     for heading in ("name", "title", "parameters"):
         table.add_column(heading)
     for query in service.named_queries():
-        parameters = ", ".join(
-            f"{p.name} {p.type}" + ("" if p.required else f" = {p.default}")
-            for p in query.parameters
-        )
+        parameters = ", ".join(_parameter_summary(p.describe()) for p in query.parameters)
         table.add_row(query.name, query.title, parameters or "-")
     console.print(table)
+
+
+def _parameter_summary(parameter: dict[str, Any]) -> str:
+    """Return one parameter as `GET /queries` describes it, in a line such as
+    `limit INTEGER = 20 (at least 0)`."""
+    summary = f"{parameter['name']} {parameter['type']}"
+    if not parameter["required"]:
+        summary += f" = {parameter['default']}"
+    low, high = parameter.get("min"), parameter.get("max")
+    if low is not None and high is not None:
+        summary += f" ({low} to {high})"
+    elif low is not None:
+        summary += f" (at least {low})"
+    elif high is not None:
+        summary += f" (at most {high})"
+    return summary
 
 
 def _show_sql_result(

@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from sqlstore.errors import InvalidInput, NotFound
+from sqlstore.errors import InvalidInput, NotFound, quoted_value
 from sqlstore.identifiers import TABLE_NAME_PATTERN
 from sqlstore.pointintime import DEFAULT_TIMESTAMP_COLUMN, JoinOptions, get_historical_features
 from sqlstore.store import FeatureStore
@@ -28,19 +28,20 @@ from sqlstore.store import FeatureStore
 logger = logging.getLogger(__name__)
 
 TRAINING_SETS_FOLDER = "training_sets"
-DEFINITION_KEYS = frozenset(
-    {
-        "title",
-        "description",
-        "entity_sql",
-        "features",
-        "timestamp_column",
-        "full_feature_names",
-        "inclusive",
-        "created_before_event",
-        "ttl_seconds",
-    }
-)
+# The kind of value each key of a definition file takes, checked so that `inclusive = "no"` is
+# an error rather than a true value.
+DEFINITION_TYPES: dict[str, str] = {
+    "title": "a string",
+    "description": "a string",
+    "entity_sql": "a string",
+    "features": "a list of strings",
+    "timestamp_column": "a string",
+    "full_feature_names": "true or false",
+    "inclusive": "true or false",
+    "created_before_event": "true or false",
+    "ttl_seconds": "a table of numbers of seconds",
+}
+DEFINITION_KEYS = frozenset(DEFINITION_TYPES)
 
 
 @dataclass(frozen=True)
@@ -114,10 +115,30 @@ def _definition_from_mapping(name: str, content: dict[str, Any]) -> TrainingSetD
     for required in ("entity_sql", "features"):
         if required not in content:
             raise InvalidInput(f"training set {name!r} lacks {required!r}")
+    for key, value in content.items():
+        if not _has_definition_type(key, value):
+            raise InvalidInput(
+                f"training set {name!r}: {key} must be {DEFINITION_TYPES[key]}, not "
+                f"{quoted_value(value)}"
+            )
     try:
         return TrainingSetDefinition(name=name, **content)
     except TypeError as error:
         raise InvalidInput(f"training set {name!r} is invalid: {error}") from error
+
+
+def _has_definition_type(key: str, value: Any) -> bool:
+    expected = DEFINITION_TYPES[key]
+    if expected == "a string":
+        return isinstance(value, str)
+    if expected == "true or false":
+        return isinstance(value, bool)
+    if key == "features":
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    return isinstance(value, dict) and all(
+        isinstance(seconds, int | float) and not isinstance(seconds, bool)
+        for seconds in value.values()
+    )
 
 
 def build_training_set(store: FeatureStore, definition: TrainingSetDefinition) -> pa.Table:

@@ -15,6 +15,7 @@ import pytest
 from conftest import RunningServer
 
 from sqlstore.client import FeatureStoreClient, FeatureStoreError
+from sqlstore.sql.named import NamedQueryInvalid, load_named_query
 
 NO_GENRES_LABEL = "(no genres listed)"
 SHIPPED_QUERIES = {
@@ -161,9 +162,18 @@ def test_list_shows_shipped_queries(http: httpx.Client) -> None:
         "type": "VARCHAR",
         "required": False,
         "default": "Drama",
+        "min": None,
+        "max": None,
         "description": "Genre name exactly as in content.movie_genres.genres",
     }
+    assert parameters["limit"]["min"] == 0
+    assert parameters["limit"]["max"] is None
     assert by_name["user_recent_ratings"]["parameters"][0]["required"] is True
+    movers = {p["name"]: p for p in by_name["popularity_movers"]["parameters"]}
+    assert movers["window_days"]["min"] == 1
+    assert movers["window_days"]["max"] == 36500
+    assert movers["as_of"]["min"] == "1970-01-01T00:00:00+00:00"
+    assert movers["as_of"]["max"] == "2100-01-01T00:00:00+00:00"
 
 
 def test_top_rated_in_genre(http: httpx.Client, ratings: pd.DataFrame) -> None:
@@ -262,8 +272,105 @@ def test_parameter_of_wrong_type_is_400(http: httpx.Client) -> None:
 
     assert response.status_code == 400
     message = response.json()["error"]["message"]
-    assert "'fifteen'" in message
+    assert '"fifteen"' in message
     assert "user_id" in message
+
+
+def test_parameter_below_minimum_is_400(http: httpx.Client) -> None:
+    response = http.get("/queries/top_rated_in_genre", params={"limit": "-1"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == (
+        "invalid value -1 for parameter limit of named query top_rated_in_genre: use a value "
+        "of at least 0"
+    )
+
+
+def test_parameter_above_maximum_is_400(http: httpx.Client) -> None:
+    body = {"params": {"window_days": 36501}}
+    response = http.post("/queries/popularity_movers", json=body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == (
+        "invalid value 36501 for parameter window_days of named query popularity_movers: use a "
+        "value from 1 to 36500"
+    )
+
+
+def test_timestamp_parameter_below_minimum_is_400(http: httpx.Client) -> None:
+    response = http.get("/queries/popularity_movers", params={"as_of": "1969-12-31T23:59:59Z"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == (
+        'invalid value "1969-12-31T23:59:59+00:00" for parameter as_of of named query '
+        "popularity_movers: use a value from 1970-01-01T00:00:00+00:00 to "
+        "2100-01-01T00:00:00+00:00"
+    )
+
+
+def test_parameter_bounds_are_inclusive(http: httpx.Client) -> None:
+    empty = http.get("/queries/top_rated_in_genre", params={"limit": "0"})
+    widest = http.get("/queries/popularity_movers", params={"window_days": "36500", "limit": "1"})
+
+    assert empty.status_code == 200
+    assert empty.json()["data"] == []
+    assert widest.status_code == 200
+    assert widest.json()["params"]["window_days"] == 36500
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("x INTEGER min 3 max 1", "parameter x has min 3 above its max 1"),
+        (
+            "x INTEGER = 0 min 1",
+            "the default 0 of parameter x is outside its range; use a default of at least 1",
+        ),
+        (
+            "x DATE = 2020-01-01 max 2019-12-31",
+            "the default 2020-01-01 of parameter x is outside "
+            "its range; use a default of at most 2019-12-31",
+        ),
+        (
+            "x BOOLEAN = true min 1",
+            "parameter x is BOOLEAN, which takes no min; only BIGINT, "
+            "DATE, DOUBLE, INTEGER, TIMESTAMP parameters do",
+        ),
+        (
+            "x VARCHAR = Film max 5",
+            "parameter x is VARCHAR, which takes no max; only BIGINT, "
+            "DATE, DOUBLE, INTEGER, TIMESTAMP parameters do; quote a default that contains ' max '",
+        ),
+        (
+            "x INTEGER min many",
+            'invalid value "many" for min of parameter x: expected an integer (int64)',
+        ),
+    ],
+)
+def test_invalid_parameter_bounds(tmp_path: Path, line: str, problem: str) -> None:
+    path = tmp_path / "bounded.sql"
+    path.write_text(f"-- title: Bounded\n-- param: {line}\nSELECT $x AS x\n")
+
+    with pytest.raises(NamedQueryInvalid) as raised:
+        load_named_query(path)
+
+    assert raised.value.message == f"named query bounded: {problem}"
+
+
+def test_parameter_bounds_parsed(tmp_path: Path) -> None:
+    path = tmp_path / "bounded.sql"
+    path.write_text(
+        "-- title: Bounded\n"
+        "-- param: x DOUBLE = 0.5 min -1.5 max 2.5 | A share\n"
+        "-- param: label VARCHAR = 'at min 5' | Text with the keyword in it\n"
+        "SELECT $x AS x, $label AS label\n"
+    )
+
+    x, label = load_named_query(path).parameters
+
+    assert (x.default, x.min, x.max, x.description) == (0.5, -1.5, 2.5, "A share")
+    assert (label.default, label.min, label.max) == ("at min 5", None, None)
+    assert label.description == "Text with the keyword in it"
 
 
 @pytest.mark.parametrize("name", ["Top_Rated", "a.b", "x-y", "_hidden", "a" * 64])
@@ -339,3 +446,26 @@ def test_queries_folder_from_environment(
     assert missing_title.status_code == 500
     assert "no '-- title:' header line" in missing_title.json()["error"]["message"]
     assert "reads_file" not in {query["name"] for query in listed["queries"]}
+
+
+def test_failed_named_query_names_parameters(
+    server_factory, demo_root: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "unbounded"
+    folder.mkdir()
+    (folder / "first_movies.sql").write_text(
+        "-- title: First movies\n"
+        "-- param: n INTEGER = 5 | Rows to return\n"
+        "-- param: day DATE = 2016-01-01 | Any day\n"
+        "SELECT movie_id FROM content.movie_genres WHERE $day IS NOT NULL LIMIT $n\n"
+    )
+    server = server_factory(root=demo_root, SQLSTORE_QUERIES_DIR=str(folder))
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        response = client.get("/queries/first_movies", params={"n": "-1"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "query_failed"
+    assert response.json()["error"]["message"] == (
+        'named query first_movies failed with parameters n=-1, day="2016-01-01": query '
+        "failed: Binder Error: LIMIT/OFFSET cannot be negative"
+    )

@@ -73,6 +73,28 @@ def test_syntax_error_names_line_and_column() -> None:
     assert raised.value.details == [{"line": 2, "column": 14}]
 
 
+@pytest.mark.parametrize(
+    ("sql", "line", "column"),
+    [
+        ('SELECT 1 AS ""', 1, 13),
+        ('SELECT 1,\n  2 AS ""', 2, 8),
+        ('SELECT 1,\t\t2 AS ""', 1, 17),
+        ("SELECT 'café' AS \"\"", 1, 18),
+        ("SELECT " + ", ".join(f"c{i}" for i in range(40)) + ' AS "" FROM shop.users', 1, 200),
+    ],
+)
+def test_duckdb_syntax_error_names_position(sql: str, line: int, column: int) -> None:
+    with pytest.raises(QuerySyntaxError) as raised:
+        check_with_duckdb(sql, VIEWS, {}, SqlLimits())
+
+    assert raised.value.message == (
+        f"syntax error at line {line}, column {column}: Parser Error: zero-length delimited "
+        "identifier"
+    )
+    assert raised.value.details == [{"line": line, "column": column}]
+    assert sql.split("\n")[line - 1][column - 1 : column + 1] == '""'
+
+
 def test_incomplete_clause_error_is_readable() -> None:
     with pytest.raises(QuerySyntaxError) as raised:
         validate_query("SELECT * FROM shop.users WHERE", VIEWS)

@@ -306,6 +306,18 @@ def test_unknown_request_field_is_422(server: RunningServer) -> None:
     assert response.status_code == 422
 
 
+@pytest.mark.parametrize("value", ["no", 0, "true", None])
+def test_loose_boolean_is_422(server: RunningServer, value: object) -> None:
+    body = {"entities": ENTITIES, "features": FEATURES, "inclusive": value}
+
+    response = post(server, body)
+
+    assert response.status_code == 422
+    assert error_of(response)["message"].startswith(
+        "invalid request: body.inclusive: Input should be a valid boolean"
+    )
+
+
 def test_unsupported_accept_is_406(server: RunningServer) -> None:
     response = post(server, {"entities": ENTITIES, "features": FEATURES}, accept="image/png")
 

@@ -22,6 +22,7 @@ import pyarrow.ipc as pa_ipc
 import pyarrow.parquet as pq
 import pytest
 
+from sqlstore.errors import InvalidInput
 from sqlstore.settings import default_queries_dir
 from sqlstore.store import FeatureStore
 from sqlstore.training import build_training_set, list_training_sets, load_training_set
@@ -135,6 +136,30 @@ def test_liked_is_listed() -> None:
     names = [definition.name for definition in list_training_sets(default_queries_dir())]
 
     assert "movielens_liked" in names
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ('inclusive = "no"', 'inclusive must be true or false, not "no"'),
+        ("full_feature_names = 1", "full_feature_names must be true or false, not 1"),
+        ('features = "user/user_activity"', 'features must be a list of strings, not "user/'),
+        ("title = 5", "title must be a string, not 5"),
+        ('ttl_seconds = {"user/user_activity" = "1d"}', "ttl_seconds must be a table of numbers"),
+    ],
+)
+def test_definition_value_of_wrong_type(tmp_path: Path, line: str, problem: str) -> None:
+    folder = tmp_path / "training_sets"
+    folder.mkdir()
+    lines = ['entity_sql = "SELECT 1"', 'features = ["user/user_activity"]']
+    key = line.split(" = ")[0]
+    lines = [kept for kept in lines if not kept.startswith(f"{key} =")] + [line]
+    (folder / "typed.toml").write_text("\n".join(lines) + "\n")
+
+    with pytest.raises(InvalidInput) as raised:
+        load_training_set(tmp_path, "typed")
+
+    assert raised.value.message.startswith(f"training set 'typed': {problem}")
 
 
 def test_liked_has_one_row_per_rating(liked: pa.Table) -> None:

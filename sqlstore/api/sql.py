@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import date
 from typing import Annotated, Any
 from urllib.parse import unquote_to_bytes
 
@@ -33,10 +34,11 @@ from sqlstore.api.encoding import (
     table_records,
 )
 from sqlstore.api.errors import request_id_of
+from sqlstore.api.features import reject_repeated_keys
 from sqlstore.api.jsonbody import JsonBodyRoute, json_body, starts_as_other_encoding
 from sqlstore.api.models import ErrorResponse
 from sqlstore.cache import CachedResponse, cache_key
-from sqlstore.errors import InvalidInput, SqlstoreError
+from sqlstore.errors import InvalidInput, QueryFailed, SqlstoreError, quoted_value
 from sqlstore.settings import Settings
 from sqlstore.sql.limits import SqlLimits
 from sqlstore.sql.results import column_types, encode_json, portable_table
@@ -158,6 +160,7 @@ async def get_sql(
     query-string key is a `$name` parameter, passed as a string."""
     file_format = negotiate_format(request.headers.get("accept"))
     _check_query_string(request)
+    reject_repeated_keys(request)
     parameters = _query_string_parameters(request, exclude={SQL_TEXT_KEY, ROW_LIMIT_KEY})
     prepared = await _prepare(request, sql, parameters, limit)
     return await serve_query(request, prepared, file_format)
@@ -183,6 +186,7 @@ async def get_named_query(
     """Run a named query; every query-string key except `_limit` is one of its parameters."""
     file_format = negotiate_format(request.headers.get("accept"))
     _check_query_string(request)
+    reject_repeated_keys(request)
     values = _query_string_parameters(request, exclude={ROW_LIMIT_KEY})
     return await _run_named(request, name, values, limit, file_format)
 
@@ -202,7 +206,25 @@ async def _run_named(
     parameters = query.bind(values)
     prepared = await _prepare(request, query.sql, parameters, limit)
     extra = {"query": query.name, "params": parameters}
-    return await serve_query(request, prepared, file_format, extra)
+    try:
+        return await serve_query(request, prepared, file_format, extra)
+    except QueryFailed as error:
+        # DuckDB's message does not say which value caused it, such as a negative LIMIT.
+        raise QueryFailed(
+            f"named query {query.name} failed with parameters {_parameters_text(parameters)}: "
+            f"{error.message}"
+        ) from error
+
+
+def _parameters_text(parameters: dict[str, Any]) -> str:
+    """Return bound parameter values as `name=value` pairs, values as JSON text."""
+    if not parameters:
+        return "(none)"
+    pairs = []
+    for name, value in parameters.items():
+        shown = value.isoformat() if isinstance(value, date) else value
+        pairs.append(f"{name}={quoted_value(shown)}")
+    return ", ".join(pairs)
 
 
 async def _prepare(
@@ -230,7 +252,8 @@ def _check_query_string(request: Request) -> None:
 
 
 def _query_string_parameters(request: Request, exclude: set[str]) -> dict[str, str]:
-    """Return query-string values by key; for a repeated key, the last value."""
+    """Return query-string values by key. Call `reject_repeated_keys` first, because a repeated
+    key would keep only its last value."""
     return {key: value for key, value in request.query_params.multi_items() if key not in exclude}
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import pyarrow as pa
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat
 from starlette.responses import Response
 
 from sqlstore.api.caching import serve_cached, serve_uncached, table_versions
@@ -53,14 +53,14 @@ class TrainingSetRequest(BaseModel):
         default=None, description="`group/name` or `group/name:col1,col2` references"
     )
     timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN
-    full_feature_names: bool = False
-    inclusive: bool = Field(
+    full_feature_names: StrictBool = False
+    inclusive: StrictBool = Field(
         default=True, description="Match rows at the entity's timestamp; false: strictly before"
     )
     ttl_seconds: dict[str, Annotated[StrictFloat, Field(allow_inf_nan=False)] | None] = Field(
         default_factory=dict, description="TTL per table (`group/name`), overriding the registry"
     )
-    created_before_event: bool = Field(
+    created_before_event: StrictBool = Field(
         default=False, description="Only match rows created at or before the entity's timestamp"
     )
 

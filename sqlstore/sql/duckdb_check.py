@@ -188,6 +188,10 @@ DIGITS_PATTERN = re.compile(r"\d+")
 # remains is valid JSON. Inside JSON strings every quote is escaped, so the pattern matches only
 # these keys, never the text of a string literal.
 SOURCE_POSITION_PATTERN = re.compile(r',"query_location(?:_length)?":\d+')
+# DuckDB's parser errors end with the line of the error and a caret under it:
+# "...\n\nLINE 2: ,  \"\"\n           ^". A long line is cut, with "..." at either end.
+ERROR_LINE_PATTERN = re.compile(r"\n\n(LINE (\d+): )(.*)\n( *)\^")
+TRUNCATION_MARK = "..."
 # DuckDB's advice to change a setting, in its error messages: a sentence, a line or a remark in
 # parentheses.
 SETTING_ADVICE_PATTERNS = (
@@ -376,7 +380,7 @@ def _single_select(connection: duckdb.DuckDBPyConnection, sql: str) -> duckdb.St
     try:
         statements = connection.extract_statements(sql)
     except duckdb.ParserException as error:
-        raise QuerySyntaxError(f"syntax error: {_first_line(error)}") from error
+        raise _parser_error(sql, error) from error
     except duckdb.Error as error:
         raise QueryRejected(f"DuckDB could not parse the query: {_first_line(error)}") from error
 
@@ -433,6 +437,59 @@ def _serialize(sql: str) -> str:
     except duckdb.Error as error:
         _check_statement_type(sql)
         raise QueryRejected(f"DuckDB could not describe the query: {_first_line(error)}") from error
+
+
+def _parser_error(sql: str, error: duckdb.ParserException) -> QuerySyntaxError:
+    """Return a syntax error with the line and column that DuckDB's caret points at."""
+    position = duckdb_error_position(sql, str(error))
+    if position is None:
+        return QuerySyntaxError(f"syntax error: {_first_line(error)}")
+    line, column = position
+    return QuerySyntaxError(
+        f"syntax error at line {line}, column {column}: {_first_line(error)}",
+        details=[{"line": line, "column": column}],
+    )
+
+
+def duckdb_error_position(sql: str, message: str) -> tuple[int, int] | None:
+    """Return the 1-based line and column of the caret in a DuckDB error message, or None when
+    the message has no caret or its line does not match `sql`."""
+    match = ERROR_LINE_PATTERN.search(message)
+    if match is None:
+        return None
+    line = int(match[2])
+    lines = sql.split("\n")
+    if not 1 <= line <= len(lines):
+        return None
+
+    shown = match[3]
+    caret = len(match[4]) - len(match[1])
+    start = 0
+    if shown.startswith(TRUNCATION_MARK):
+        shown = shown[len(TRUNCATION_MARK) :]
+        caret -= len(TRUNCATION_MARK)
+        start = -1
+    if shown.endswith(TRUNCATION_MARK):
+        shown = shown[: -len(TRUNCATION_MARK)]
+    if start == -1:
+        start = lines[line - 1].find(shown)
+    if start < 0 or not lines[line - 1].startswith(shown, start):
+        return None
+    index = _index_of_caret(shown, caret)
+    return None if index is None else (line, start + index + 1)
+
+
+def _index_of_caret(shown: str, caret: int) -> int | None:
+    """Return the index in `shown` of the character above the caret. DuckDB places the caret
+    as if tabs had no width (seen in DuckDB 2.0.1)."""
+    seen = 0
+    for index, character in enumerate(shown):
+        if character == "\t":
+            continue
+        if seen == caret:
+            return index
+        seen += 1
+    return None
 
 
 def _first_line(error: Exception) -> str:

@@ -5,14 +5,15 @@ A file `<name>.sql` starts with a header of comment lines, then holds one query:
     -- title: Top-rated movies in a genre
     -- description: Movies of one genre, ranked by mean rating.
     -- param: genre VARCHAR = Drama | Genre name, as in content.movie_genres.genres
-    -- param: min_ratings INTEGER = 50 | Ratings a movie needs to be listed
+    -- param: min_ratings INTEGER = 50 min 1 | Ratings a movie needs to be listed
     SELECT ... WHERE genre = $genre ... HAVING count(*) >= $min_ratings
 
-`param` lines read `NAME TYPE [= DEFAULT] [| DESCRIPTION]`; a parameter without a default is
-required. TYPE is one of PARAMETER_TYPES. A VARCHAR default is the text after `=`, with
-surrounding single quotes removed when present. Other comment lines in the header are ignored,
-and several `description` lines are joined with spaces. DuckDB binds every value as `$NAME`;
-no value is ever pasted into the SQL text.
+`param` lines read `NAME TYPE [= DEFAULT] [min LOW] [max HIGH] [| DESCRIPTION]`; a parameter
+without a default is required. TYPE is one of PARAMETER_TYPES. A VARCHAR default is the text
+after `=`, with surrounding single quotes removed when present. `min` and `max` bound the
+values of a number, date or timestamp parameter, both inclusive. Other comment lines in the
+header are ignored, and several `description` lines are joined with spaces. DuckDB binds every
+value as `$NAME`; no value is ever pasted into the SQL text.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from sqlstore.errors import InvalidInput, NotFound, SqlstoreError
+from sqlstore.errors import InvalidInput, NotFound, SqlstoreError, quoted_value
 from sqlstore.sql.validate import analyse_query
 from sqlstore.values import convert_value
 
@@ -36,7 +38,9 @@ QUERY_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,62}")
 HEADER_LINE_PATTERN = re.compile(r"--\s*(?P<key>[a-z_]+)\s*:\s*(?P<value>.*)")
 PARAMETER_PATTERN = re.compile(
     r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s+(?P<type>[A-Za-z]+)"
-    r"(?:\s*=\s*(?P<default>[^|]*?))?\s*(?:\|\s*(?P<description>.*))?"
+    r"(?:\s*=\s*(?P<default>'[^']*'|[^|]*?))?"
+    r"(?:\s+min\s+(?P<min>[^\s|]+))?(?:\s+max\s+(?P<max>[^\s|]+))?"
+    r"\s*(?:\|\s*(?P<description>.*))?"
 )
 PARAMETER_TYPES: dict[str, pa.DataType] = {
     "VARCHAR": pa.string(),
@@ -47,6 +51,7 @@ PARAMETER_TYPES: dict[str, pa.DataType] = {
     "DATE": pa.date32(),
     "TIMESTAMP": pa.timestamp("us", tz="UTC"),
 }
+ORDERED_TYPES = frozenset({"INTEGER", "BIGINT", "DOUBLE", "DATE", "TIMESTAMP"})
 
 
 class NamedQueryInvalid(SqlstoreError):
@@ -65,6 +70,8 @@ class NamedParameter:
     default: Any
     required: bool
     description: str
+    min: Any = None
+    max: Any = None
 
     def describe(self) -> dict[str, Any]:
         """Return the parameter as the query list shows it."""
@@ -73,8 +80,35 @@ class NamedParameter:
             "type": self.type,
             "required": self.required,
             "default": self.default,
+            "min": self.min,
+            "max": self.max,
             "description": self.description,
         }
+
+    def in_range(self, value: Any) -> bool:
+        """Return whether `value` lies within the declared `min` and `max`, inclusive."""
+        below = self.min is not None and value < self.min
+        above = self.max is not None and value > self.max
+        return not (below or above)
+
+    def check_range(self, value: Any, query_name: str) -> None:
+        """Raise InvalidInput when `value` lies outside the declared `min` and `max`."""
+        if self.in_range(value):
+            return
+        raise InvalidInput(
+            f"invalid value {quoted_value(_shown(value))} for parameter {self.name} of named "
+            f"query {query_name}: use a value {self.range_text()}"
+        )
+
+    def range_text(self) -> str:
+        """Return the allowed range in words, such as "from 1 to 100"."""
+        if self.min is not None and self.max is not None:
+            return f"from {_shown(self.min)} to {_shown(self.max)}"
+        if self.min is not None:
+            return f"of at least {_shown(self.min)}"
+        if self.max is not None:
+            return f"of at most {_shown(self.max)}"
+        return "of any size"
 
 
 @dataclass(frozen=True)
@@ -114,6 +148,7 @@ class NamedQuery:
             if name in values:
                 what = f"parameter {name} of named query {self.name}"
                 bound[name] = convert_value(values[name], PARAMETER_TYPES[parameter.type], what)
+                parameter.check_range(bound[name], self.name)
             elif parameter.required:
                 raise InvalidInput(
                     f"missing parameter {name} ({parameter.type}) for named query {self.name}: "
@@ -205,7 +240,7 @@ def _parse_parameter(query_name: str, text: str) -> NamedParameter:
     if match is None:
         raise NamedQueryInvalid(
             f"named query {query_name}: invalid param line {text!r}; write "
-            "NAME TYPE [= DEFAULT] [| DESCRIPTION]"
+            "NAME TYPE [= DEFAULT] [min LOW] [max HIGH] [| DESCRIPTION]"
         )
     type_name = match["type"].upper()
     if type_name not in PARAMETER_TYPES:
@@ -215,17 +250,22 @@ def _parse_parameter(query_name: str, text: str) -> NamedParameter:
             f"one of {known}"
         )
 
+    name = match["name"]
     default_text = match["default"]
     default = None
     if default_text is not None:
-        default = _parse_default(query_name, match["name"], type_name, default_text.strip())
-    return NamedParameter(
-        name=match["name"],
+        default = _parse_default(query_name, name, type_name, default_text.strip())
+    parameter = NamedParameter(
+        name=name,
         type=type_name,
         default=default,
         required=default_text is None,
         description=(match["description"] or "").strip(),
+        min=_parse_bound(query_name, name, type_name, "min", match["min"]),
+        max=_parse_bound(query_name, name, type_name, "max", match["max"]),
     )
+    _check_bounds(query_name, parameter)
+    return parameter
 
 
 def _parse_default(query_name: str, name: str, type_name: str, text: str) -> Any:
@@ -237,6 +277,44 @@ def _parse_default(query_name: str, name: str, type_name: str, text: str) -> Any
         return convert_value(text, PARAMETER_TYPES[type_name], f"default of parameter {name}")
     except InvalidInput as error:
         raise NamedQueryInvalid(f"named query {query_name}: {error.message}") from error
+
+
+def _parse_bound(query_name: str, name: str, type_name: str, keyword: str, text: str | None) -> Any:
+    if text is None:
+        return None
+    if type_name not in ORDERED_TYPES:
+        hint = f"; quote a default that contains ' {keyword} '" if type_name == "VARCHAR" else ""
+        raise NamedQueryInvalid(
+            f"named query {query_name}: parameter {name} is {type_name}, which takes no "
+            f"{keyword}; only {', '.join(sorted(ORDERED_TYPES))} parameters do{hint}"
+        )
+    what = f"{keyword} of parameter {name}"
+    try:
+        return convert_value(text, PARAMETER_TYPES[type_name], what)
+    except InvalidInput as error:
+        raise NamedQueryInvalid(f"named query {query_name}: {error.message}") from error
+
+
+def _check_bounds(query_name: str, parameter: NamedParameter) -> None:
+    """Raise NamedQueryInvalid when the bounds are reversed or exclude the default."""
+    low, high = parameter.min, parameter.max
+    if low is not None and high is not None and low > high:
+        raise NamedQueryInvalid(
+            f"named query {query_name}: parameter {parameter.name} has min {_shown(low)} above "
+            f"its max {_shown(high)}"
+        )
+    if parameter.default is not None and not parameter.in_range(parameter.default):
+        raise NamedQueryInvalid(
+            f"named query {query_name}: the default {_shown(parameter.default)} of parameter "
+            f"{parameter.name} is outside its range; use a default {parameter.range_text()}"
+        )
+
+
+def _shown(value: Any) -> Any:
+    """Return a bound or value as an error message shows it: dates and times in ISO 8601."""
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
 
 
 def _check_parameters_used(query: NamedQuery) -> None:
