@@ -82,6 +82,23 @@ class TableBusy(SqlstoreError):
     code = "table_busy"
 
 
+class TableUnavailable(SqlstoreError):
+    """A registered table's data file is missing or cannot be read, so queries of it cannot run
+    until an operator restores the file or the table is written again."""
+
+    status = 503
+    code = "table_unavailable"
+
+    @classmethod
+    def of_table(cls, reference: str) -> TableUnavailable:
+        """Return the error for the table `reference` (`group/name`)."""
+        return cls(
+            f"table {reference} cannot be read: its data file is missing or is not valid "
+            "Parquet (the server log has the cause); an operator can restore the file or write "
+            "the table again"
+        )
+
+
 class QuerySyntaxError(InvalidInput):
     """SQL text could not be parsed. `details` contains the line and column when they are known."""
 

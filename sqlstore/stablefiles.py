@@ -13,6 +13,7 @@ NOTE: two replacements within one read can leave the stat signature unchanged in
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import TypeVar
 import duckdb
 import pyarrow as pa
 
-from sqlstore.errors import TableBusy
+from sqlstore.errors import TableBusy, TableUnavailable
 from sqlstore.filestamps import Signature, file_signature
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ READ_RETRY_SECONDS = 0.01
 # Errors of a read that may come from a file replaced during it. Any other error is raised at
 # once, and so is one of these when no file changed.
 REPLACED_FILE_ERRORS = (duckdb.Error, pa.ArrowException)
+# The first and last bytes of every Parquet file.
+PARQUET_MAGIC = b"PAR1"
 
 Result = TypeVar("Result")
 
@@ -53,8 +56,8 @@ def read_unchanged(
     (`group/name`) for the log and the error.
 
     Raises TableBusy when writes overtook each of MAX_READ_ATTEMPTS runs, or each run raised
-    ReadAgain. Re-raises an error of REPLACED_FILE_ERRORS when no file changed during the
-    failed run.
+    ReadAgain. When a run fails and no file changed during it, raises TableUnavailable if a
+    file is missing or not Parquet, else re-raises the run's error.
     """
     names = ", ".join(tables)
     for attempt in range(1, MAX_READ_ATTEMPTS + 1):
@@ -65,8 +68,9 @@ def read_unchanged(
             logger.debug(
                 "reading %s again (attempt %d of %d): %s", names, attempt, MAX_READ_ATTEMPTS, reason
             )
-        except REPLACED_FILE_ERRORS as error:
+        except (*REPLACED_FILE_ERRORS, OSError) as error:
             if _signatures(paths) == before:
+                raise_if_damaged(paths, tables, error)
                 raise
             logger.info(
                 "read of %s failed while a write replaced its file (attempt %d of %d): %s",
@@ -90,6 +94,28 @@ def read_unchanged(
         f"writes replaced the file of {names} during each of {MAX_READ_ATTEMPTS} reads; "
         "retry after the writes finish"
     )
+
+
+def raise_if_damaged(paths: Sequence[Path], tables: Sequence[str], error: Exception) -> None:
+    """Raise TableUnavailable when a file that a failed read used is missing or lacks the
+    Parquet magic bytes at its start and end, so that the client gets a 503 that names the
+    table rather than a 500. The registry lists every such file, so it was changed outside
+    sqlstore."""
+    for path, table in zip(paths, tables, strict=False):
+        if not _is_parquet_file(path):
+            logger.error("the data file %s of %s is missing or damaged: %s", path, table, error)
+            raise TableUnavailable.of_table(table) from error
+
+
+def _is_parquet_file(path: Path) -> bool:
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(PARQUET_MAGIC))
+            file.seek(-len(PARQUET_MAGIC), os.SEEK_END)
+            tail = file.read()
+    except OSError:
+        return False
+    return head == PARQUET_MAGIC and tail == PARQUET_MAGIC
 
 
 def _signatures(paths: Sequence[Path]) -> list[Signature | None]:

@@ -26,6 +26,7 @@ from sqlstore.layout import TEMPORARY_SUFFIX, StoreLayout, resolve_root
 from sqlstore.ordering import sort_columns, sort_table
 from sqlstore.records import MAX_LIST_DEPTH, normalize_timestamp_column
 from sqlstore.registry import ColumnInfo, Registry, RegistryEntry, StorageStats
+from sqlstore.stablefiles import raise_if_damaged
 from sqlstore.types import describe_type, optimize_table, type_family, widen_for_append
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,12 @@ class FeatureStore:
         key = (entry.group, entry.name, entry.version, entry.updated_at)
         schema = self._schemas.get(key)
         if schema is None:
-            schema = pq.read_schema(self.root / entry.path)
+            path = self.root / entry.path
+            try:
+                schema = pq.read_schema(path)
+            except (OSError, pa.ArrowException) as error:
+                raise_if_damaged([path], [entry.reference], error)
+                raise
             self._schemas = {k: v for k, v in self._schemas.items() if k[:2] != key[:2]}
             self._schemas[key] = schema
         return schema

@@ -13,7 +13,13 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from sqlstore.errors import QueryOutOfMemory, QueryRejected, QuerySyntaxError, QueryWorkerStopped
+from sqlstore.errors import (
+    QueryOutOfMemory,
+    QueryRejected,
+    QuerySyntaxError,
+    QueryWorkerStopped,
+    TableUnavailable,
+)
 from sqlstore.sql import duckdb_check
 from sqlstore.sql.limits import SqlLimits
 from sqlstore.sql.service import SqlService
@@ -117,6 +123,33 @@ def test_views_follow_schema_change(service: SqlService) -> None:
 
     assert before.table.column_names == ["user_id", "name"]
     assert after.table.to_pylist() == [{"user_id": 1, "country": "UK"}]
+
+
+@pytest.mark.parametrize("damage", ["remove", "truncate"])
+def test_damaged_table_file_is_503(service: SqlService, damage: str) -> None:
+    store = service.store
+    store.write("shop", "orders", pa.table({"order_id": [7], "user_id": [1]}))
+    path = store.root / store.registry.get("shop", "orders").path
+    saved = path.read_bytes()
+    if damage == "remove":
+        path.unlink()
+    else:
+        path.write_bytes(saved[:100])
+
+    with pytest.raises(TableUnavailable) as raised:
+        service.run("SELECT count(*) AS n FROM shop.orders")
+    users = service.run("SELECT count(*) AS n FROM shop.users").table.to_pylist()
+    path.write_bytes(saved)
+    restored = service.run("SELECT order_id FROM shop.orders").table.to_pylist()
+
+    assert raised.value.status == 503
+    assert raised.value.message == (
+        "table shop/orders cannot be read: its data file is missing or is not valid Parquet "
+        "(the server log has the cause); an operator can restore the file or write the table "
+        "again"
+    )
+    assert users == [{"n": 2}]
+    assert restored == [{"order_id": 7}]
 
 
 def test_close_stops_workers(service: SqlService) -> None:

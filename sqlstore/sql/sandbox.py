@@ -39,6 +39,7 @@ from sqlstore.errors import (
     QueryWorkersBusy,
     QueryWorkerStopped,
     SqlstoreError,
+    TableUnavailable,
 )
 from sqlstore.sql import protocol
 from sqlstore.sql.duckdb_check import without_setting_advice
@@ -635,6 +636,8 @@ def _error_from_header(header: dict[str, Any], limits: SqlLimits) -> Exception:
         return rejection_from_header(header)
     if kind == "blocked":
         return QueryRejected(f"the sandbox blocked file access: {message}")
+    if kind == "unavailable":
+        return TableUnavailable.of_table(message)
     return QueryFailed(f"query failed: {message}")
 
 

@@ -32,9 +32,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cachetools import LRUCache
+
+if TYPE_CHECKING:
+    from sqlstore.filestamps import Signature
 
 logger = logging.getLogger("sqlstore.sql.worker")
 
@@ -206,6 +209,9 @@ class SandboxDatabase:
         self.described_views: list[list[Any]] = []
         self.views: list[ViewDefinition] = []
         self.view_files: list[str] = []
+        # Views that could not be created, by (group, name): the error, and the signature of
+        # the file then, so that the views are built again once the file changes.
+        self.unavailable: dict[tuple[str, str], tuple[str, Signature | None]] = {}
         self.generation = 0
         self.watchdog = _Watchdog()
         # Parsed statements by text, and result shapes by text and parameter types.
@@ -229,6 +235,9 @@ class SandboxDatabase:
         started = time.perf_counter()
         try:
             views = self._ensure_views(request["views"])
+            unavailable = self._unavailable_reads(request)
+            if unavailable is not None:
+                return unavailable, None
             parameters = decode_parameters(request.get("parameters", []))
             output = self._execute_while_unchanged(request, views, parameters)
         except _Stopped as stopped:
@@ -253,6 +262,34 @@ class SandboxDatabase:
         header["columns"] = list(output.shape.columns)
         header["dtypes"] = list(output.shape.dtypes)
         return header, output.json_rows
+
+    def _unavailable_reads(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """Return the error header for a query that reads a view that could not be created,
+        else None."""
+        reads = [(group, name) for group, name in request.get("reads", [])]
+        broken = [view for view in reads if view in self.unavailable]
+        if not broken:
+            return None
+        group, name = broken[0]
+        logger.error(
+            "request %s reads %s/%s, whose view could not be created: %s",
+            request.get("request_id", "-"),
+            group,
+            name,
+            self.unavailable[(group, name)][0],
+        )
+        return {"ok": False, "kind": "unavailable", "message": f"{group}/{name}"}
+
+    def _unavailable_files_changed(self) -> bool:
+        """Return whether the file of a view that could not be created has changed since, as
+        when an operator restores it, so that the views are built again without a restart."""
+        from sqlstore.filestamps import file_signature
+
+        for view in self.views:
+            entry = self.unavailable.get((view.group, view.name))
+            if entry is not None and file_signature(self.root / view.path) != entry[1]:
+                return True
+        return False
 
     def serialize_tree(self, request: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
         """Return DuckDB's syntax tree of a text as `json_serialize_sql` writes it, as the
@@ -429,11 +466,12 @@ class SandboxDatabase:
     def _ensure_views(self, described: list[list[Any]]) -> list[ViewDefinition]:
         """Build the views that `described` (the request's `views`) lists, unless the current
         database has them; return their definitions."""
-        if self.connection is not None and described == self.described_views:
+        unchanged = not self.unavailable or not self._unavailable_files_changed()
+        if self.connection is not None and described == self.described_views and unchanged:
             return self.views
         views = [ViewDefinition(*view) for view in described]
         fingerprint = tuple(sorted(views, key=lambda view: (view.group, view.name)))
-        if self.connection is not None and fingerprint == self.fingerprint:
+        if self.connection is not None and fingerprint == self.fingerprint and unchanged:
             self._keep_views(described, views)
             return views
 
@@ -463,8 +501,10 @@ class SandboxDatabase:
     def _write_views(self, path: Path, views: tuple[ViewDefinition, ...]) -> None:
         import duckdb
 
+        from sqlstore.filestamps import file_signature
         from sqlstore.identifiers import quote_identifier, quote_string
 
+        self.unavailable = {}
         writer = duckdb.connect(str(path), config={"temp_directory": ""})
         try:
             for view in views:
@@ -473,6 +513,8 @@ class SandboxDatabase:
                     logger.warning(
                         "skipping view %s.%s: %s is outside", view.group, view.name, file
                     )
+                    reason = f"{file} is outside the features"
+                    self.unavailable[(view.group, view.name)] = (reason, None)
                     continue
                 schema = quote_identifier(view.group)
                 name = f"{schema}.{quote_identifier(view.name)}"
@@ -482,6 +524,8 @@ class SandboxDatabase:
                     writer.execute(f"CREATE VIEW {name} AS SELECT * FROM {source}")
                 except duckdb.Error as error:
                     logger.warning("could not create view %s.%s: %s", view.group, view.name, error)
+                    signature = file_signature(file)
+                    self.unavailable[(view.group, view.name)] = (str(error), signature)
         finally:
             writer.close()
 
