@@ -601,6 +601,11 @@ def _parse_parameters(items: list[str] | None) -> dict[str, str]:
         if not separator or not key.strip():
             error_console.print(f"[red]error:[/red] invalid --param {item!r}: write NAME=VALUE")
             raise typer.Exit(code=2)
+        if key.strip() in parameters:
+            error_console.print(
+                f"[red]error:[/red] --param {key.strip()} is given twice; give each parameter once"
+            )
+            raise typer.Exit(code=2)
         parameters[key.strip()] = value
     return parameters
 
@@ -740,7 +745,8 @@ def _print_result_table(result: SqlResult, title: str | None) -> None:
     console.print(table)
 
     note = f" (cut at the {result.truncated_by.replace('_', ' ')})" if result.truncated else ""
-    console.print(f"{result.table.num_rows:,} rows{note} in {result.elapsed_ms:.0f} ms")
+    rows = "1 row" if result.table.num_rows == 1 else f"{result.table.num_rows:,} rows"
+    console.print(f"{rows}{note} in {result.elapsed_ms:.0f} ms")
 
 
 def _cell_text(value: object) -> str:

@@ -221,7 +221,8 @@ def _condition(item: Filter, arrow_type: pa.DataType) -> tuple[str, list[Any]]:
         raw_values = in_values(item.value, what)
         if not raw_values or len(raw_values) > MAX_IN_VALUES:
             raise InvalidInput(
-                f"{what} needs 1 to {MAX_IN_VALUES} values, comma-separated or as a JSON array"
+                f"{what} has {len(raw_values)} values, and needs 1 to {MAX_IN_VALUES}, "
+                "comma-separated or as a JSON array"
             )
         values = [convert_value(raw, arrow_type, what) for raw in raw_values]
         placeholders = ", ".join(

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlstore.errors import InvalidInput, NotFound, quoted_value
+from sqlstore.identifiers import validate_group, validate_table_name
 from sqlstore.registry import RegistryEntry
 
 
@@ -47,6 +48,11 @@ def parse_reference(text: object) -> ParsedReference:
             f"invalid feature reference {text!r}: the table part {table_part!r} must be "
             f"'group/name' or a table name; use {REFERENCE_FORM}"
         )
+    # The same identifier rules as the paths of /features, so that every route gives the same
+    # 400 for a name no table can have.
+    if group is not None:
+        validate_group(group)
+    validate_table_name(name)
     if not colon:
         return ParsedReference(group, name, None)
     columns = [column.strip() for column in column_part.split(",")]

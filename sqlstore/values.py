@@ -166,11 +166,15 @@ def _expected(family: str) -> str:
     return {
         "integer": "an integer",
         "floating": "a number",
-        "boolean": "true or false",
+        "boolean": "true, false, 1, 0, yes or no",
         "string": "a string",
         "timestamp": "an ISO 8601 timestamp or Unix epoch seconds",
         "date": "an ISO 8601 date such as 2024-05-01",
     }.get(family, family)
+
+
+# A timestamp whose UTC offset lost its '+' in a query string: "2016-10-14T20:51:14 00:00".
+SPACE_FOR_PLUS_PATTERN = re.compile(r"\d \d{2}(?::?\d{2})?$")
 
 
 def parse_timestamp(value: Any) -> datetime:
@@ -189,8 +193,9 @@ def parse_timestamp(value: Any) -> datetime:
         text = value.strip()
         if DATE_LIKE_TEXT_PATTERN.fullmatch(text):
             raise ValueError(
-                f"{text!r} could be a date or Unix epoch seconds; send an ISO 8601 date such as "
-                "2024-05-01, or a JSON number for seconds"
+                f"{text!r} could be a date or Unix epoch seconds; send an ISO 8601 date or "
+                "timestamp such as 2024-05-01 or 1970-01-01T00:00:00Z, or, in a JSON body, a "
+                "number of seconds"
             )
         if EPOCH_TEXT_PATTERN.fullmatch(text):
             return _from_epoch_seconds(float(text) if "." in text else int(text))
@@ -215,7 +220,10 @@ def _from_epoch_seconds(seconds: int | float) -> datetime:
 def _parse_iso_timestamp(text: str) -> datetime:
     match = ISO_TIMESTAMP_REGEX.fullmatch(text)
     if match is None:
-        raise ValueError(f"{text!r} is not an ISO 8601 timestamp; {ISO_TIMESTAMP_EXAMPLES}")
+        hint = ""
+        if SPACE_FOR_PLUS_PATTERN.search(text):
+            hint = "; a '+' in a URL query string reads as a space, so write it as %2B"
+        raise ValueError(f"{text!r} is not an ISO 8601 timestamp; {ISO_TIMESTAMP_EXAMPLES}{hint}")
 
     fraction = match.group("fraction") or ""
     if len(fraction) > 6:

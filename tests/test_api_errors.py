@@ -444,8 +444,8 @@ def test_hostile_info_path(sandbox, path: str, status: int) -> None:
         ("/etc/passwd", 400, "invalid_input"),
         ("safe/table/../../secret", 400, "invalid_input"),
         ("safe/../secret", 400, "invalid_input"),
-        ("information_schema/tables", 404, "not_found"),
-        ("main.secret", 404, "not_found"),
+        ("information_schema/tables", 400, "invalid_identifier"),
+        ("main.secret", 400, "invalid_identifier"),
     ],
 )
 def test_hostile_batch_name(sandbox, name: str, status: int, code: str) -> None:

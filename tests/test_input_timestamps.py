@@ -305,5 +305,15 @@ def test_filter_timestamp_rejected(
     assert reason in message
 
 
+def test_unencoded_plus_gets_hint(http: httpx.Client, hourly_table: str) -> None:
+    # The '+' is sent as is, so the server reads a space in its place.
+    url = f"/features/{hourly_table}?event_timestamp__gte=2024-05-01T13:00:00+00:00"
+
+    message = error_message(http.get(url))
+
+    assert "'2024-05-01T13:00:00 00:00' is not an ISO 8601 timestamp" in message
+    assert message.endswith("; a '+' in a URL query string reads as a space, so write it as %2B")
+
+
 def test_timestamps_logged_no_traceback(server: RunningServer) -> None:
     assert "Traceback" not in server.log()

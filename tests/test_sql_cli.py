@@ -48,7 +48,7 @@ def test_sql_prints_table(runner: CliRunner, demo_root: Path, raw_ratings: pd.Da
     assert "ratings" in result.output
     assert f"{len(raw_ratings)}" in result.output
     assert f"{raw_ratings['userId'].nunique()}" in result.output
-    assert "1 rows in" in result.output
+    assert "1 row in" in result.output
 
 
 def test_sql_writes_csv(runner: CliRunner, demo_root: Path, raw_ratings: pd.DataFrame) -> None:
@@ -115,6 +115,23 @@ def test_invalid_parameter_syntax(runner: CliRunner, demo_root: Path) -> None:
 
     assert result.exit_code == 2
     assert "invalid --param 'x': write NAME=VALUE" in result.output
+
+
+def test_repeated_parameter_is_rejected(runner: CliRunner, demo_root: Path) -> None:
+    arguments = ["--param", "limit=1", "--param", "limit=2", "--root", str(demo_root)]
+    result = invoke(runner, "query", "top_rated_in_genre", *arguments)
+
+    assert result.exit_code == 2
+    assert "--param limit is given twice; give each parameter once" in result.output
+
+
+def test_query_list_shows_bounds(runner: CliRunner, demo_root: Path) -> None:
+    result = invoke(runner, "query", "--root", str(demo_root))
+
+    assert result.exit_code == 0, result.output
+    # The table wraps the parameters column, so the range may span two lines.
+    assert "window_days INTEGER = 365 (1 to" in result.output
+    assert "36500)" in result.output
 
 
 def test_query_lists_named_queries(runner: CliRunner, demo_root: Path) -> None:

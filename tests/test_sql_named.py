@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
-from conftest import RunningServer
+from conftest import RunningServer, start_server, stop_server
 
 from sqlstore.client import FeatureStoreClient, FeatureStoreError
 from sqlstore.sql.named import NamedQueryInvalid, load_named_query
@@ -341,6 +341,9 @@ def test_parameter_bounds_are_inclusive(http: httpx.Client) -> None:
             "parameter x is VARCHAR, which takes no max; only BIGINT, "
             "DATE, DOUBLE, INTEGER, TIMESTAMP parameters do; quote a default that contains ' max '",
         ),
+        ("x DOUBLE min nan", "invalid min of parameter x 'nan': use a finite number"),
+        ("x DOUBLE = 1 max inf", "invalid max of parameter x 'inf': use a finite number"),
+        ("x DOUBLE = -inf", "invalid default of parameter x '-inf': use a finite number"),
         (
             "x INTEGER min many",
             'invalid value "many" for min of parameter x: expected an integer (int64)',
@@ -448,20 +451,30 @@ def test_queries_folder_from_environment(
     assert "reads_file" not in {query["name"] for query in listed["queries"]}
 
 
-def test_failed_named_query_names_parameters(
-    server_factory, demo_root: Path, tmp_path: Path
-) -> None:
-    folder = tmp_path / "unbounded"
-    folder.mkdir()
+@pytest.fixture(scope="module")
+def own_queries(
+    demo_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[httpx.Client]:
+    """A server whose queries folder holds queries without bounds, written here."""
+    folder = tmp_path_factory.mktemp("own_queries")
     (folder / "first_movies.sql").write_text(
         "-- title: First movies\n"
         "-- param: n INTEGER = 5 | Rows to return\n"
         "-- param: day DATE = 2016-01-01 | Any day\n"
         "SELECT movie_id FROM content.movie_genres WHERE $day IS NOT NULL LIMIT $n\n"
     )
-    server = server_factory(root=demo_root, SQLSTORE_QUERIES_DIR=str(folder))
+    (folder / "scaled.sql").write_text(
+        "-- title: Scaled\n-- param: x DOUBLE | Any number\nSELECT $x * 2 AS y\n"
+    )
+    log = tmp_path_factory.mktemp("own_queries_log") / "server.log"
+    server = start_server(demo_root, log, env={"SQLSTORE_QUERIES_DIR": str(folder)})
     with httpx.Client(base_url=server.base_url, timeout=60) as client:
-        response = client.get("/queries/first_movies", params={"n": "-1"})
+        yield client
+    stop_server(server)
+
+
+def test_failed_named_query_names_parameters(own_queries: httpx.Client) -> None:
+    response = own_queries.get("/queries/first_movies", params={"n": "-1"})
 
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "query_failed"
@@ -469,3 +482,20 @@ def test_failed_named_query_names_parameters(
         'named query first_movies failed with parameters n=-1, day="2016-01-01": query '
         "failed: Binder Error: LIMIT/OFFSET cannot be negative"
     )
+
+
+@pytest.mark.parametrize("value", ["nan", "1e309", "-inf"])
+def test_non_finite_parameter_is_400(own_queries: httpx.Client, value: str) -> None:
+    response = own_queries.get("/queries/scaled", params={"x": value})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == (
+        f'invalid value "{value}" for parameter x of named query scaled: use a finite number'
+    )
+
+
+def test_finite_double_parameter_runs(own_queries: httpx.Client) -> None:
+    response = own_queries.post("/queries/scaled", json={"params": {"x": 1.25}})
+
+    assert response.status_code == 200
+    assert response.json()["data"] == [{"y": 2.5}]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -80,6 +81,11 @@ def test_syntax_error_names_line_and_column() -> None:
         ('SELECT 1,\n  2 AS ""', 2, 8),
         ('SELECT 1,\t\t2 AS ""', 1, 17),
         ("SELECT 'café' AS \"\"", 1, 18),
+        ("SELECT '😀😀😀' AS y, \"\" AS x", 1, 20),
+        ('SELECT 中文 AS x, "" AS z', 1, 17),
+        ("SELECT 'e\u0301e\u0301' AS y, \"\" AS x", 1, 21),
+        ('SELECT 1\r, ""', 2, 3),
+        ('SELECT 1\r\n, ""', 2, 3),
         ("SELECT " + ", ".join(f"c{i}" for i in range(40)) + ' AS "" FROM shop.users', 1, 200),
     ],
 )
@@ -92,7 +98,7 @@ def test_duckdb_syntax_error_names_position(sql: str, line: int, column: int) ->
         "identifier"
     )
     assert raised.value.details == [{"line": line, "column": column}]
-    assert sql.split("\n")[line - 1][column - 1 : column + 1] == '""'
+    assert re.split(r"\r\n|\r|\n", sql)[line - 1][column - 1 : column + 1] == '""'
 
 
 def test_incomplete_clause_error_is_readable() -> None:

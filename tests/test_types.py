@@ -542,7 +542,7 @@ def test_integer_of_5000_digits_message() -> None:
         (
             {"a": 1},
             pa.bool_(),
-            'invalid value {"a":1} for parameter p: expected true or false (bool)',
+            'invalid value {"a":1} for parameter p: expected true, false, 1, 0, yes or no (bool)',
         ),
         (
             "x'y",

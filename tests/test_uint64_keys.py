@@ -85,3 +85,26 @@ def test_online_lookup_finds_uint64_keys(http: httpx.Client, repeats: int) -> No
     found = response.json()["results"][1]
     assert found["values"] == ["top", None, "half", "small"] * repeats
     assert found["statuses"] == ["PRESENT", "NOT_FOUND", "PRESENT", "PRESENT"] * repeats
+
+
+@pytest.mark.parametrize(
+    ("keys", "key_type"),
+    [([TOP, HALF, 5], pa.uint64()), ([TOP, -3], pa.string())],
+)
+def test_online_lookup_arrow_echoes_uint64_keys(
+    http: httpx.Client, keys: list[int], key_type: pa.DataType
+) -> None:
+    body = {"entities": {"k": keys}, "features": [f"{TABLE}:v"]}
+
+    response = http.post(
+        "/get-online-features", json=body, headers={"Accept": "application/vnd.apache.arrow.stream"}
+    )
+
+    assert response.status_code == 200, response.text
+    table = pa.ipc.open_stream(response.content).read_all()
+    values = {TOP: "top", HALF: "half", 5: "small"}
+    assert table.schema.field("k").type == key_type
+    assert table.column("k").to_pylist() == [
+        key if key_type == pa.uint64() else str(key) for key in keys
+    ]
+    assert table.column(f"{TABLE}:v").to_pylist() == [values.get(key) for key in keys]

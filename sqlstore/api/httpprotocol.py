@@ -339,7 +339,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
                 408,
                 "request_timeout",
                 f"request body timed out: no data arrived for {seconds:g} s before it was "
-                "complete; send the whole body that Content-Length declares, without pausing",
+                "complete; send the rest of the body without pausing",
             )
         )
 

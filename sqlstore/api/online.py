@@ -179,15 +179,27 @@ async def lookup_table(state: Any, body: bytes) -> pa.Table:
 
     columns: dict[str, pa.Array | pa.ChunkedArray] = {}
     for name, values in entities.items():
-        try:
-            columns[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            # Integers mixed with strings, which the lookup converts to the key's type: the
-            # column echoes every value as text.
-            columns[name] = pa.array([str(value) for value in values], pa.string())
+        columns[name] = _entity_column(values)
     for _, name, column in listed:
         columns[name] = column
     return pa.table(columns)
+
+
+def _entity_column(values: list[Any]) -> pa.Array:
+    """Return the entity values of a request as the column that echoes them."""
+    try:
+        return pa.array(values)
+    except OverflowError:
+        # Integers from 2^63 up, for a uint64 key.
+        try:
+            return pa.array(values, pa.uint64())
+        except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    # Integers mixed with strings, which the lookup converts to the key's type, or integers
+    # of both signs beyond int64: the column echoes every value as text.
+    return pa.array([str(value) for value in values], pa.string())
 
 
 async def _look_up(

@@ -25,6 +25,7 @@ import logging
 import math
 import re
 import threading
+import unicodedata
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -192,6 +193,9 @@ SOURCE_POSITION_PATTERN = re.compile(r',"query_location(?:_length)?":\d+')
 # "...\n\nLINE 2: ,  \"\"\n           ^". A long line is cut, with "..." at either end.
 ERROR_LINE_PATTERN = re.compile(r"\n\n(LINE (\d+): )(.*)\n( *)\^")
 TRUNCATION_MARK = "..."
+# DuckDB numbers the lines of its error messages after each \r\n, \r or \n.
+DUCKDB_LINE_BREAK_PATTERN = re.compile(r"\r\n|\r|\n")
+ZERO_WIDTH = frozenset("\u200b\u200c\u200d\u2060\ufeff")
 # DuckDB's advice to change a setting, in its error messages: a sentence, a line or a remark in
 # parentheses.
 SETTING_ADVICE_PATTERNS = (
@@ -458,7 +462,7 @@ def duckdb_error_position(sql: str, message: str) -> tuple[int, int] | None:
     if match is None:
         return None
     line = int(match[2])
-    lines = sql.split("\n")
+    lines = DUCKDB_LINE_BREAK_PATTERN.split(sql)
     if not 1 <= line <= len(lines):
         return None
 
@@ -480,16 +484,26 @@ def duckdb_error_position(sql: str, message: str) -> tuple[int, int] | None:
 
 
 def _index_of_caret(shown: str, caret: int) -> int | None:
-    """Return the index in `shown` of the character above the caret. DuckDB places the caret
-    as if tabs had no width (seen in DuckDB 2.0.1)."""
-    seen = 0
+    """Return the index in `shown` of the character above the caret, which DuckDB places by
+    display width (see `_display_width`)."""
+    width = 0
     for index, character in enumerate(shown):
-        if character == "\t":
-            continue
-        if seen == caret:
+        character_width = _display_width(character)
+        if width == caret and character_width:
             return index
-        seen += 1
+        width += character_width
     return None
+
+
+def _display_width(character: str) -> int:
+    """Return the columns that DuckDB 2.0.1 counts for `character` when it places a caret:
+    none for tabs, combining marks and zero-width characters, two for wide East Asian
+    characters and emoji, else one (measured, not taken from DuckDB's documentation)."""
+    if character == "\t" or unicodedata.combining(character) or character in ZERO_WIDTH:
+        return 0
+    if unicodedata.east_asian_width(character) in ("W", "F"):
+        return 2
+    return 1
 
 
 def _first_line(error: Exception) -> str:

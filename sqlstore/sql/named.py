@@ -19,6 +19,7 @@ value as `$NAME`; no value is ever pasted into the SQL text.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -148,6 +149,11 @@ class NamedQuery:
             if name in values:
                 what = f"parameter {name} of named query {self.name}"
                 bound[name] = convert_value(values[name], PARAMETER_TYPES[parameter.type], what)
+                if not _is_finite(bound[name]):
+                    raise InvalidInput(
+                        f"invalid value {quoted_value(values[name])} for {what}: use a finite "
+                        "number"
+                    )
                 parameter.check_range(bound[name], self.name)
             elif parameter.required:
                 raise InvalidInput(
@@ -273,10 +279,21 @@ def _parse_default(query_name: str, name: str, type_name: str, text: str) -> Any
         if len(text) >= 2 and text.startswith("'") and text.endswith("'"):
             return text[1:-1]
         return text
+    what = f"default of parameter {name}"
     try:
-        return convert_value(text, PARAMETER_TYPES[type_name], f"default of parameter {name}")
+        default = convert_value(text, PARAMETER_TYPES[type_name], what)
     except InvalidInput as error:
         raise NamedQueryInvalid(f"named query {query_name}: {error.message}") from error
+    if not _is_finite(default):
+        raise NamedQueryInvalid(
+            f"named query {query_name}: invalid {what} {text!r}: use a finite number"
+        )
+    return default
+
+
+def _is_finite(value: Any) -> bool:
+    """Return False for NaN and infinities, which no parameter may take."""
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 def _parse_bound(query_name: str, name: str, type_name: str, keyword: str, text: str | None) -> Any:
@@ -290,9 +307,14 @@ def _parse_bound(query_name: str, name: str, type_name: str, keyword: str, text:
         )
     what = f"{keyword} of parameter {name}"
     try:
-        return convert_value(text, PARAMETER_TYPES[type_name], what)
+        bound = convert_value(text, PARAMETER_TYPES[type_name], what)
     except InvalidInput as error:
         raise NamedQueryInvalid(f"named query {query_name}: {error.message}") from error
+    if not _is_finite(bound):
+        raise NamedQueryInvalid(
+            f"named query {query_name}: invalid {what} {text!r}: use a finite number"
+        )
+    return bound
 
 
 def _check_bounds(query_name: str, parameter: NamedParameter) -> None:
