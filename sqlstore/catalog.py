@@ -18,9 +18,11 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from sqlstore.errors import TableUnavailable
 from sqlstore.identifiers import quote_identifier, quote_string
 from sqlstore.layout import StoreLayout
 from sqlstore.registry import RegistryEntry
+from sqlstore.stablefiles import raise_if_damaged
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +78,14 @@ class Catalog:
             schema = quote_identifier(entry.group)
             view = f"{schema}.{quote_identifier(entry.name)}"
             self._connection.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-            self._connection.execute(
-                f"CREATE OR REPLACE VIEW {view} AS "
-                f"SELECT * FROM read_parquet({quote_string(str(path))})"
-            )
+            try:
+                self._connection.execute(
+                    f"CREATE OR REPLACE VIEW {view} AS "
+                    f"SELECT * FROM read_parquet({quote_string(str(path))})"
+                )
+            except duckdb.Error as error:
+                raise_if_damaged([path], [entry.reference], error)
+                raise
             self._versions[key] = stamp
         logger.debug("view %s/%s now reads version %d", entry.group, entry.name, entry.version)
 
@@ -97,7 +103,12 @@ class Catalog:
             if (group, name) not in current:
                 self.drop_view(group, name)
         for entry in entries:
-            self.ensure_view(entry)
+            try:
+                self.ensure_view(entry)
+            except TableUnavailable:
+                # Logged where it was raised. Reads of the table raise it again, and the other
+                # tables are listed and served as before.
+                self.drop_view(entry.group, entry.name)
 
     def close(self) -> None:
         self._connection.close()

@@ -93,9 +93,9 @@ class TableUnavailable(SqlstoreError):
     def of_table(cls, reference: str) -> TableUnavailable:
         """Return the error for the table `reference` (`group/name`)."""
         return cls(
-            f"table {reference} cannot be read: its data file is missing or is not valid "
-            "Parquet (the server log has the cause); an operator can restore the file or write "
-            "the table again"
+            f"table {reference} cannot be read: its data file is missing, damaged or was "
+            "replaced outside sqlstore (the log has the cause); an operator can restore the "
+            "file or write the table again"
         )
 
 

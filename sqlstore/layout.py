@@ -18,6 +18,8 @@ DEFAULT_ROOT = "feature_store"
 
 # Temporary files start with a dot and end in ".tmp", so no "*.parquet" pattern matches them.
 TEMPORARY_SUFFIX = ".tmp"
+# Key of the Parquet footer metadata that holds a copy of the table's registry entry.
+ENTRY_METADATA_KEY = b"sqlstore.entry"
 
 SUBDIRECTORIES = ("features", "registry", "metadata", "cache", "config")
 

@@ -15,9 +15,10 @@ from sqlstore.catalog import query_arrow
 from sqlstore.errors import InvalidInput
 from sqlstore.filestamps import ReplacedFileReader
 from sqlstore.identifiers import quote_identifier
+from sqlstore.layout import ENTRY_METADATA_KEY
 from sqlstore.registry import RegistryEntry
 from sqlstore.stablefiles import ReadAgain, read_unchanged
-from sqlstore.store import ENTRY_METADATA_KEY, FeatureStore
+from sqlstore.store import FeatureStore
 from sqlstore.values import convert_value, sql_type_for
 
 COMPARISONS = {"eq": "=", "ne": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}

@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sqlstore.layout import ENTRY_METADATA_KEY
 from sqlstore.ordering import sort_columns
-from sqlstore.store import ENTRY_METADATA_KEY
 from sqlstore.types import type_family
 
 UINT64_MAX = 2**64 - 1

@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import duckdb
+import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from sqlstore.errors import TableBusy, TableUnavailable
 from sqlstore.filestamps import Signature, file_signature
+from sqlstore.layout import ENTRY_METADATA_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +60,16 @@ def read_unchanged(
 
     Raises TableBusy when writes overtook each of MAX_READ_ATTEMPTS runs, or each run raised
     ReadAgain. When a run fails and no file changed during it, raises TableUnavailable if a
-    file is missing or not Parquet, else re-raises the run's error.
+    file is missing, damaged or not the table's (see `file_problem`), else re-raises the
+    run's error. When every run raised ReadAgain and no file changed, raises TableUnavailable
+    too.
     """
     names = ", ".join(tables)
+    first = _signatures(paths)
+    changed = False
     for attempt in range(1, MAX_READ_ATTEMPTS + 1):
         before = _signatures(paths)
+        changed = changed or before != first
         try:
             result = read()
         except ReadAgain as reason:
@@ -90,6 +98,16 @@ def read_unchanged(
             )
         time.sleep(READ_RETRY_SECONDS)
 
+    if not changed and _signatures(paths) == first:
+        # No write replaced a file, so each run saw a file that does not match its registry
+        # entry, such as an older version copied back by hand.
+        logger.error(
+            "the data files of %s did not change during %d reads, and none matched its "
+            "registry entry",
+            names,
+            MAX_READ_ATTEMPTS,
+        )
+        raise TableUnavailable.of_table(tables[0])
     raise TableBusy(
         f"writes replaced the file of {names} during each of {MAX_READ_ATTEMPTS} reads; "
         "retry after the writes finish"
@@ -97,14 +115,37 @@ def read_unchanged(
 
 
 def raise_if_damaged(paths: Sequence[Path], tables: Sequence[str], error: Exception) -> None:
-    """Raise TableUnavailable when a file that a failed read used is missing or lacks the
-    Parquet magic bytes at its start and end, so that the client gets a 503 that names the
+    """Raise TableUnavailable when a file that a failed read used is missing, is not Parquet,
+    or has no sqlstore footer of its table, so that the client gets a 503 that names the
     table rather than a 500. The registry lists every such file, so it was changed outside
     sqlstore."""
     for path, table in zip(paths, tables, strict=False):
-        if not _is_parquet_file(path):
-            logger.error("the data file %s of %s is missing or damaged: %s", path, table, error)
+        problem = file_problem(path, table)
+        if problem is not None:
+            logger.error("the data file %s of %s %s: %s", path, table, problem, error)
             raise TableUnavailable.of_table(table) from error
+
+
+def file_problem(path: Path, table: str) -> str | None:
+    """Return why `path` cannot be the data file of `table` (`group/name`), or None when it
+    has the Parquet magic bytes and a sqlstore footer of that table."""
+    if not _is_parquet_file(path):
+        return "is missing or is not Parquet"
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException):
+        return "has a damaged Parquet footer"
+    text = metadata.get(ENTRY_METADATA_KEY)
+    if text is None:
+        return "was not written by sqlstore"
+    try:
+        entry = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return "has an unreadable sqlstore footer"
+    written_for = f"{entry.get('group')}/{entry.get('name')}" if isinstance(entry, dict) else "?"
+    if written_for != table:
+        return f"was written for table {written_for}"
+    return None
 
 
 def _is_parquet_file(path: Path) -> bool:

@@ -22,7 +22,7 @@ from sqlstore.atomic import replace_atomically, storage_error
 from sqlstore.catalog import Catalog
 from sqlstore.errors import Conflict, InvalidIdentifier, InvalidInput, StorageError, TableBusy
 from sqlstore.identifiers import validate_column, validate_group, validate_table_name
-from sqlstore.layout import TEMPORARY_SUFFIX, StoreLayout, resolve_root
+from sqlstore.layout import ENTRY_METADATA_KEY, TEMPORARY_SUFFIX, StoreLayout, resolve_root
 from sqlstore.ordering import sort_columns, sort_table
 from sqlstore.records import MAX_LIST_DEPTH, normalize_timestamp_column
 from sqlstore.registry import ColumnInfo, Registry, RegistryEntry, StorageStats
@@ -48,7 +48,6 @@ UNITS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 RESERVED_COLUMNS = frozenset({"file_row_number"})
 # Key of the Parquet footer metadata that stores a copy of the table's registry entry, so that a
 # crash between renaming the file and updating the registry can be repaired on the next start.
-ENTRY_METADATA_KEY = b"sqlstore.entry"
 
 
 @dataclass(frozen=True)
@@ -253,7 +252,19 @@ class FeatureStore:
                 self.registry.remove(entry.group, entry.name)
 
     def _recover_table(self, group: str, name: str, path: Path) -> None:
-        embedded = _read_embedded_entry(path)
+        try:
+            embedded = _read_embedded_entry(path)
+        except (OSError, pa.ArrowException, ValueError) as error:
+            # A damaged file must not stop the server from serving the other tables.
+            logger.error(
+                "cannot read the footer of %s, so its registry entry is left as it is; reads of "
+                "%s/%s answer 503 until the file is restored or the table is written again: %s",
+                path,
+                group,
+                name,
+                error,
+            )
+            return
         if embedded is None:
             logger.warning("%s has no sqlstore metadata; it is not registered", path)
             return
@@ -307,7 +318,7 @@ class FeatureStore:
 
         first_new_row = 0
         if mode == "append" and existing is not None:
-            stored = pq.read_table(self.root / existing.path)
+            stored = _read_stored_table(self.root / existing.path, existing.reference)
             data = widen_for_append(stored, data)
             # The appended columns may collide in case with the stored ones.
             _check_column_names(data.column_names)
@@ -694,6 +705,17 @@ def _is_table_reference(group: str, name: str, path: Path) -> bool:
         logger.warning("%s is not a sqlstore file (invalid group or table name); skipping it", path)
         return False
     return True
+
+
+def _read_stored_table(path: Path, reference: str) -> pa.Table:
+    """Read the stored version of a table for an append. Raise TableUnavailable when the file
+    is missing or damaged, since the append cannot keep the stored rows; an overwrite can
+    still replace the table."""
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as error:
+        raise_if_damaged([path], [reference], error)
+        raise
 
 
 def _read_embedded_entry(path: Path) -> RegistryEntry | None:

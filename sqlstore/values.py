@@ -222,7 +222,7 @@ def _parse_iso_timestamp(text: str) -> datetime:
     if match is None:
         hint = ""
         if SPACE_FOR_PLUS_PATTERN.search(text):
-            hint = "; a '+' in a URL query string reads as a space, so write it as %2B"
+            hint = "; in a URL query string a '+' reads as a space, so send it as %2B there"
         raise ValueError(f"{text!r} is not an ISO 8601 timestamp; {ISO_TIMESTAMP_EXAMPLES}{hint}")
 
     fraction = match.group("fraction") or ""

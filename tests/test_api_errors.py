@@ -8,6 +8,7 @@ file in the sandbox changed.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import http.client as http_client
 import json
@@ -21,6 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import RunningServer, start_server, stop_server
+from fastapi import FastAPI
+
+from sqlstore.api.errors import install_error_handlers
 
 MOVIE_GENRES = "/features/content/movie_genres"
 INTERACTIONS = "/features/interaction/user_movie_interactions"
@@ -970,3 +974,23 @@ def test_servers_logged_no_traceback(demo_server, error_server, sandbox) -> None
     assert "Traceback" not in demo_server.log()
     assert "Traceback" not in error_server.log()
     assert "Traceback" not in sandbox_server.log()
+
+
+def test_unexpected_error_closes_connection() -> None:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    async def get_boom() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/boom")
+
+    response = asyncio.run(get_boom())
+
+    assert response.status_code == 500
+    assert response.headers["connection"] == "close"
+    assert response.json()["error"]["code"] == "internal_error"

@@ -1,14 +1,16 @@
-"""A table whose Parquet file was removed or cut short outside sqlstore: every read route
-returns 503 `table_unavailable` naming the table, other tables keep working, and the table is
-served again once the file is restored, without a restart."""
+"""A table whose Parquet file was removed, cut short or replaced outside sqlstore: every read
+route returns 503 `table_unavailable` naming the table, other tables keep working, and the
+table is served again once the file is restored, without a restart."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import RunningServer, start_server, stop_server
 
@@ -17,9 +19,11 @@ from sqlstore.store import FeatureStore, TableDefinition
 SCORES = pa.table({"user_id": [1, 2], "score": [0.5, 0.25]})
 OTHER = pa.table({"user_id": [1], "city": ["Oslo"]})
 MESSAGE = (
-    "table shop/scores cannot be read: its data file is missing or is not valid Parquet "
-    "(the server log has the cause); an operator can restore the file or write the table again"
+    "table shop/scores cannot be read: its data file is missing, damaged or was replaced "
+    "outside sqlstore (the log has the cause); an operator can restore the file or write the "
+    "table again"
 )
+SCORE_SQL = {"sql": "SELECT count(*) AS n, sum(score) AS total FROM shop.scores"}
 READS = [
     ("GET", "/features/shop/scores", None),
     ("GET", "/features/shop/scores?score__gte=0.3", None),
@@ -30,7 +34,7 @@ READS = [
         {"feature_names": ["shop/scores"], "entity_ids": [1], "timestamp": 0},
     ),
     ("POST", "/get-online-features", {"entities": {"user_id": [1]}, "features": ["shop/scores"]}),
-    ("POST", "/sql", {"sql": "SELECT count(*) AS n FROM shop.scores"}),
+    ("POST", "/sql", SCORE_SQL),
     (
         "POST",
         "/training-set",
@@ -60,34 +64,103 @@ def data_file(server: RunningServer) -> Path:
     return server.root / FeatureStore(server.root).registry.get("shop", "scores").path
 
 
+def foreign_parquet() -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"foo": [1, 2, 3]}), sink)
+    return sink.getvalue()
+
+
+def damage_file(path: Path, damage: str) -> None:
+    if damage == "remove":
+        path.unlink()
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[:100])
+    elif damage == "garbage":
+        path.write_bytes(b"not parquet at all\n" * 50)
+    else:
+        path.write_bytes(foreign_parquet())
+
+
 def send(client: httpx.Client, method: str, path: str, body: object) -> httpx.Response:
     return client.request(method, path, json=body)
 
 
-@pytest.mark.parametrize("damage", ["remove", "truncate"])
+@pytest.mark.parametrize("damage", ["remove", "truncate", "garbage", "foreign"])
 def test_damaged_file_is_503(server: RunningServer, damage: str) -> None:
     path = data_file(server)
     saved = path.read_bytes()
-    if damage == "remove":
-        path.unlink()
-    else:
-        path.write_bytes(saved[:100])
 
     with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        # The page view and the SQL worker's views exist before the file is damaged.
+        before = [client.get("/features/shop/scores"), client.post("/sql", json=SCORE_SQL)]
+        damage_file(path, damage)
         responses = [send(client, method, url, body) for method, url, body in READS]
         other = client.get("/features/shop/other").json()["data"]
         path.write_bytes(saved)
         restored = [send(client, method, url, body) for method, url, body in READS]
 
-    for (method, url, _), response in zip(READS, responses, strict=True):
-        assert response.status_code == 503, (method, url, response.text)
-        assert response.json()["error"]["code"] == "table_unavailable", (method, url)
-        assert response.json()["error"]["message"] == MESSAGE, (method, url)
+    assert [response.status_code for response in before] == [200, 200]
+    for response in responses:
+        assert response.status_code == 503, (response.request.url, response.text)
+        assert response.json()["error"]["code"] == "table_unavailable"
+        assert response.json()["error"]["message"] == MESSAGE
     assert other == [{"user_id": 1, "city": "Oslo"}]
     assert [response.status_code for response in restored] == [200] * len(READS)
     assert restored[0].json()["data"] == [
         {"user_id": 1, "score": 0.5},
         {"user_id": 2, "score": 0.25},
     ]
-    assert restored[5].json()["data"] == [{"n": 2}]
-    assert "is missing or damaged" in server.log() or "could not be created" in server.log()
+    assert restored[5].json()["data"] == [{"n": 2, "total": 0.75}]
+    assert "/features/shop/scores.parquet" not in "".join(r.text for r in responses)
+
+
+def test_append_to_damaged_table_is_503(server: RunningServer) -> None:
+    damage_file(data_file(server), "truncate")
+    records = {"records": [{"user_id": 3, "score": 1.0}], "mode": "append"}
+
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        appended = client.post("/features/shop/scores", json=records)
+        replaced = client.post("/features/shop/scores", json={**records, "mode": "overwrite"})
+        page = client.get("/features/shop/scores").json()["data"]
+
+    assert appended.status_code == 503
+    assert appended.json()["error"]["message"] == MESSAGE
+    assert replaced.status_code == 200, replaced.text
+    assert page == [{"user_id": 3, "score": 1.0}]
+
+
+def test_older_version_copied_back_is_503(server: RunningServer) -> None:
+    path = data_file(server)
+    version_1 = path.read_bytes()
+    version_2 = pa.table({"user_id": [1], "score": [9.0]})
+    FeatureStore(server.root).write(
+        "shop", "scores", version_2, definition=TableDefinition(["user_id"])
+    )
+    path.write_bytes(version_1)
+
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        response = client.get("/features/shop/scores")
+
+    assert response.status_code == 503
+    assert response.json()["error"]["message"] == MESSAGE
+
+
+def test_server_starts_with_damaged_file(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path / "store")
+    store.write("shop", "scores", SCORES, definition=TableDefinition(["user_id"]))
+    store.write("shop", "other", OTHER, definition=TableDefinition(["user_id"]))
+    damage_file(store.root / store.registry.get("shop", "scores").path, "truncate")
+
+    server = start_server(store.root, tmp_path / "server.log")
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            listed = client.get("/features").json()["count"]
+            other = client.get("/features/shop/other").json()["data"]
+            scores = client.get("/features/shop/scores")
+    finally:
+        stop_server(server)
+
+    assert listed == 2
+    assert other == [{"user_id": 1, "city": "Oslo"}]
+    assert scores.status_code == 503
+    assert scores.json()["error"]["message"] == MESSAGE

@@ -312,7 +312,9 @@ def test_unencoded_plus_gets_hint(http: httpx.Client, hourly_table: str) -> None
     message = error_message(http.get(url))
 
     assert "'2024-05-01T13:00:00 00:00' is not an ISO 8601 timestamp" in message
-    assert message.endswith("; a '+' in a URL query string reads as a space, so write it as %2B")
+    assert message.endswith(
+        "; in a URL query string a '+' reads as a space, so send it as %2B there"
+    )
 
 
 def test_timestamps_logged_no_traceback(server: RunningServer) -> None:

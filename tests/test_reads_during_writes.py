@@ -19,12 +19,14 @@ from typing import Any
 
 import duckdb
 import httpx
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import start_server, stop_server
 
-from sqlstore.errors import TableBusy
+from sqlstore.errors import TableBusy, TableUnavailable
+from sqlstore.layout import ENTRY_METADATA_KEY
 from sqlstore.stablefiles import MAX_READ_ATTEMPTS, ReadAgain, read_unchanged
 
 TABLE = "race/events"
@@ -212,8 +214,11 @@ def test_reads_during_appends_succeed(tmp_path: Path, online_budget: str | None)
 
 
 def replace_file(path: Path, values: list[int]) -> None:
+    """Replace `path` with a file of table g/t, whose footer names the table as sqlstore's
+    writes do."""
     staging = path.with_suffix(".tmp")
-    pq.write_table(pa.table({"v": values}), staging)
+    footer = {ENTRY_METADATA_KEY: orjson.dumps({"group": "g", "name": "t"})}
+    pq.write_table(pa.table({"v": values}).replace_schema_metadata(footer), staging)
     staging.replace(path)
 
 
@@ -262,6 +267,45 @@ def test_read_unchanged_raises_error_of_unchanged_file(tmp_path: Path) -> None:
 
     with pytest.raises(duckdb.BinderException):
         read_unchanged([path], read, ["g/t"])
+
+
+@pytest.mark.parametrize("damage", ["remove", "garbage", "other table", "no footer"])
+def test_read_unchanged_unavailable_for_damaged_file(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "t.parquet"
+    replace_file(path, [1])
+    if damage == "remove":
+        path.unlink()
+    elif damage == "garbage":
+        path.write_bytes(b"PAR1 but not Parquet")
+    elif damage == "other table":
+        footer = {ENTRY_METADATA_KEY: orjson.dumps({"group": "g", "name": "other"})}
+        pq.write_table(pa.table({"v": [1]}).replace_schema_metadata(footer), path)
+    else:
+        pq.write_table(pa.table({"v": [1]}), path)
+
+    def read() -> int:
+        return duckdb.sql(f"SELECT no_such_column FROM read_parquet('{path}')").fetchall()[0][0]
+
+    with pytest.raises(TableUnavailable) as raised:
+        read_unchanged([path], read, ["g/t"])
+
+    assert raised.value.status == 503
+    assert raised.value.message.startswith("table g/t cannot be read: its data file is missing")
+
+
+def test_read_unchanged_unavailable_when_never_current(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    replace_file(path, [1])
+    runs = []
+
+    def read() -> int:
+        runs.append(len(runs))
+        raise ReadAgain("the file is older than the registry entry")
+
+    with pytest.raises(TableUnavailable):
+        read_unchanged([path], read, ["g/t"])
+
+    assert len(runs) == MAX_READ_ATTEMPTS
 
 
 def test_read_unchanged_busy_after_max_attempts(tmp_path: Path) -> None:

@@ -121,7 +121,7 @@ def test_memory_limit_is_400(http: httpx.Client) -> None:
 
     assert response.status_code == 400
     message = response.json()["error"]["message"]
-    assert response.json()["error"]["code"] == "query_out_of_memory"
+    assert response.json()["error"]["code"] == "query_out_of_memory", message
     assert "SQLSTORE_SQL_MEMORY_LIMIT_BYTES" in message
     assert message.endswith("; make the query build less data at once")
     assert "SET " not in message

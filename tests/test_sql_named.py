@@ -494,6 +494,18 @@ def test_non_finite_parameter_is_400(own_queries: httpx.Client, value: str) -> N
     )
 
 
+@pytest.mark.parametrize("value", [2**31, -(2**31) - 1])
+def test_integer_parameter_beyond_32_bits_is_400(own_queries: httpx.Client, value: int) -> None:
+    response = own_queries.post("/queries/first_movies", json={"params": {"n": value}})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == (
+        f"invalid value {value} for parameter n of named query first_movies: INTEGER parameters "
+        "take -2147483648 to 2147483647; the query's author can declare it BIGINT for larger "
+        "values"
+    )
+
+
 def test_finite_double_parameter_runs(own_queries: httpx.Client) -> None:
     response = own_queries.post("/queries/scaled", json={"params": {"x": 1.25}})
 

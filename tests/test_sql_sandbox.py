@@ -144,9 +144,9 @@ def test_damaged_table_file_is_503(service: SqlService, damage: str) -> None:
 
     assert raised.value.status == 503
     assert raised.value.message == (
-        "table shop/orders cannot be read: its data file is missing or is not valid Parquet "
-        "(the server log has the cause); an operator can restore the file or write the table "
-        "again"
+        "table shop/orders cannot be read: its data file is missing, damaged or was replaced "
+        "outside sqlstore (the log has the cause); an operator can restore the file or write the "
+        "table again"
     )
     assert users == [{"n": 2}]
     assert restored == [{"order_id": 7}]

@@ -225,13 +225,15 @@ async def handle_unexpected_error(request: Request, error: Exception) -> Respons
         request_id_of(request),
     )
     # Starlette runs this handler outside RequestIdMiddleware, which therefore cannot add the
-    # header to this response.
+    # header to this response. Starlette raises the error again after this response, and
+    # uvicorn then closes the connection, so the response sets `Connection: close`. A client
+    # that reused the connection would otherwise have its next request reset.
     return error_response(
         request,
         500,
         "internal_error",
         f"internal error; report request id {request_id_of(request)} with the server log",
-        headers={"X-Request-ID": request_id_of(request)},
+        headers={"X-Request-ID": request_id_of(request), "Connection": "close"},
     )
 
 

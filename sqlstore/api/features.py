@@ -112,7 +112,7 @@ def batch_features(request: Request, body: BatchRequest) -> Response:
 
     if file_format != "json" and len(body.feature_names) != 1:
         raise InvalidInput(
-            f"a {file_format} response contains one table, but feature_names has "
+            f"a response in {file_format} format contains one table, but feature_names has "
             f"{len(body.feature_names)} names; request one name per call, or accept "
             "application/json"
         )

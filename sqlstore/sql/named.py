@@ -52,6 +52,10 @@ PARAMETER_TYPES: dict[str, pa.DataType] = {
     "DATE": pa.date32(),
     "TIMESTAMP": pa.timestamp("us", tz="UTC"),
 }
+# The range of DuckDB's INTEGER. PARAMETER_TYPES converts INTEGER values as int64, and bind
+# checks this range.
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
 ORDERED_TYPES = frozenset({"INTEGER", "BIGINT", "DOUBLE", "DATE", "TIMESTAMP"})
 
 
@@ -153,6 +157,12 @@ class NamedQuery:
                     raise InvalidInput(
                         f"invalid value {quoted_value(values[name])} for {what}: use a finite "
                         "number"
+                    )
+                if parameter.type == "INTEGER" and not INT32_MIN <= bound[name] <= INT32_MAX:
+                    raise InvalidInput(
+                        f"invalid value {quoted_value(values[name])} for {what}: INTEGER "
+                        f"parameters take {INT32_MIN} to {INT32_MAX}; the query's author can "
+                        "declare it BIGINT for larger values"
                     )
                 parameter.check_range(bound[name], self.name)
             elif parameter.required:

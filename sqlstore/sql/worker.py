@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("sqlstore.sql.worker")
 
+# DuckDB's error message when a query passes its memory limit, at the start of the text, after
+# at most one prefix such as pyarrow's "Invalid: ". A query's own text later in a message
+# (a string that failed a cast, say) must not match.
+OUT_OF_MEMORY_PATTERN = re.compile(r"(?:[A-Za-z]+: )?Out of Memory Error: ")
 # Runs of one query in all when writers keep replacing the files it reads.
 MAX_QUERY_ATTEMPTS = 3
 # Request numbers cancelled before their query started that a worker remembers at most.
@@ -136,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     # Imported after the address-space cap, so that the cap covers DuckDB's own allocations.
+    # stablefiles (and pyarrow.parquet with it) is imported now because the error path of a
+    # query uses it, and an import there can fail to map its library when the query has taken
+    # most of the address space.
+    from sqlstore import stablefiles  # noqa: F401
     from sqlstore.sql import protocol
 
     settings = json.loads(arguments.settings)
@@ -247,6 +255,9 @@ class SandboxDatabase:
         except MemoryError:
             return {"ok": False, "kind": "out_of_memory", "message": "out of memory"}, None
         except Exception as error:
+            if _is_out_of_memory(str(error)):
+                # DuckDB's memory error can reach Python through pyarrow as another class.
+                return {"ok": False, "kind": "out_of_memory", "message": str(error)}, None
             logger.exception("query %s failed unexpectedly", request.get("request_id", "-"))
             message = f"{type(error).__name__}: {error}"
             return {"ok": False, "kind": "failed", "message": message, "restart": True}, None
@@ -279,6 +290,34 @@ class SandboxDatabase:
             self.unavailable[(group, name)][0],
         )
         return {"ok": False, "kind": "unavailable", "message": f"{group}/{name}"}
+
+    def _raise_if_unavailable(self, request: dict[str, Any], error: Exception) -> None:
+        """Raise _Stopped with an unavailable-table header when the file of a view that the
+        failed query reads is missing, damaged or not the table's, since DuckDB's error would
+        blame the query and show the server's path."""
+        import duckdb
+
+        reads = {(group, name) for group, name in request.get("reads", [])}
+        if not reads or isinstance(error, duckdb.OutOfMemoryException | duckdb.InterruptException):
+            return
+
+        from sqlstore.stablefiles import file_problem
+
+        for view, file in zip(self.views, self.view_files, strict=True):
+            if (view.group, view.name) not in reads:
+                continue
+            table = f"{view.group}/{view.name}"
+            problem = file_problem(Path(file), table)
+            if problem is not None:
+                logger.error(
+                    "request %s: the data file %s of %s %s: %s",
+                    request.get("request_id", "-"),
+                    file,
+                    table,
+                    problem,
+                    error,
+                )
+                raise _Stopped({"ok": False, "kind": "unavailable", "message": table})
 
     def _unavailable_files_changed(self) -> bool:
         """Return whether the file of a view that could not be created has changed since, as
@@ -355,6 +394,7 @@ class SandboxDatabase:
                 return self._execute(request, views, parameters)
             except duckdb.Error as error:
                 if before == [file_signature(path) for path in paths]:
+                    self._raise_if_unavailable(request, error)
                     raise
                 logger.info(
                     "request %s: a table file was replaced during the query (%s); running it again",
@@ -934,7 +974,7 @@ def _error_header(error: Exception) -> dict[str, Any]:
     import duckdb
 
     message = str(error).strip()
-    if isinstance(error, duckdb.OutOfMemoryException):
+    if isinstance(error, duckdb.OutOfMemoryException) or _is_out_of_memory(message):
         return {"ok": False, "kind": "out_of_memory", "message": message}
     if isinstance(error, duckdb.InterruptException):
         return {"ok": False, "kind": "timeout", "message": message}
@@ -944,6 +984,12 @@ def _error_header(error: Exception) -> dict[str, Any]:
     if isinstance(error, duckdb.FatalException | duckdb.InternalException):
         return {"ok": False, "kind": "failed", "message": message, "restart": True}
     return {"ok": False, "kind": "failed", "message": message}
+
+
+def _is_out_of_memory(message: str) -> bool:
+    """Return whether an error message is DuckDB's memory limit error, whatever class carries
+    it: "Out of Memory Error: failed to allocate data of size ..."."""
+    return OUT_OF_MEMORY_PATTERN.match(message.strip()) is not None
 
 
 if __name__ == "__main__":
