@@ -18,7 +18,9 @@ DEFAULT_ROOT = "feature_store"
 
 # Temporary files start with a dot and end in ".tmp", so no "*.parquet" pattern matches them.
 TEMPORARY_SUFFIX = ".tmp"
-# Key of the Parquet footer metadata that holds a copy of the table's registry entry.
+# Key of the Parquet footer metadata that stores a copy of the table's registry entry, so that a
+# crash between renaming the file and updating the registry can be repaired on the next start,
+# and a file that is not the table's can be told apart.
 ENTRY_METADATA_KEY = b"sqlstore.entry"
 
 SUBDIRECTORIES = ("features", "registry", "metadata", "cache", "config")

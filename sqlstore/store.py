@@ -46,8 +46,6 @@ SECONDS_PER_DAY = 86_400
 UNITS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 # The lookup reads Parquet with DuckDB's file_row_number option, which adds this column.
 RESERVED_COLUMNS = frozenset({"file_row_number"})
-# Key of the Parquet footer metadata that stores a copy of the table's registry entry, so that a
-# crash between renaming the file and updating the registry can be repaired on the next start.
 
 
 @dataclass(frozen=True)
