@@ -20,7 +20,7 @@ DEFAULT_ROOT = "feature_store"
 TEMPORARY_SUFFIX = ".tmp"
 # Key of the Parquet footer metadata that stores a copy of the table's registry entry, so that a
 # crash between renaming the file and updating the registry can be repaired on the next start,
-# and a file that is not the table's can be told apart.
+# and so that a file of another table, or one not written by sqlstore, can be recognised.
 ENTRY_METADATA_KEY = b"sqlstore.entry"
 
 SUBDIRECTORIES = ("features", "registry", "metadata", "cache", "config")

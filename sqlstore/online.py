@@ -730,7 +730,7 @@ def json_array(column: pa.ChunkedArray) -> pa.Array:
     """Return a column as one Arrow array whose Python values encode to the JSON of the typed
     values: UTC and naive timestamps of second to microsecond precision become the ISO 8601
     text that orjson writes for the datetimes, which is many times faster to convert per
-    request than building datetime objects, and a time column that holds 24:00:00 becomes
+    request than building datetime objects, and a time column that contains 24:00:00 becomes
     text, because Python's time would turn it into 00:00:00."""
     array = column.combine_chunks()
     arrow_type = array.type

@@ -33,9 +33,10 @@ class ParsedReference:
 
 
 def parse_reference(text: object) -> ParsedReference:
-    """Split `group/name:col1,col2` into its parts, or raise InvalidInput when a part is empty
-    or the table part has more than one `/`. Group, table and column names are checked
-    against the registry later, so only the shape is checked here."""
+    """Split `group/name:col1,col2` into its parts. Raise InvalidInput when a part is empty or
+    the table part has more than one `/`, and InvalidIdentifier when the group or table name is
+    not a valid identifier. Whether the table and columns exist is checked against the
+    registry later."""
     if not isinstance(text, str) or not text:
         raise InvalidInput(f"invalid feature reference {quoted_value(text)}: use {REFERENCE_FORM}")
     table_part, colon, column_part = text.partition(":")

@@ -42,8 +42,8 @@ EPOCH_RANGE_MESSAGE = (
 )
 UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Filters bind integers as BIGINT, or UBIGINT above 2^63-1, and lookups build int64 or uint64
-# key arrays, so an integer outside -2^63 to 2^63-1 (2^64-1 on a uint64 column) can match no
-# stored value and must be rejected before it reaches DuckDB.
+# key arrays. So an integer outside -2^63 to 2^63-1 (up to 2^64-1 on a uint64 column) can
+# match no stored value, and it is rejected before it reaches DuckDB.
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 UINT64_MAX = 2**64 - 1

@@ -455,7 +455,7 @@ def test_queries_folder_from_environment(
 def own_queries(
     demo_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[httpx.Client]:
-    """A server whose queries folder holds queries without bounds, written here."""
+    """A server whose queries folder contains queries without bounds, written here."""
     folder = tmp_path_factory.mktemp("own_queries")
     (folder / "first_movies.sql").write_text(
         "-- title: First movies\n"

@@ -30,6 +30,13 @@ FORMAT_MEDIA_TYPES = {
     "parquet": "application/vnd.apache.parquet",
     "arrow": "application/vnd.apache.arrow.stream",
 }
+# The OpenAPI `responses` of a route that returns a table in any of FORMAT_MEDIA_TYPES.
+TABULAR_RESPONSES = {
+    200: {
+        "content": {media_type: {} for media_type in FORMAT_MEDIA_TYPES.values()},
+        "description": "JSON by default; the Accept header selects CSV, Parquet or Arrow",
+    }
+}
 
 
 def _default(value: Any) -> Any:

@@ -21,6 +21,7 @@ from sqlstore.api.caching import (
 from sqlstore.api.encoding import (
     FORMAT_MEDIA_TYPES,
     JSON_MEDIA_TYPE,
+    TABULAR_RESPONSES,
     JSONBytesResponse,
     dumps,
     encode_table,
@@ -80,18 +81,10 @@ def list_tables(request: Request) -> Response:
     return JSONBytesResponse({"count": len(tables), "tables": tables})
 
 
-TABULAR_RESPONSE = {
-    200: {
-        "content": {media_type: {} for media_type in FORMAT_MEDIA_TYPES.values()},
-        "description": "JSON by default; the Accept header selects CSV, Parquet or Arrow",
-    }
-}
-
-
 @router.post(
     "/batch",
     response_model=BatchResponse,
-    responses=TABULAR_RESPONSE,
+    responses=TABULAR_RESPONSES,
     dependencies=[Depends(json_body)],
 )
 def batch_features(request: Request, body: BatchRequest) -> Response:
@@ -203,7 +196,7 @@ def _parse_as_of(value: str | float | None) -> datetime:
         ) from error
 
 
-@router.get("/{group}/{name}", response_model=FeatureTableResponse, responses=TABULAR_RESPONSE)
+@router.get("/{group}/{name}", response_model=FeatureTableResponse, responses=TABULAR_RESPONSES)
 async def read_table(
     request: Request,
     group: str,

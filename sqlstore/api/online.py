@@ -26,6 +26,7 @@ from starlette.responses import Response
 from sqlstore.api.encoding import (
     FORMAT_MEDIA_TYPES,
     JSON_MEDIA_TYPE,
+    TABULAR_RESPONSES,
     JSONBytesResponse,
     dumps,
     encode_table,
@@ -97,15 +98,7 @@ class TableRequest:
     texts: tuple[str, ...]
 
 
-@router.post(
-    "/get-online-features",
-    responses={
-        200: {
-            "content": {media_type: {} for media_type in FORMAT_MEDIA_TYPES.values()},
-            "description": "JSON by default; the Accept header selects CSV, Parquet or Arrow",
-        }
-    },
-)
+@router.post("/get-online-features", responses=TABULAR_RESPONSES)
 async def get_online_features(request: Request) -> Response:
     """Return the latest values of features for a list of entities, column by column.
 
@@ -150,7 +143,7 @@ async def lookup_body(state: Any, body: bytes) -> bytes:
     with the online store and settings of the application `state`. Raises the request's
     error."""
     entities, lookups, positions = await _look_up(state, body)
-    # Features are listed in the order of the references that asked for them:
+    # Features are listed in the order of the references that requested them:
     # (position of the reference, name, result).
     listed: list[tuple[int, str, dict[str, list[Any]]]] = []
     for lookup in lookups:

@@ -29,6 +29,7 @@ from sqlstore.api.caching import cached_response, serve_computed, table_versions
 from sqlstore.api.encoding import (
     FORMAT_MEDIA_TYPES,
     JSON_MEDIA_TYPE,
+    TABULAR_RESPONSES,
     encode_table,
     negotiate_format,
     table_records,
@@ -62,12 +63,6 @@ SQL_FIELDS = frozenset({"sql", "params", "limit"})
 DISCONNECT_CHECKS = 8
 # Results of more rows are encoded in the thread pool, off the event loop.
 INLINE_ENCODING_ROWS = 200
-TABULAR_CONTENT = {
-    200: {
-        "content": {media_type: {} for media_type in FORMAT_MEDIA_TYPES.values()},
-        "description": "JSON by default; the Accept header selects CSV, Parquet or Arrow",
-    }
-}
 
 
 @asynccontextmanager
@@ -142,7 +137,7 @@ def _service(request: Request) -> SqlService:
     return request.app.state.sql
 
 
-@router.post(SQL_PATH, responses=TABULAR_CONTENT, dependencies=[Depends(json_body)])
+@router.post(SQL_PATH, responses=TABULAR_RESPONSES, dependencies=[Depends(json_body)])
 async def post_sql(request: Request, body: SqlRequest) -> Response:
     """Run one read-only query over the feature views (`group.name`)."""
     file_format = negotiate_format(request.headers.get("accept"))
@@ -150,7 +145,7 @@ async def post_sql(request: Request, body: SqlRequest) -> Response:
     return await serve_query(request, prepared, file_format)
 
 
-@router.get(SQL_PATH, responses=TABULAR_CONTENT)
+@router.get(SQL_PATH, responses=TABULAR_RESPONSES)
 async def get_sql(
     request: Request,
     sql: Annotated[str, Query(description="The query text, URL-encoded")],
@@ -177,7 +172,7 @@ def list_queries(request: Request) -> Response:
 QueryName = Annotated[str, Path(description="Name of a query file, without .sql")]
 
 
-@router.get("/queries/{name}", responses=TABULAR_CONTENT)
+@router.get("/queries/{name}", responses=TABULAR_RESPONSES)
 async def get_named_query(
     request: Request,
     name: QueryName,
@@ -191,7 +186,7 @@ async def get_named_query(
     return await _run_named(request, name, values, limit, file_format)
 
 
-@router.post("/queries/{name}", responses=TABULAR_CONTENT, dependencies=[Depends(json_body)])
+@router.post("/queries/{name}", responses=TABULAR_RESPONSES, dependencies=[Depends(json_body)])
 async def post_named_query(request: Request, name: QueryName, body: NamedQueryRequest) -> Response:
     """Run a named query with parameters from the body."""
     file_format = negotiate_format(request.headers.get("accept"))

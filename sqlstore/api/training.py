@@ -15,6 +15,7 @@ from sqlstore.api.caching import serve_cached, serve_uncached, table_versions
 from sqlstore.api.encoding import (
     FORMAT_MEDIA_TYPES,
     JSON_MEDIA_TYPE,
+    TABULAR_RESPONSES,
     JSONBytesResponse,
     dumps,
     encode_table,
@@ -67,7 +68,7 @@ class TrainingSetRequest(BaseModel):
 
 @router.post(
     "/training-set",
-    responses={200: {"content": {t: {} for t in FORMAT_MEDIA_TYPES.values()}}},
+    responses=TABULAR_RESPONSES,
     dependencies=[Depends(json_body)],
 )
 def training_set(request: Request, body: TrainingSetRequest) -> Response:

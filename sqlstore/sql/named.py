@@ -90,6 +90,24 @@ class NamedParameter:
             "description": self.description,
         }
 
+    def convert(self, value: Any, query_name: str) -> Any:
+        """Convert a request's value to the parameter's type, or raise InvalidInput when it has
+        the wrong type, is not finite, or lies outside the type's or the declared range."""
+        subject = f"parameter {self.name} of named query {query_name}"
+        converted = convert_value(value, PARAMETER_TYPES[self.type], subject)
+        if not _is_finite(converted):
+            raise InvalidInput(
+                f"invalid value {quoted_value(value)} for {subject}: use a finite number"
+            )
+        if self.type == "INTEGER" and not INT32_MIN <= converted <= INT32_MAX:
+            raise InvalidInput(
+                f"invalid value {quoted_value(value)} for {subject}: INTEGER parameters take "
+                f"{INT32_MIN} to {INT32_MAX}; the query's author can declare it BIGINT for "
+                "larger values"
+            )
+        self.check_range(converted, query_name)
+        return converted
+
     def in_range(self, value: Any) -> bool:
         """Return whether `value` lies within the declared `min` and `max`, inclusive."""
         below = self.min is not None and value < self.min
@@ -151,20 +169,7 @@ class NamedQuery:
         bound: dict[str, Any] = {}
         for name, parameter in declared.items():
             if name in values:
-                what = f"parameter {name} of named query {self.name}"
-                bound[name] = convert_value(values[name], PARAMETER_TYPES[parameter.type], what)
-                if not _is_finite(bound[name]):
-                    raise InvalidInput(
-                        f"invalid value {quoted_value(values[name])} for {what}: use a finite "
-                        "number"
-                    )
-                if parameter.type == "INTEGER" and not INT32_MIN <= bound[name] <= INT32_MAX:
-                    raise InvalidInput(
-                        f"invalid value {quoted_value(values[name])} for {what}: INTEGER "
-                        f"parameters take {INT32_MIN} to {INT32_MAX}; the query's author can "
-                        "declare it BIGINT for larger values"
-                    )
-                parameter.check_range(bound[name], self.name)
+                bound[name] = parameter.convert(values[name], self.name)
             elif parameter.required:
                 raise InvalidInput(
                     f"missing parameter {name} ({parameter.type}) for named query {self.name}: "
@@ -289,16 +294,7 @@ def _parse_default(query_name: str, name: str, type_name: str, text: str) -> Any
         if len(text) >= 2 and text.startswith("'") and text.endswith("'"):
             return text[1:-1]
         return text
-    what = f"default of parameter {name}"
-    try:
-        default = convert_value(text, PARAMETER_TYPES[type_name], what)
-    except InvalidInput as error:
-        raise NamedQueryInvalid(f"named query {query_name}: {error.message}") from error
-    if not _is_finite(default):
-        raise NamedQueryInvalid(
-            f"named query {query_name}: invalid {what} {text!r}: use a finite number"
-        )
-    return default
+    return _header_value(query_name, type_name, text, f"default of parameter {name}")
 
 
 def _is_finite(value: Any) -> bool:
@@ -315,16 +311,21 @@ def _parse_bound(query_name: str, name: str, type_name: str, keyword: str, text:
             f"named query {query_name}: parameter {name} is {type_name}, which takes no "
             f"{keyword}; only {', '.join(sorted(ORDERED_TYPES))} parameters do{hint}"
         )
-    what = f"{keyword} of parameter {name}"
+    return _header_value(query_name, type_name, text, f"{keyword} of parameter {name}")
+
+
+def _header_value(query_name: str, type_name: str, text: str, subject: str) -> Any:
+    """Convert a default or bound of the header to its parameter's type; `subject` names it
+    in the error."""
     try:
-        bound = convert_value(text, PARAMETER_TYPES[type_name], what)
+        value = convert_value(text, PARAMETER_TYPES[type_name], subject)
     except InvalidInput as error:
         raise NamedQueryInvalid(f"named query {query_name}: {error.message}") from error
-    if not _is_finite(bound):
+    if not _is_finite(value):
         raise NamedQueryInvalid(
-            f"named query {query_name}: invalid {what} {text!r}: use a finite number"
+            f"named query {query_name}: invalid {subject} {text!r}: use a finite number"
         )
-    return bound
+    return value
 
 
 def _check_bounds(query_name: str, parameter: NamedParameter) -> None:

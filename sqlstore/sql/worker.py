@@ -277,6 +277,8 @@ class SandboxDatabase:
     def _unavailable_reads(self, request: dict[str, Any]) -> dict[str, Any] | None:
         """Return the error header for a query that reads a view that could not be created,
         else None."""
+        if not self.unavailable:
+            return None
         reads = [(group, name) for group, name in request.get("reads", [])]
         broken = [view for view in reads if view in self.unavailable]
         if not broken:
