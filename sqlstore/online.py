@@ -49,7 +49,7 @@ from sqlstore.pointintime import default_feature_columns
 from sqlstore.references import FeatureReference
 from sqlstore.registry import RegistryEntry
 from sqlstore.sql.results import end_of_day_text
-from sqlstore.stablefiles import read_unchanged
+from sqlstore.stablefiles import raise_if_damaged, read_unchanged
 from sqlstore.store import FeatureStore
 from sqlstore.types import type_family
 from sqlstore.values import INT64_MAX, INT64_MIN, convert_value
@@ -589,6 +589,16 @@ def lookup_columns(entry: RegistryEntry, reference: FeatureReference) -> list[st
     return leading + [column for column in requested if column not in leading]
 
 
+def _check_registered_columns(store: FeatureStore, entry: RegistryEntry, table: pa.Table) -> None:
+    """Raise TableUnavailable when the file lacks a registered column, as a file of another
+    table copied over it does. Lookups would otherwise fail later on the missing column."""
+    missing = [column.name for column in entry.columns if column.name not in table.column_names]
+    if missing:
+        error = KeyError(f"the file has no column {missing[0]!r}")
+        raise_if_damaged([store.root / entry.path], [entry.reference], error)
+        raise error
+
+
 def build_view(
     store: FeatureStore, group: str, name: str, keys: pa.Table | None = None
 ) -> OnlineView:
@@ -635,6 +645,7 @@ def _build_view(
         valid_until = None
         if valid_until_sql and keys is None:
             valid_until = cursor.sql(valid_until_sql).fetchall()[0][0]
+    _check_registered_columns(store, entry, table)
 
     event_units = None
     if entry.timestamp_column:

@@ -24,7 +24,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sqlstore.errors import TableBusy, TableUnavailable
+from sqlstore.errors import SqlstoreError, TableBusy, TableUnavailable
 from sqlstore.filestamps import Signature, file_signature
 from sqlstore.layout import ENTRY_METADATA_KEY
 
@@ -76,9 +76,15 @@ def read_unchanged(
             logger.debug(
                 "reading %s again (attempt %d of %d): %s", names, attempt, MAX_READ_ATTEMPTS, reason
             )
-        except (*REPLACED_FILE_ERRORS, OSError) as error:
+        except SqlstoreError:
+            raise
+        except Exception as error:
             if _signatures(paths) == before:
+                # Any error is checked, because a file of another table can also fail a read
+                # with a KeyError for a missing column.
                 raise_if_damaged(paths, tables, error)
+                raise
+            if not isinstance(error, (*REPLACED_FILE_ERRORS, OSError)):
                 raise
             logger.info(
                 "read of %s failed while a write replaced its file (attempt %d of %d): %s",
@@ -126,9 +132,10 @@ def raise_if_damaged(paths: Sequence[Path], tables: Sequence[str], error: Except
             raise TableUnavailable.of_table(table) from error
 
 
-def file_problem(path: Path, table: str) -> str | None:
+def file_problem(path: Path, table: str, version: int | None = None) -> str | None:
     """Return why `path` cannot be the data file of `table` (`group/name`), or None when it
-    has the Parquet magic bytes and a sqlstore footer of that table."""
+    has the Parquet magic bytes and a sqlstore footer of that table, and of `version` when
+    one is given."""
     if not _is_parquet_file(path):
         return "is missing or is not Parquet"
     try:
@@ -145,6 +152,8 @@ def file_problem(path: Path, table: str) -> str | None:
     written_for = f"{entry.get('group')}/{entry.get('name')}" if isinstance(entry, dict) else "?"
     if written_for != table:
         return f"was written for table {written_for}"
+    if version is not None and entry.get("version") != version:
+        return f"is version {entry.get('version')}, and the registry lists version {version}"
     return None
 
 

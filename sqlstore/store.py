@@ -20,13 +20,20 @@ import pyarrow.parquet as pq
 
 from sqlstore.atomic import replace_atomically, storage_error
 from sqlstore.catalog import Catalog
-from sqlstore.errors import Conflict, InvalidIdentifier, InvalidInput, StorageError, TableBusy
+from sqlstore.errors import (
+    Conflict,
+    InvalidIdentifier,
+    InvalidInput,
+    StorageError,
+    TableBusy,
+    TableUnavailable,
+)
 from sqlstore.identifiers import validate_column, validate_group, validate_table_name
 from sqlstore.layout import ENTRY_METADATA_KEY, TEMPORARY_SUFFIX, StoreLayout, resolve_root
 from sqlstore.ordering import sort_columns, sort_table
 from sqlstore.records import MAX_LIST_DEPTH, normalize_timestamp_column
 from sqlstore.registry import ColumnInfo, Registry, RegistryEntry, StorageStats
-from sqlstore.stablefiles import raise_if_damaged
+from sqlstore.stablefiles import file_problem, raise_if_damaged
 from sqlstore.types import describe_type, optimize_table, type_family, widen_for_append
 
 logger = logging.getLogger(__name__)
@@ -266,8 +273,33 @@ class FeatureStore:
         if embedded is None:
             logger.warning("%s has no sqlstore metadata; it is not registered", path)
             return
+        if (embedded.group, embedded.name) != (group, name):
+            logger.error(
+                "%s is a file of table %s, not of %s/%s, so the registry is left as it is; "
+                "reads of %s/%s answer 503 until the file is restored or the table is written "
+                "again",
+                path,
+                embedded.reference,
+                group,
+                name,
+                group,
+                name,
+            )
+            return
         registered = self.registry.find(group, name)
-        if registered is not None and registered.version == embedded.version:
+        if registered is not None and embedded.version <= registered.version:
+            if embedded.version < registered.version:
+                # A write never leaves the registry ahead of the file, so the file is an older
+                # version copied back by hand, and serving it would drop acknowledged writes.
+                logger.error(
+                    "%s is version %d of %s/%s, older than the registered version %d, so the "
+                    "registry is left as it is; reads answer 503 until the file is restored",
+                    path,
+                    embedded.version,
+                    group,
+                    name,
+                    registered.version,
+                )
             return
         embedded.storage.bytes_on_disk = path.stat().st_size
         self.registry.put(embedded)
@@ -316,7 +348,7 @@ class FeatureStore:
 
         first_new_row = 0
         if mode == "append" and existing is not None:
-            stored = _read_stored_table(self.root / existing.path, existing.reference)
+            stored = _read_stored_table(self.root / existing.path, existing)
             data = widen_for_append(stored, data)
             # The appended columns may collide in case with the stored ones.
             _check_column_names(data.column_names)
@@ -705,15 +737,15 @@ def _is_table_reference(group: str, name: str, path: Path) -> bool:
     return True
 
 
-def _read_stored_table(path: Path, reference: str) -> pa.Table:
+def _read_stored_table(path: Path, existing: RegistryEntry) -> pa.Table:
     """Read the stored version of a table for an append. Raise TableUnavailable when the file
-    is missing or damaged, since the append cannot keep the stored rows; an overwrite can
-    still replace the table."""
-    try:
-        return pq.read_table(path)
-    except (OSError, pa.ArrowException) as error:
-        raise_if_damaged([path], [reference], error)
-        raise
+    is missing, damaged, of another table or of another version, because the append would
+    lose the stored rows or mix in others. An overwrite can still replace the table."""
+    problem = file_problem(path, existing.reference, existing.version)
+    if problem is not None:
+        logger.error("cannot append to %s: its data file %s %s", existing.reference, path, problem)
+        raise TableUnavailable.of_table(existing.reference)
+    return pq.read_table(path)
 
 
 def _read_embedded_entry(path: Path) -> RegistryEntry | None:

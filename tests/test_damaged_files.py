@@ -71,12 +71,15 @@ def foreign_parquet() -> bytes:
 
 
 def damage_file(path: Path, damage: str) -> None:
+    """Damage the data file `path` of shop/scores in the way `damage` names."""
     if damage == "remove":
         path.unlink()
     elif damage == "truncate":
         path.write_bytes(path.read_bytes()[:100])
     elif damage == "garbage":
         path.write_bytes(b"not parquet at all\n" * 50)
+    elif damage == "other table":
+        path.write_bytes(path.with_name("other.parquet").read_bytes())
     else:
         path.write_bytes(foreign_parquet())
 
@@ -85,7 +88,7 @@ def send(client: httpx.Client, method: str, path: str, body: object) -> httpx.Re
     return client.request(method, path, json=body)
 
 
-@pytest.mark.parametrize("damage", ["remove", "truncate", "garbage", "foreign"])
+@pytest.mark.parametrize("damage", ["remove", "truncate", "garbage", "foreign", "other table"])
 def test_damaged_file_is_503(server: RunningServer, damage: str) -> None:
     path = data_file(server)
     saved = path.read_bytes()
@@ -129,20 +132,72 @@ def test_append_to_damaged_table_is_503(server: RunningServer) -> None:
     assert page == [{"user_id": 3, "score": 1.0}]
 
 
-def test_older_version_copied_back_is_503(server: RunningServer) -> None:
+def test_append_onto_other_table_file_is_503(server: RunningServer) -> None:
     path = data_file(server)
+    saved = path.read_bytes()
+    damage_file(path, "other table")
+    records = {"records": [{"user_id": 3, "score": 1.0}], "mode": "append"}
+
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        appended = client.post("/features/shop/scores", json=records)
+        path.write_bytes(saved)
+        page = client.get("/features/shop/scores").json()["data"]
+
+    assert appended.status_code == 503
+    assert appended.json()["error"]["message"] == MESSAGE
+    assert page == [{"user_id": 1, "score": 0.5}, {"user_id": 2, "score": 0.25}]
+
+
+def write_version_2(root: Path) -> bytes:
+    """Write version 2 of shop/scores and return the bytes of version 1's file."""
+    store = FeatureStore(root)
+    path = store.root / store.registry.get("shop", "scores").path
     version_1 = path.read_bytes()
     version_2 = pa.table({"user_id": [1], "score": [9.0]})
-    FeatureStore(server.root).write(
-        "shop", "scores", version_2, definition=TableDefinition(["user_id"])
-    )
-    path.write_bytes(version_1)
+    store.write("shop", "scores", version_2, definition=TableDefinition(["user_id"]))
+    return version_1
+
+
+def test_older_version_copied_back_is_503(server: RunningServer) -> None:
+    path = data_file(server)
+    path.write_bytes(write_version_2(server.root))
+    records = {"records": [{"user_id": 3, "score": 1.0}], "mode": "append"}
 
     with httpx.Client(base_url=server.base_url, timeout=60) as client:
         response = client.get("/features/shop/scores")
+        appended = client.post("/features/shop/scores", json=records)
 
     assert response.status_code == 503
     assert response.json()["error"]["message"] == MESSAGE
+    assert appended.status_code == 503
+    assert appended.json()["error"]["message"] == MESSAGE
+
+
+@pytest.mark.parametrize("damage", ["other table", "older version"])
+def test_restart_keeps_registry_entries(tmp_path: Path, damage: str) -> None:
+    store = FeatureStore(tmp_path / "store")
+    store.write("shop", "scores", SCORES, definition=TableDefinition(["user_id"]))
+    store.write("shop", "other", OTHER, definition=TableDefinition(["user_id"]))
+    path = store.root / store.registry.get("shop", "scores").path
+    if damage == "other table":
+        damage_file(path, damage)
+    else:
+        path.write_bytes(write_version_2(store.root))
+    versions = {entry.reference: entry.version for entry in store.registry.list()}
+
+    server = start_server(store.root, tmp_path / "server.log")
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            other = client.get("/features/shop/other").json()["data"]
+            scores = client.get("/features/shop/scores")
+    finally:
+        stop_server(server)
+
+    after = {entry.reference: entry.version for entry in FeatureStore(store.root).registry.list()}
+    assert after == versions
+    assert other == [{"user_id": 1, "city": "Oslo"}]
+    assert scores.status_code == 503
+    assert scores.json()["error"]["message"] == MESSAGE
 
 
 def test_server_starts_with_damaged_file(tmp_path: Path) -> None:
