@@ -15,6 +15,9 @@ class SqlstoreError(Exception):
 
     status = 500
     code = "internal_error"
+    # The Retry-After header of a 503: the seconds after which a retry may succeed, or None
+    # when waiting does not help.
+    retry_after: str | None = "1"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -88,6 +91,8 @@ class TableUnavailable(SqlstoreError):
 
     status = 503
     code = "table_unavailable"
+    # Damage outside sqlstore does not go away by itself.
+    retry_after = None
 
     @classmethod
     def of_table(cls, reference: str) -> TableUnavailable:

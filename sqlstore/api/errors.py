@@ -105,7 +105,8 @@ async def handle_sqlstore_error(request: Request, error: SqlstoreError) -> Respo
         request_id_of(request),
         shortened(error.message),
     )
-    headers = {"Retry-After": "1"} if error.status == 503 else None
+    retry = error.status == 503 and error.retry_after is not None
+    headers = {"Retry-After": error.retry_after} if retry else None
     details = getattr(error, "details", None)
     return error_response(
         request, error.status, error.code, error.message, details=details, headers=headers
