@@ -91,6 +91,20 @@ def test_sqlglot_recursion_error_on_deep_nesting() -> None:
         validate_query(sql, VIEWS)
 
 
+def test_duckdb_depth_limit_is_rejection() -> None:
+    sql = "SELECT " + "+".join(["1"] * 3000)
+
+    with pytest.raises(duckdb.ParserException, match="Max expression depth limit of 1000"):
+        duckdb.connect().extract_statements(sql)
+    with pytest.raises(QueryRejected) as raised:
+        validate_query(sql, VIEWS)
+    assert raised.value.message == (
+        "query is nested more than 1000 levels deep, the most that DuckDB's parser allows; "
+        "flatten nested expressions or subqueries"
+    )
+    assert raised.value.details == [{"construct": "expression depth"}]
+
+
 def test_sqlglot_parses_bare_keyword_as_column() -> None:
     assert isinstance(sqlglot.parse_one("CHECKPOINT", read="duckdb"), exp.Column)
     with pytest.raises(QueryRejected, match="CHECKPOINT statements are not allowed"):

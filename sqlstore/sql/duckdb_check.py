@@ -36,7 +36,7 @@ from cachetools import LRUCache
 
 from sqlstore.errors import QueryRejected, QuerySyntaxError
 from sqlstore.sql.functions import is_allowed_function, is_allowed_table_function
-from sqlstore.sql.limits import SqlLimits
+from sqlstore.sql.limits import TOO_DEEP_MESSAGE, SqlLimits
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +193,8 @@ SOURCE_POSITION_PATTERN = re.compile(r',"query_location(?:_length)?":\d+')
 # "...\n\nLINE 2: ,  \"\"\n           ^". A long line is cut, with "..." at either end.
 ERROR_LINE_PATTERN = re.compile(r"\n\n(LINE (\d+): )(.*)\n( *)\^")
 TRUNCATION_MARK = "..."
+# DuckDB 2.0's parser error for a text nested beyond its max_expression_depth setting.
+EXPRESSION_DEPTH_PATTERN = re.compile(r"Max expression depth limit of (\d+) exceeded")
 # DuckDB numbers the lines of its error messages after each \r\n, \r or \n.
 DUCKDB_LINE_BREAK_PATTERN = re.compile(r"\r\n|\r|\n")
 ZERO_WIDTH = frozenset("\u200b\u200c\u200d\u2060\ufeff")
@@ -420,7 +422,7 @@ def _syntax_tree(sql: str, text: str | None = None) -> dict[str, Any]:
     except orjson.JSONDecodeError as error:
         # orjson rejects JSON nested more than 1024 levels deep with "depth limit exceeded".
         if "depth" in str(error):
-            raise QueryRejected("query is nested too deeply to validate") from error
+            raise QueryRejected(TOO_DEEP_MESSAGE) from error
         raise QueryRejected(f"DuckDB could not describe the query: {error}") from error
 
     statements = serialized.get("statements") or []
@@ -443,8 +445,16 @@ def _serialize(sql: str) -> str:
         raise QueryRejected(f"DuckDB could not describe the query: {_first_line(error)}") from error
 
 
-def _parser_error(sql: str, error: duckdb.ParserException) -> QuerySyntaxError:
-    """Return a syntax error with the line and column that DuckDB's caret points at."""
+def _parser_error(sql: str, error: duckdb.ParserException) -> QuerySyntaxError | QueryRejected:
+    """Return a syntax error with the line and column that DuckDB's caret points at, or the
+    rejection of a text nested deeper than DuckDB's parser allows."""
+    depth = EXPRESSION_DEPTH_PATTERN.search(str(error))
+    if depth is not None:
+        return QueryRejected(
+            f"query is nested more than {depth.group(1)} levels deep, the most that DuckDB's "
+            "parser allows; flatten nested expressions or subqueries",
+            details=[{"construct": "expression depth"}],
+        )
     position = duckdb_error_position(sql, str(error))
     if position is None:
         return QuerySyntaxError(f"syntax error: {_first_line(error)}")
@@ -552,7 +562,7 @@ class _TreeChecker:
         try:
             self._visit(statement, None)
         except RecursionError as error:
-            raise QueryRejected("query is nested too deeply to validate") from error
+            raise QueryRejected(TOO_DEEP_MESSAGE) from error
         for reference, node in self.unresolved_tables:
             if reference not in self.cte_names:
                 raise self._rejected(

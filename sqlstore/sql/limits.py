@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 MEBIBYTE = 1024 * 1024
 GIBIBYTE = 1024 * MEBIBYTE
+# The rejection of a text nested deeper than a parser or a validator walk can follow.
+TOO_DEEP_MESSAGE = (
+    "query is nested too deeply to validate; flatten nested expressions or subqueries"
+)
 
 
 @dataclass(frozen=True)

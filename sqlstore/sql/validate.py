@@ -42,7 +42,7 @@ from sqlstore.sql.duckdb_check import (
     location_of_offset,
 )
 from sqlstore.sql.functions import denial_reason, is_allowed_function, is_allowed_table_function
-from sqlstore.sql.limits import SqlLimits
+from sqlstore.sql.limits import TOO_DEEP_MESSAGE, SqlLimits
 from sqlstore.values import is_valid_unicode
 
 logger = logging.getLogger(__name__)
@@ -381,9 +381,7 @@ def _parse_one_statement(sql: str) -> exp.Expression:
     except TokenError as error:
         raise QuerySyntaxError(f"syntax error: {error}; check quotes and comments") from error
     except RecursionError as error:
-        raise QueryRejected(
-            "query is nested too deeply to validate; flatten nested expressions or subqueries"
-        ) from error
+        raise QueryRejected(TOO_DEEP_MESSAGE) from error
 
     # A comment after the last semicolon parses as a Semicolon node that contains it.
     statements = [
@@ -464,9 +462,7 @@ class _QueryWalker:
         try:
             nodes = [(node, _node_class(type(node))) for node in statement.walk()]
         except RecursionError as error:
-            raise QueryRejected(
-                "query is nested too deeply to validate; flatten nested expressions"
-            ) from error
+            raise QueryRejected(TOO_DEEP_MESSAGE) from error
 
         for node, node_class in nodes:
             if node_class.is_cte:
