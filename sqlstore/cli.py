@@ -63,8 +63,14 @@ error_console = Console(stderr=True)
 
 
 LogLevelOption = Annotated[
-    LogLevel,
-    typer.Option(help="Logging level", envvar=LOG_LEVEL_VARIABLE, case_sensitive=False),
+    LogLevel | None,
+    typer.Option(
+        help="Logging level; default info for serve and warning for the other commands, whose "
+        "output is their result",
+        envvar=LOG_LEVEL_VARIABLE,
+        case_sensitive=False,
+        show_default=False,
+    ),
 ]
 LogFormatOption = Annotated[
     LogFormat,
@@ -78,12 +84,20 @@ LogFormatOption = Annotated[
 
 # The global logging options, which `serve` passes on to its worker processes.
 _logging_choice: dict[str, Any] = {"level": LogLevel.info, "format": LogFormat.text}
+# Commands that log at INFO unless a level is given. The others log warnings and errors only,
+# so that their output is their result.
+INFO_LOGGING_COMMANDS = frozenset({"serve"})
 
 
 @app.callback()
 def main(
-    log_level: LogLevelOption = LogLevel.info, log_format: LogFormatOption = LogFormat.text
+    context: typer.Context,
+    log_level: LogLevelOption = None,
+    log_format: LogFormatOption = LogFormat.text,
 ) -> None:
+    if log_level is None:
+        command = context.invoked_subcommand
+        log_level = LogLevel.info if command in INFO_LOGGING_COMMANDS else LogLevel.warning
     _logging_choice.update(level=log_level, format=log_format)
     configure_logging(log_level, log_format)
 

@@ -1,4 +1,5 @@
-"""Logging set-up for the CLI and the server's worker processes: level and text or JSON lines."""
+"""Logging set-up for the CLI and the server's worker processes: level and text or JSON lines,
+and the log line of an invalid definition file."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import threading
 import time
 import weakref
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, TextIO
 
 LOG_LEVEL_VARIABLE = "SQLSTORE_LOG_LEVEL"
@@ -32,6 +34,8 @@ CONTROL_CHARACTERS = re.compile(
 )
 # python-json-logger writes these record attributes, then every `extra` field of the call.
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
+# How many (file version, problem) pairs `log_invalid_file` remembers in each process.
+LOGGED_FILE_PROBLEMS_LIMIT = 1024
 
 
 class LogLevel(StrEnum):
@@ -110,6 +114,34 @@ def flush_seconds_from_environment() -> float:
             f"{MIN_FLUSH_SECONDS} to 60, or 0 to write every line at once"
         )
     return seconds
+
+
+_logged_file_problems: dict[tuple[str, int, int, str], None] = {}
+_logged_file_problems_lock = threading.Lock()
+
+
+def log_invalid_file(logger: logging.Logger, kind: str, path: Path, problem: str) -> None:
+    """Log at ERROR that the definition file at `path` is invalid, naming `kind` (such as
+    "named query file"), the path and the problem.
+
+    Each process logs a file version (modification time and size) and problem at ERROR once and
+    repeats at DEBUG, so that a broken file requested or listed on every request does not add
+    a line each time. Editing the file logs its next problem at ERROR again.
+    """
+    try:
+        stat = path.stat()
+        version = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        version = (0, 0)
+    key = (str(path), *version, problem)
+    with _logged_file_problems_lock:
+        first = key not in _logged_file_problems
+        if first:
+            if len(_logged_file_problems) >= LOGGED_FILE_PROBLEMS_LIMIT:
+                del _logged_file_problems[next(iter(_logged_file_problems))]
+            _logged_file_problems[key] = None
+    level = logging.ERROR if first else logging.DEBUG
+    logger.log(level, "%s %s is invalid: %s", kind, path, problem)
 
 
 class TextFormatter(logging.Formatter):

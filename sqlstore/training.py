@@ -8,6 +8,9 @@ A named definition is a TOML file `queries/training_sets/<name>.toml`:
     features = ["user/user_preferences", "content/movie_ratings:rating_mean"]
     # optional: timestamp_column, full_feature_names, inclusive, created_before_event,
     # [ttl_seconds] with one `"group/name" = seconds` line per table
+
+A file that is not valid TOML or breaks these rules is a configuration error on the server,
+which only its operator can fix, so loading it raises TrainingSetInvalid, a 500.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from sqlstore.errors import InvalidInput, NotFound, quoted_value
+from sqlstore.errors import InvalidInput, NotFound, SqlstoreError, quoted_value
 from sqlstore.identifiers import TABLE_NAME_PATTERN
+from sqlstore.logs import log_invalid_file
 from sqlstore.pointintime import DEFAULT_TIMESTAMP_COLUMN, JoinOptions, get_historical_features
 from sqlstore.store import FeatureStore
 
@@ -42,6 +46,21 @@ DEFINITION_TYPES: dict[str, str] = {
     "ttl_seconds": "a table of numbers of seconds",
 }
 DEFINITION_KEYS = frozenset(DEFINITION_TYPES)
+
+
+class TrainingSetInvalid(SqlstoreError):
+    """A training set definition file on the server is invalid: a 500, because the request is
+    valid and only the server's operator can fix the file."""
+
+    status = 500
+    code = "training_set_invalid"
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(
+            f"invalid training set {name} ({TRAINING_SETS_FOLDER}/{name}.toml in the queries "
+            f"folder): {problem}"
+        )
+        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -80,7 +99,8 @@ class TrainingSetDefinition:
 
 
 def list_training_sets(queries_dir: Path) -> list[TrainingSetDefinition]:
-    """Return every valid definition under `queries_dir/training_sets`; invalid ones are logged."""
+    """Return every valid definition under `queries_dir/training_sets`; invalid ones are logged
+    (see `load_training_set`)."""
     folder = queries_dir / TRAINING_SETS_FOLDER
     definitions = []
     for path in sorted(folder.glob("*.toml")):
@@ -88,43 +108,68 @@ def list_training_sets(queries_dir: Path) -> list[TrainingSetDefinition]:
             definitions.append(load_training_set(queries_dir, path.stem))
         except InvalidInput as error:
             logger.warning("skipping training set file %s: %s", path, error.message)
+        except TrainingSetInvalid:
+            continue
     return definitions
 
 
 def load_training_set(queries_dir: Path, name: str) -> TrainingSetDefinition:
-    """Read the definition called `name`; the name is checked before it becomes a path."""
+    """Read the definition called `name`; the name is checked before it becomes a path.
+
+    Raise InvalidInput for an invalid name, NotFound without a file, and TrainingSetInvalid for
+    an invalid file, whose path and problem are logged at ERROR (once per version of the
+    file)."""
     if not isinstance(name, str) or TABLE_NAME_PATTERN.fullmatch(name) is None:
         raise InvalidInput(
             f"invalid training set name {name!r}: use lowercase letters, digits and underscores"
         )
     path = queries_dir / TRAINING_SETS_FOLDER / f"{name}.toml"
     try:
-        content = tomllib.loads(path.read_text(encoding="utf-8"))
+        return _read_definition(path, name)
     except FileNotFoundError as error:
         known = ", ".join(d.name for d in list_training_sets(queries_dir)) or "none"
         raise NotFound(f"training set {name!r} not found; defined: {known}") from error
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise InvalidInput(f"training set file {path.name} is not valid TOML: {error}") from error
+    except TrainingSetInvalid as error:
+        log_invalid_file(logger, "training set file", path, error.problem)
+        raise
+
+
+def _read_definition(path: Path, name: str) -> TrainingSetDefinition:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        # `load_training_set` reports a missing file as NotFound, not as an unreadable one.
+        raise
+    except UnicodeDecodeError as error:
+        raise TrainingSetInvalid(
+            name, f"the file is not UTF-8 text (invalid byte at position {error.start})"
+        ) from error
+    except OSError as error:
+        # The message names the error only: its text would show the server's path.
+        reason = error.strerror or type(error).__name__
+        raise TrainingSetInvalid(name, f"the file cannot be read ({reason})") from error
+
+    try:
+        content = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise TrainingSetInvalid(name, f"the file is not valid TOML: {error}") from error
     return _definition_from_mapping(name, content)
 
 
 def _definition_from_mapping(name: str, content: dict[str, Any]) -> TrainingSetDefinition:
-    unknown = set(content) - DEFINITION_KEYS
+    unknown = sorted(set(content) - DEFINITION_KEYS)
     if unknown:
-        raise InvalidInput(f"training set {name!r} has unknown keys: {', '.join(sorted(unknown))}")
+        known = ", ".join(DEFINITION_TYPES)
+        raise TrainingSetInvalid(name, f"unknown keys {', '.join(unknown)}; the keys are {known}")
     for required in ("entity_sql", "features"):
         if required not in content:
-            raise InvalidInput(f"training set {name!r} lacks {required!r}")
+            raise TrainingSetInvalid(name, f"the required key {required} is missing")
     for key, value in content.items():
         if not _has_definition_type(key, value):
-            raise InvalidInput(
-                f"training set {name!r}: {key} must be {DEFINITION_TYPES[key]}, not "
-                f"{quoted_value(value)}"
+            raise TrainingSetInvalid(
+                name, f"{key} must be {DEFINITION_TYPES[key]}, not {quoted_value(value)}"
             )
-    try:
-        return TrainingSetDefinition(name=name, **content)
-    except TypeError as error:
-        raise InvalidInput(f"training set {name!r} is invalid: {error}") from error
+    return TrainingSetDefinition(name=name, **content)
 
 
 def _has_definition_type(key: str, value: Any) -> bool:

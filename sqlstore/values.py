@@ -74,10 +74,13 @@ def sql_type_for(arrow_type: pa.DataType, value: Any = None) -> str | None:
     return SQL_TYPES.get(type_family(arrow_type))
 
 
-def convert_value(value: Any, arrow_type: pa.DataType, what: str) -> Any:
+def convert_value(
+    value: Any, arrow_type: pa.DataType, what: str, type_name: str | None = None
+) -> Any:
     """Convert a JSON or query-string value to the Python value of the column's type.
 
-    `what` names the value in the error message, for example "filter rating__gte".
+    `what` names the value in the error message, for example "filter rating__gte", and
+    `type_name` the type that the message shows, by default the Arrow type.
     """
     family = type_family(arrow_type)
     try:
@@ -99,7 +102,7 @@ def convert_value(value: Any, arrow_type: pa.DataType, what: str) -> Any:
         reason = f"; {error}" if family == "timestamp" else ""
         raise InvalidInput(
             f"invalid value {quoted_value(value)} for {what}: expected {_expected(family)} "
-            f"({describe_type(arrow_type)}){reason}"
+            f"({type_name or describe_type(arrow_type)}){reason}"
         ) from error
     raise InvalidInput(f"{what} is not supported on {describe_type(arrow_type)} columns")
 
@@ -122,21 +125,30 @@ def _integer_maximum(arrow_type: pa.DataType) -> int:
 
 
 def _to_integer(value: Any, maximum: int) -> int:
-    if isinstance(value, bool):
-        raise TypeError("a boolean is not an integer")
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    elif isinstance(value, str) and INTEGER_PATTERN.fullmatch(value.strip()):
-        if len(value.strip().lstrip("+-").lstrip("0")) > MAX_INTEGER_DIGITS:
-            raise OverflowError("integer outside the 64-bit range")
-        number = int(value)
-    else:
-        raise ValueError("not an integer")
+    number = parse_integer(value)
     if not INT64_MIN <= number <= maximum:
         raise OverflowError("integer outside the 64-bit range")
     return number
+
+
+def parse_integer(value: Any) -> int:
+    """Parse a JSON or query-string integer: an int, a float without a fraction, or decimal
+    digits with an optional sign.
+
+    Raise TypeError for a boolean, ValueError for anything else that is not an integer, and
+    OverflowError, without converting it, for text of more digits than a 64-bit integer has.
+    """
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and INTEGER_PATTERN.fullmatch(value.strip()):
+        if len(value.strip().lstrip("+-").lstrip("0")) > MAX_INTEGER_DIGITS:
+            raise OverflowError("integer outside the 64-bit range")
+        return int(value)
+    raise ValueError("not an integer")
 
 
 def _to_float(value: Any) -> float:

@@ -27,8 +27,10 @@ PROCESS_TIMEOUT_SECONDS = 60
 
 
 def run_cli(*arguments: str) -> subprocess.CompletedProcess[str]:
-    # A wide terminal keeps rich from wrapping messages in the middle of a value.
+    # A wide terminal keeps rich from wrapping messages in the middle of a value. The logging
+    # level is left to the command's default.
     environment = {**os.environ, "COLUMNS": "200"}
+    environment.pop("SQLSTORE_LOG_LEVEL", None)
     return subprocess.run(
         [sys.executable, "-m", "sqlstore", *arguments],
         capture_output=True,
@@ -88,6 +90,8 @@ def test_ingest_csv_defaults(tmp_path: Path) -> None:
 
     assert completed.returncode == 0, completed.stderr
     assert "wrote 3 rows to user/scores" in completed.stdout
+    # The store logs each write at INFO, which the CLI leaves out by default.
+    assert completed.stderr == ""
     entry = registry_json(root, "user", "scores")
     assert entry["entity_key"] == ["entity_id"]
     assert entry["timestamp_column"] == "event_timestamp"

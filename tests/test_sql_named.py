@@ -322,14 +322,54 @@ def test_parameter_bounds_are_inclusive(http: httpx.Client) -> None:
     ("line", "problem"),
     [
         ("x INTEGER min 3 max 1", "parameter x has min 3 above its max 1"),
+        ("x INTEGER max 1 min 3", "parameter x has min 3 above its max 1"),
         (
             "x INTEGER = 0 min 1",
             "the default 0 of parameter x is outside its range; use a default of at least 1",
         ),
         (
+            "x INTEGER = 9 min 1 max 5",
+            "the default 9 of parameter x is outside its range; use a default from 1 to 5",
+        ),
+        (
             "x DATE = 2020-01-01 max 2019-12-31",
             "the default 2020-01-01 of parameter x is outside "
             "its range; use a default of at most 2019-12-31",
+        ),
+        ("x INTEGER min 1 min 2", "parameter x has min twice (1 and 2); keep one"),
+        ("x INTEGER = 5 min 1 min 2", "parameter x has min twice (1 and 2); keep one"),
+        ("x INTEGER = 5 max 1 min 0 max 2", "parameter x has max twice (1 and 2); keep one"),
+        ("x INTEGER = 5 min", "min of parameter x has no value; write min LOW"),
+        ("x INTEGER min 1 max | Top", "max of parameter x has no value; write max HIGH"),
+        ("x INTEGER min max 3", "min of parameter x has no value; write min LOW"),
+        (
+            "x INTEGER = 5 min 1 foo",
+            "unexpected 'foo' in the param line of x; write NAME TYPE [= DEFAULT] [min LOW] "
+            "[max HIGH] [| DESCRIPTION]",
+        ),
+        (
+            "x INTEGER MIN 1",
+            "unexpected 'MIN' in the param line of x; write NAME TYPE [= DEFAULT] [min LOW] "
+            "[max HIGH] [| DESCRIPTION]; write min and max in lowercase",
+        ),
+        (
+            "x",
+            "the param line 'x' does not start with NAME TYPE; write NAME TYPE [= DEFAULT] "
+            "[min LOW] [max HIGH] [| DESCRIPTION]",
+        ),
+        (
+            "x TEXT",
+            "parameter x has type TEXT; use one of VARCHAR, INTEGER, BIGINT, DOUBLE, BOOLEAN, "
+            "DATE, TIMESTAMP",
+        ),
+        (
+            "x INTEGER = | Rows",
+            "parameter x has '=' without a default value; write = DEFAULT, or remove '=' to "
+            "make the parameter required",
+        ),
+        (
+            "x VARCHAR = 'Film | Genre",
+            "the default of parameter x opens a quote that is not closed; write = 'TEXT'",
         ),
         (
             "x BOOLEAN = true min 1",
@@ -341,12 +381,32 @@ def test_parameter_bounds_are_inclusive(http: httpx.Client) -> None:
             "parameter x is VARCHAR, which takes no max; only BIGINT, "
             "DATE, DOUBLE, INTEGER, TIMESTAMP parameters do; quote a default that contains ' max '",
         ),
-        ("x DOUBLE min nan", "invalid min of parameter x 'nan': use a finite number"),
-        ("x DOUBLE = 1 max inf", "invalid max of parameter x 'inf': use a finite number"),
-        ("x DOUBLE = -inf", "invalid default of parameter x '-inf': use a finite number"),
+        ("x DOUBLE min nan", 'invalid value "nan" for min of parameter x: use a finite number'),
+        ("x DOUBLE = 1 max inf", 'invalid value "inf" for max of parameter x: use a finite number'),
+        ("x DOUBLE = -inf", 'invalid value "-inf" for default of parameter x: use a finite number'),
         (
             "x INTEGER min many",
-            'invalid value "many" for min of parameter x: expected an integer (int64)',
+            'invalid value "many" for min of parameter x: expected an integer (INTEGER)',
+        ),
+        (
+            "x DATE = soon",
+            'invalid value "soon" for default of parameter x: expected an ISO 8601 date such as '
+            "2024-05-01 (DATE)",
+        ),
+        (
+            "x INTEGER = 2147483648",
+            'invalid value "2147483648" for default of parameter x: out of range; INTEGER '
+            "parameters take -2147483648 to 2147483647; a BIGINT parameter takes larger values",
+        ),
+        (
+            "x INTEGER max 99999999999999999999",
+            'invalid value "99999999999999999999" for max of parameter x: out of range; INTEGER '
+            "parameters take -2147483648 to 2147483647; a BIGINT parameter takes larger values",
+        ),
+        (
+            "x BIGINT min -9223372036854775809",
+            'invalid value "-9223372036854775809" for min of parameter x: out of range; BIGINT '
+            "parameters take -9223372036854775808 to 9223372036854775807",
         ),
     ],
 )
@@ -357,7 +417,24 @@ def test_invalid_parameter_bounds(tmp_path: Path, line: str, problem: str) -> No
     with pytest.raises(NamedQueryInvalid) as raised:
         load_named_query(path)
 
-    assert raised.value.message == f"named query bounded: {problem}"
+    assert raised.value.message == (
+        f"invalid named query bounded (bounded.sql in the queries folder): {problem}"
+    )
+
+
+def test_parameter_declared_twice(tmp_path: Path) -> None:
+    path = tmp_path / "twice.sql"
+    path.write_text(
+        "-- title: Twice\n-- param: x INTEGER = 1\n-- param: x BIGINT = 2\nSELECT $x AS x\n"
+    )
+
+    with pytest.raises(NamedQueryInvalid) as raised:
+        load_named_query(path)
+
+    assert raised.value.message == (
+        "invalid named query twice (twice.sql in the queries folder): parameter x has two "
+        "param lines; keep one"
+    )
 
 
 def test_parameter_bounds_parsed(tmp_path: Path) -> None:
@@ -366,14 +443,20 @@ def test_parameter_bounds_parsed(tmp_path: Path) -> None:
         "-- title: Bounded\n"
         "-- param: x DOUBLE = 0.5 min -1.5 max 2.5 | A share\n"
         "-- param: label VARCHAR = 'at min 5' | Text with the keyword in it\n"
-        "SELECT $x AS x, $label AS label\n"
+        "-- param: n INTEGER = 2 max 5 min 1 | Bounds in either order\n"
+        "-- param: big BIGINT max 9223372036854775807\n"
+        "-- param: piped VARCHAR = 'a|b'\n"
+        "SELECT $x AS x, $label AS label, $n AS n, $big AS big, $piped AS piped\n"
     )
 
-    x, label = load_named_query(path).parameters
+    x, label, n, big, piped = load_named_query(path).parameters
 
     assert (x.default, x.min, x.max, x.description) == (0.5, -1.5, 2.5, "A share")
     assert (label.default, label.min, label.max) == ("at min 5", None, None)
     assert label.description == "Text with the keyword in it"
+    assert (n.default, n.min, n.max, n.description) == (2, 1, 5, "Bounds in either order")
+    assert (big.required, big.min, big.max) == (True, None, 2**63 - 1)
+    assert (piped.default, piped.description) == ("a|b", "")
 
 
 @pytest.mark.parametrize("name", ["Top_Rated", "a.b", "x-y", "_hidden", "a" * 64])
@@ -425,6 +508,9 @@ def write_queries_folder(folder: Path) -> None:
     (folder / "reads_file.sql").write_text(
         "-- title: Reads a file\nSELECT * FROM read_csv('/etc/passwd')\n"
     )
+    (folder / "repeated_bound.sql").write_text(
+        "-- title: Repeated bound\n-- param: n INTEGER min 1 min 2\nSELECT $n AS n\n"
+    )
 
 
 def test_queries_folder_from_environment(
@@ -438,6 +524,7 @@ def test_queries_folder_from_environment(
         counted = client.get("/queries/genre_count", params={"genre": "Western"})
         broken = client.get("/queries/undeclared")
         missing_title = client.get("/queries/no_title")
+        repeated = [client.get("/queries/repeated_bound") for _ in range(2)]
 
     western = ratings.drop_duplicates("movie_id")["genres"].map(
         lambda text: "Western" in genre_list(text)
@@ -445,10 +532,43 @@ def test_queries_folder_from_environment(
     assert [query["name"] for query in listed["queries"]] == ["genre_count"]
     assert counted.json()["data"] == [{"movies": int(western.sum())}]
     assert broken.status_code == 500
-    assert "uses $x without a '-- param:' line" in broken.json()["error"]["message"]
+    assert broken.json()["error"]["message"] == (
+        "invalid named query undeclared (undeclared.sql in the queries folder): the query uses "
+        "$x without a '-- param:' line"
+    )
     assert missing_title.status_code == 500
-    assert "no '-- title:' header line" in missing_title.json()["error"]["message"]
-    assert "reads_file" not in {query["name"] for query in listed["queries"]}
+    assert missing_title.json()["error"]["message"] == (
+        "invalid named query no_title (no_title.sql in the queries folder): the header has no "
+        "'-- title:' line"
+    )
+    for response in repeated:
+        assert response.status_code == 500
+        assert response.json()["error"]["code"] == "named_query_invalid"
+        assert response.json()["error"]["message"] == (
+            "invalid named query repeated_bound (repeated_bound.sql in the queries folder): "
+            "parameter n has min twice (1 and 2); keep one"
+        )
+        assert str(folder) not in response.text
+
+
+def test_invalid_query_file_logged_once(server_factory, demo_root: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "my_queries"
+    write_queries_folder(folder)
+    server = server_factory(root=demo_root, SQLSTORE_QUERIES_DIR=str(folder))
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        client.get("/queries")
+        statuses = [client.get("/queries/repeated_bound").status_code for _ in range(2)]
+
+    message = (
+        f"named query file {folder / 'repeated_bound.sql'} is invalid: parameter n has min "
+        "twice (1 and 2); keep one"
+    )
+    log = server.log_containing(message)
+    logged = [line for line in log.splitlines() if "repeated_bound.sql is invalid" in line]
+    assert statuses == [500, 500]
+    assert len(logged) == 1, logged
+    assert " ERROR sqlstore.sql.named [" in logged[0]
+    assert logged[0].endswith(f"]: {message}")
 
 
 @pytest.fixture(scope="module")
@@ -465,6 +585,9 @@ def own_queries(
     )
     (folder / "scaled.sql").write_text(
         "-- title: Scaled\n-- param: x DOUBLE | Any number\nSELECT $x * 2 AS y\n"
+    )
+    (folder / "echo_big.sql").write_text(
+        "-- title: Echo a BIGINT\n-- param: b BIGINT | Any integer\nSELECT $b AS b\n"
     )
     log = tmp_path_factory.mktemp("own_queries_log") / "server.log"
     server = start_server(demo_root, log, env={"SQLSTORE_QUERIES_DIR": str(folder)})
@@ -494,15 +617,56 @@ def test_non_finite_parameter_is_400(own_queries: httpx.Client, value: str) -> N
     )
 
 
-@pytest.mark.parametrize("value", [2**31, -(2**31) - 1])
+@pytest.mark.parametrize("value", [2**31, -(2**31) - 1, 2**63, -(2**63) - 1, 10**30])
 def test_integer_parameter_beyond_32_bits_is_400(own_queries: httpx.Client, value: int) -> None:
     response = own_queries.post("/queries/first_movies", json={"params": {"n": value}})
 
     assert response.status_code == 400
     assert response.json()["error"]["message"] == (
-        f"invalid value {value} for parameter n of named query first_movies: INTEGER parameters "
-        "take -2147483648 to 2147483647; the query's author can declare it BIGINT for larger "
+        f"invalid value {value} for parameter n of named query first_movies: out of range; "
+        "INTEGER parameters take -2147483648 to 2147483647; a BIGINT parameter takes larger "
         "values"
+    )
+
+
+@pytest.mark.parametrize("value", ["2147483648", "99999999999999999999999"])
+def test_integer_text_beyond_32_bits_is_400(own_queries: httpx.Client, value: str) -> None:
+    response = own_queries.get("/queries/first_movies", params={"n": value})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == (
+        f'invalid value "{value}" for parameter n of named query first_movies: out of range; '
+        "INTEGER parameters take -2147483648 to 2147483647; a BIGINT parameter takes larger "
+        "values"
+    )
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1])
+def test_bigint_parameter_beyond_64_bits_is_400(own_queries: httpx.Client, value: int) -> None:
+    response = own_queries.post("/queries/echo_big", json={"params": {"b": value}})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == (
+        f"invalid value {value} for parameter b of named query echo_big: out of range; BIGINT "
+        "parameters take -9223372036854775808 to 9223372036854775807"
+    )
+
+
+@pytest.mark.parametrize("value", [2**63 - 1, -(2**63)])
+def test_bigint_parameter_at_limits_runs(own_queries: httpx.Client, value: int) -> None:
+    response = own_queries.post("/queries/echo_big", json={"params": {"b": value}})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["data"] == [{"b": value}]
+
+
+def test_parameter_of_wrong_type_names_declared_type(own_queries: httpx.Client) -> None:
+    response = own_queries.get("/queries/first_movies", params={"day": "soon"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == (
+        'invalid value "soon" for parameter day of named query first_movies: expected an ISO '
+        "8601 date such as 2024-05-01 (DATE)"
     )
 
 

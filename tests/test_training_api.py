@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -373,3 +374,96 @@ def test_hostile_entity_sql_rejected(server: RunningServer, entity_sql: str) -> 
     assert response.status_code == 400, response.text
     assert error_of(response)["code"] in ("query_rejected", "query_syntax_error")
     assert not Path("/tmp/sqlstore-canary.csv").exists()
+
+
+# Invalid definition files on the server
+
+UNCLOSED_TOML = 'title = "Unclosed\nentity_sql = "SELECT 1"\n'
+VALID_TOML = (
+    "entity_sql = \"SELECT 1 AS user_id, TIMESTAMPTZ '2024-01-01 00:00:30+00' AS "
+    'event_timestamp"\nfeatures = ["user/scores"]\n'
+)
+
+
+@pytest.fixture(scope="module")
+def broken_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A queries folder with a valid definition, two invalid ones and an invalid named query."""
+    queries = tmp_path_factory.mktemp("broken_queries")
+    folder = queries / "training_sets"
+    folder.mkdir()
+    (folder / "valid.toml").write_text(VALID_TOML)
+    (folder / "unclosed.toml").write_text(UNCLOSED_TOML)
+    (folder / "no_features.toml").write_text('entity_sql = "SELECT 1"\n')
+    (queries / "untitled.sql").write_text("SELECT 1 AS one\n")
+    return queries
+
+
+@pytest.fixture(scope="module")
+def broken_server(
+    store_root: Path, broken_folder: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    log = tmp_path_factory.mktemp("broken_logs") / "server.log"
+    running = start_server(store_root, log, env={"SQLSTORE_QUERIES_DIR": str(broken_folder)})
+    yield running
+    stop_server(running)
+
+
+def toml_error(text: str) -> str:
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        return str(error)
+    raise AssertionError("the text is valid TOML")
+
+
+def test_invalid_toml_definition_is_500(broken_server: RunningServer, broken_folder: Path) -> None:
+    responses = [post(broken_server, {"name": "unclosed"}) for _ in range(2)]
+
+    problem = f"the file is not valid TOML: {toml_error(UNCLOSED_TOML)}"
+    for response in responses:
+        assert response.status_code == 500
+        assert error_of(response)["code"] == "training_set_invalid"
+        assert error_of(response)["message"] == (
+            f"invalid training set unclosed (training_sets/unclosed.toml in the queries folder): "
+            f"{problem}"
+        )
+        assert str(broken_folder) not in response.text
+    path = broken_folder / "training_sets" / "unclosed.toml"
+    message = f"training set file {path} is invalid: {problem}"
+    log = broken_server.log_containing(message)
+    logged = [line for line in log.splitlines() if "unclosed.toml is invalid" in line]
+    assert len(logged) == 1, logged
+    assert " ERROR sqlstore.training [" in logged[0]
+    assert logged[0].endswith(f"]: {message}")
+
+
+def test_definition_without_features_is_500(broken_server: RunningServer) -> None:
+    response = post(broken_server, {"name": "no_features"})
+
+    assert response.status_code == 500
+    assert error_of(response)["code"] == "training_set_invalid"
+    assert error_of(response)["message"] == (
+        "invalid training set no_features (training_sets/no_features.toml in the queries "
+        "folder): the required key features is missing"
+    )
+
+
+def test_invalid_named_query_is_500_like_definition(broken_server: RunningServer) -> None:
+    response = httpx.get(f"{broken_server.base_url}/queries/untitled", timeout=60)
+
+    assert response.status_code == 500
+    assert error_of(response)["code"] == "named_query_invalid"
+    assert error_of(response)["message"] == (
+        "invalid named query untitled (untitled.sql in the queries folder): the header has no "
+        "'-- title:' line"
+    )
+
+
+def test_listing_skips_invalid_definitions(broken_server: RunningServer) -> None:
+    response = httpx.get(f"{broken_server.base_url}/training-sets", timeout=30)
+    valid = post(broken_server, {"name": "valid"})
+
+    assert response.status_code == 200
+    assert [summary["name"] for summary in response.json()["training_sets"]] == ["valid"]
+    assert valid.status_code == 200, valid.text
+    assert valid.json()["data"][0]["score"] == 20

@@ -22,10 +22,14 @@ import pyarrow.ipc as pa_ipc
 import pyarrow.parquet as pq
 import pytest
 
-from sqlstore.errors import InvalidInput
 from sqlstore.settings import default_queries_dir
 from sqlstore.store import FeatureStore
-from sqlstore.training import build_training_set, list_training_sets, load_training_set
+from sqlstore.training import (
+    TrainingSetInvalid,
+    build_training_set,
+    list_training_sets,
+    load_training_set,
+)
 
 RATING_COUNT = 100_004
 SAMPLE_SEED = 20_240_101
@@ -156,10 +160,12 @@ def test_definition_value_of_wrong_type(tmp_path: Path, line: str, problem: str)
     lines = [kept for kept in lines if not kept.startswith(f"{key} =")] + [line]
     (folder / "typed.toml").write_text("\n".join(lines) + "\n")
 
-    with pytest.raises(InvalidInput) as raised:
+    with pytest.raises(TrainingSetInvalid) as raised:
         load_training_set(tmp_path, "typed")
 
-    assert raised.value.message.startswith(f"training set 'typed': {problem}")
+    assert raised.value.message.startswith(
+        f"invalid training set typed (training_sets/typed.toml in the queries folder): {problem}"
+    )
 
 
 def test_liked_has_one_row_per_rating(liked: pa.Table) -> None:

@@ -42,10 +42,12 @@ from sqlstore.online import (
     OnlineSettings,
     OnlineStore,
     OnlineView,
+    convert_key_columns,
 )
 from sqlstore.pointintime import default_feature_columns
 from sqlstore.references import ParsedReference, parse_reference, resolve_reference
 from sqlstore.settings import Settings
+from sqlstore.types import describe_type
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +111,9 @@ async def get_online_features(request: Request) -> Response:
     `values`, `statuses` (PRESENT, NULL_VALUE, NOT_FOUND or OUTSIDE_MAX_AGE) and
     `event_timestamps`, one item per entity. With an Accept header for CSV, Parquet or
     Arrow, the response is a table instead: one row per entity and one column per name in
-    `metadata.feature_names`, without the statuses and event timestamps."""
+    `metadata.feature_names`, without the statuses and event timestamps. Its entity columns
+    have the key's type, so an id that the type cannot hold, such as -1 for a uint32 key, is a
+    400 there."""
     file_format = negotiate_format(request.headers.get("accept"))
     require_json_body(request)
     try:
@@ -159,9 +163,10 @@ async def lookup_body(state: Any, body: bytes) -> bytes:
 
 
 async def lookup_table(state: Any, body: bytes) -> pa.Table:
-    """Return the lookup of the raw JSON `body` as a table: the entity columns as sent, then
-    one column per feature with the stored type, named as in `metadata.feature_names`. A key
-    that is not found or has expired gets nulls, as does a null value."""
+    """Return the lookup of the raw JSON `body` as a table: the entity columns in the type of
+    the key, then one column per feature with the stored type, named as in
+    `metadata.feature_names`. A key that is not found or has expired gets nulls, as does a null
+    value."""
     entities, lookups, positions = await _look_up(state, body)
     listed: list[tuple[int, str, pa.ChunkedArray]] = []
     for lookup in lookups:
@@ -170,29 +175,75 @@ async def lookup_table(state: Any, body: bytes) -> pa.Table:
             listed.append((positions[text], name, column))
     listed.sort(key=lambda item: item[0])
 
-    columns: dict[str, pa.Array | pa.ChunkedArray] = {}
-    for name, values in entities.items():
-        columns[name] = _entity_column(values)
+    columns: dict[str, pa.Array | pa.ChunkedArray] = dict(_entity_columns(entities, lookups))
     for _, name, column in listed:
         columns[name] = column
     return pa.table(columns)
 
 
-def _entity_column(values: list[Any]) -> pa.Array:
-    """Return the entity values of a request as the column that echoes them."""
+def _entity_columns(
+    entities: dict[str, list[Any]], lookups: list[TableLookup]
+) -> dict[str, pa.Array]:
+    """Return the entity columns of a table response, in request order, with the values
+    converted as the lookup converts them and typed as the key columns are stored.
+
+    A key column that several tables store with different types gets the type that pyarrow's
+    permissive promotion picks: uint16 and uint32 give uint32, but uint64 and int64 give int64,
+    which cannot hold ids from 2^63 up."""
+    types: dict[str, list[pa.DataType]] = {}
+    converted: dict[str, list[Any]] = {}
+    for lookup in lookups:
+        view = lookup.found.view
+        key = view.entry.entity_key
+        for column in key:
+            types.setdefault(column, []).append(view.table.schema.field(column).type)
+        if any(column not in converted for column in key):
+            values = convert_key_columns(
+                view.entry, view.table.schema, {column: entities[column] for column in key}
+            )
+            for column in key:
+                converted.setdefault(column, values[column])
+
+    arrays = {}
+    for column in entities:
+        arrow_type = _common_key_type(column, types[column])
+        arrays[column] = _key_array(column, converted[column], arrow_type)
+    return arrays
+
+
+def _common_key_type(column: str, arrow_types: list[pa.DataType]) -> pa.DataType:
+    """Return the one type of a key column that every requested table can be echoed in."""
+    distinct = list(dict.fromkeys(arrow_types))
+    if len(distinct) == 1:
+        return distinct[0]
+    schemas = [pa.schema([(column, arrow_type)]) for arrow_type in distinct]
     try:
-        return pa.array(values)
-    except OverflowError:
-        # Integers from 2^63 up, for a uint64 key.
-        try:
-            return pa.array(values, pa.uint64())
-        except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError):
-            pass
+        return pa.unify_schemas(schemas, promote_options="permissive").field(column).type
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        pass
-    # Integers mixed with strings, which the lookup converts to the key's type, or integers
-    # of both signs beyond int64: the column echoes every value as text.
-    return pa.array([str(value) for value in values], pa.string())
+        # NOTE: keys of different kinds, such as a string and an integer key of the same
+        # name, are echoed in the type of the first requested table.
+        return distinct[0]
+
+
+def _key_array(column: str, values: list[Any], arrow_type: pa.DataType) -> pa.Array:
+    """Return converted key values as an array of the key's type. Raise InvalidInput for an
+    integer that the type cannot hold: such an id matches no row, and the JSON response
+    reports it NOT_FOUND, but no value of the column can echo it."""
+    try:
+        return pa.array(values, arrow_type)
+    except (OverflowError, pa.ArrowInvalid) as error:
+        failure = error
+    for position, value in enumerate(values):
+        try:
+            pa.scalar(value, arrow_type)
+        except (OverflowError, pa.ArrowInvalid):
+            raise InvalidInput(
+                f"invalid value {quoted_value(value)} at entities.{column}[{position}]: the key "
+                f"column {column} is {describe_type(arrow_type)}, which cannot hold it, so no "
+                "row has this key and a table response cannot carry it; remove it, or request "
+                "JSON, which reports it NOT_FOUND"
+            ) from None
+    raise failure
 
 
 async def _look_up(

@@ -10,10 +10,14 @@ A file `<name>.sql` starts with a header of comment lines, then holds one query:
 
 `param` lines read `NAME TYPE [= DEFAULT] [min LOW] [max HIGH] [| DESCRIPTION]`; a parameter
 without a default is required. TYPE is one of PARAMETER_TYPES. A VARCHAR default is the text
-after `=`, with surrounding single quotes removed when present. `min` and `max` bound the
-values of a number, date or timestamp parameter, both inclusive. Other comment lines in the
-header are ignored, and several `description` lines are joined with spaces. DuckDB binds every
-value as `$NAME`; no value is ever pasted into the SQL text.
+after `=` up to a `min` or `max` word or the `|`, with surrounding single quotes removed when
+present. `min` and `max` bound the values of a number, date or timestamp parameter, both
+inclusive, in either order. Other comment lines in the header are ignored, and several
+`description` lines are joined with spaces. DuckDB binds every value as `$NAME`; no value is
+ever pasted into the SQL text.
+
+A file with an invalid header is a configuration error on the server, which only its operator
+can fix, so running it raises NamedQueryInvalid, a 500 that names the query and the problem.
 """
 
 from __future__ import annotations
@@ -30,19 +34,23 @@ from typing import Any
 import pyarrow as pa
 
 from sqlstore.errors import InvalidInput, NotFound, SqlstoreError, quoted_value
+from sqlstore.logs import log_invalid_file
 from sqlstore.sql.validate import analyse_query
-from sqlstore.values import convert_value
+from sqlstore.values import INT64_MAX, INT64_MIN, convert_value, parse_integer
 
 logger = logging.getLogger(__name__)
 
 QUERY_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,62}")
 HEADER_LINE_PATTERN = re.compile(r"--\s*(?P<key>[a-z_]+)\s*:\s*(?P<value>.*)")
-PARAMETER_PATTERN = re.compile(
-    r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s+(?P<type>[A-Za-z]+)"
-    r"(?:\s*=\s*(?P<default>'[^']*'|[^|]*?))?"
-    r"(?:\s+min\s+(?P<min>[^\s|]+))?(?:\s+max\s+(?P<max>[^\s|]+))?"
-    r"\s*(?:\|\s*(?P<description>.*))?"
+PARAMETER_LINE_FORM = "NAME TYPE [= DEFAULT] [min LOW] [max HIGH] [| DESCRIPTION]"
+# The name and type that start a param line, and the rest of the line.
+PARAMETER_START_PATTERN = re.compile(
+    r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s+(?P<type>[A-Za-z]+)(?P<rest>(?:[\s=|].*)?)"
 )
+BOUND_KEYWORDS = ("min", "max")
+# An unquoted default ends before a bound keyword that is a word of its own, or before the `|`
+# of the description.
+UNQUOTED_DEFAULT_PATTERN = re.compile(r"(?P<default>[^|]*?)(?=\s+(?:min|max)(?:\s|$)|\||$)")
 PARAMETER_TYPES: dict[str, pa.DataType] = {
     "VARCHAR": pa.string(),
     "INTEGER": pa.int64(),
@@ -52,18 +60,24 @@ PARAMETER_TYPES: dict[str, pa.DataType] = {
     "DATE": pa.date32(),
     "TIMESTAMP": pa.timestamp("us", tz="UTC"),
 }
-# The range of DuckDB's INTEGER. PARAMETER_TYPES converts INTEGER values as int64, and bind
-# checks this range.
-INT32_MIN = -(2**31)
-INT32_MAX = 2**31 - 1
+# The values of DuckDB's INTEGER (32 bits) and BIGINT (64 bits). PARAMETER_TYPES stores both as
+# int64, so values and header bounds are checked against these ranges.
+INTEGER_RANGES = {"INTEGER": (-(2**31), 2**31 - 1), "BIGINT": (INT64_MIN, INT64_MAX)}
 ORDERED_TYPES = frozenset({"INTEGER", "BIGINT", "DOUBLE", "DATE", "TIMESTAMP"})
 
 
 class NamedQueryInvalid(SqlstoreError):
-    """A named query file on the server has an invalid header or query."""
+    """A named query file on the server has an invalid header or query: a 500, because the
+    request is valid and only the server's operator can fix the file."""
 
     status = 500
     code = "named_query_invalid"
+
+    def __init__(self, query_name: str, problem: str) -> None:
+        super().__init__(
+            f"invalid named query {query_name} ({query_name}.sql in the queries folder): {problem}"
+        )
+        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -94,17 +108,7 @@ class NamedParameter:
         """Convert a request's value to the parameter's type, or raise InvalidInput when it has
         the wrong type, is not finite, or lies outside the type's or the declared range."""
         subject = f"parameter {self.name} of named query {query_name}"
-        converted = convert_value(value, PARAMETER_TYPES[self.type], subject)
-        if not _is_finite(converted):
-            raise InvalidInput(
-                f"invalid value {quoted_value(value)} for {subject}: use a finite number"
-            )
-        if self.type == "INTEGER" and not INT32_MIN <= converted <= INT32_MAX:
-            raise InvalidInput(
-                f"invalid value {quoted_value(value)} for {subject}: INTEGER parameters take "
-                f"{INT32_MIN} to {INT32_MAX}; the query's author can declare it BIGINT for "
-                "larger values"
-            )
+        converted = convert_parameter_value(value, self.type, subject)
         self.check_range(converted, query_name)
         return converted
 
@@ -180,6 +184,40 @@ class NamedQuery:
         return bound
 
 
+def convert_parameter_value(value: Any, type_name: str, subject: str) -> Any:
+    """Convert a request value, or a default or bound of a header, to the Python value of the
+    parameter type `type_name`. Raise InvalidInput naming `subject` and the type, and for an
+    integer outside the type, its range."""
+    if type_name in INTEGER_RANGES:
+        return _convert_integer(value, type_name, subject)
+    converted = convert_value(value, PARAMETER_TYPES[type_name], subject, type_name)
+    if not _is_finite(converted):
+        raise InvalidInput(
+            f"invalid value {quoted_value(value)} for {subject}: use a finite number"
+        )
+    return converted
+
+
+def _convert_integer(value: Any, type_name: str, subject: str) -> int:
+    low, high = INTEGER_RANGES[type_name]
+    try:
+        number = parse_integer(value)
+    except OverflowError:
+        number = None
+    except (TypeError, ValueError) as error:
+        raise InvalidInput(
+            f"invalid value {quoted_value(value)} for {subject}: expected an integer ({type_name})"
+        ) from error
+
+    if number is None or not low <= number <= high:
+        wider = "; a BIGINT parameter takes larger values" if type_name == "INTEGER" else ""
+        raise InvalidInput(
+            f"invalid value {quoted_value(value)} for {subject}: out of range; {type_name} "
+            f"parameters take {low} to {high}{wider}"
+        )
+    return number
+
+
 def validate_query_name(name: object) -> str:
     """Return `name` when it can name a query file, else raise InvalidInput."""
     if not isinstance(name, str) or not QUERY_NAME_PATTERN.fullmatch(name):
@@ -200,7 +238,8 @@ def find_named_query(folder: Path, name: object) -> NamedQuery:
 
 
 def list_named_queries(folder: Path) -> list[NamedQuery]:
-    """Load every valid query file in `folder`, sorted by name; invalid files are logged."""
+    """Load every valid query file in `folder`, sorted by name; invalid files are logged (see
+    `load_named_query`)."""
     queries = []
     if not folder.is_dir():
         return queries
@@ -210,26 +249,42 @@ def list_named_queries(folder: Path) -> list[NamedQuery]:
             continue
         try:
             queries.append(load_named_query(path))
-        except NamedQueryInvalid as error:
-            logger.warning("skipping query file %s: %s", path, error.message)
+        except NamedQueryInvalid:
+            continue
     return queries
 
 
 def load_named_query(path: Path) -> NamedQuery:
-    """Parse one query file; raise NamedQueryInvalid naming the file and the problem."""
+    """Parse one query file. Raise NamedQueryInvalid naming the query and the problem, and log
+    the file's path and the problem at ERROR (once per version of the file)."""
+    try:
+        return _parse_named_query(path)
+    except NamedQueryInvalid as error:
+        log_invalid_file(logger, "named query file", path, error.problem)
+        raise
+
+
+def _parse_named_query(path: Path) -> NamedQuery:
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise NamedQueryInvalid(f"named query {path.stem} cannot be read: {error}") from error
+    except UnicodeDecodeError as error:
+        raise NamedQueryInvalid(
+            path.stem, f"the file is not UTF-8 text (invalid byte at position {error.start})"
+        ) from error
+    except OSError as error:
+        # The message names the error only: its text would show the server's path.
+        reason = error.strerror or type(error).__name__
+        raise NamedQueryInvalid(path.stem, f"the file cannot be read ({reason})") from error
 
     header = _header_entries(text)
     titles = [value for key, value in header if key == "title"]
     if not titles:
-        raise NamedQueryInvalid(f"named query {path.stem} has no '-- title:' header line")
+        raise NamedQueryInvalid(path.stem, "the header has no '-- title:' line")
     description = " ".join(value for key, value in header if key == "description")
     parameters = tuple(
         _parse_parameter(path.stem, value) for key, value in header if key == "param"
     )
+    _check_unique_names(path.stem, parameters)
 
     query = NamedQuery(
         name=path.stem,
@@ -257,36 +312,89 @@ def _header_entries(text: str) -> list[tuple[str, str]]:
 
 
 def _parse_parameter(query_name: str, text: str) -> NamedParameter:
-    match = PARAMETER_PATTERN.fullmatch(text)
+    match = PARAMETER_START_PATTERN.fullmatch(text)
     if match is None:
         raise NamedQueryInvalid(
-            f"named query {query_name}: invalid param line {text!r}; write "
-            "NAME TYPE [= DEFAULT] [min LOW] [max HIGH] [| DESCRIPTION]"
+            query_name,
+            f"the param line {text!r} does not start with NAME TYPE; write {PARAMETER_LINE_FORM}",
         )
+    name = match["name"]
     type_name = match["type"].upper()
     if type_name not in PARAMETER_TYPES:
         known = ", ".join(PARAMETER_TYPES)
         raise NamedQueryInvalid(
-            f"named query {query_name}: parameter {match['name']} has type {type_name}; use "
-            f"one of {known}"
+            query_name, f"parameter {name} has type {type_name}; use one of {known}"
         )
 
-    name = match["name"]
-    default_text = match["default"]
+    default_text, rest = _split_default(query_name, name, match["rest"])
+    bounds_text, has_description, description = rest.partition("|")
+    bounds = _bound_texts(query_name, name, bounds_text)
     default = None
     if default_text is not None:
-        default = _parse_default(query_name, name, type_name, default_text.strip())
+        default = _parse_default(query_name, name, type_name, default_text)
     parameter = NamedParameter(
         name=name,
         type=type_name,
         default=default,
         required=default_text is None,
-        description=(match["description"] or "").strip(),
-        min=_parse_bound(query_name, name, type_name, "min", match["min"]),
-        max=_parse_bound(query_name, name, type_name, "max", match["max"]),
+        description=description.strip() if has_description else "",
+        min=_parse_bound(query_name, name, type_name, "min", bounds.get("min")),
+        max=_parse_bound(query_name, name, type_name, "max", bounds.get("max")),
     )
     _check_bounds(query_name, parameter)
     return parameter
+
+
+def _split_default(query_name: str, name: str, text: str) -> tuple[str | None, str]:
+    """Split the text after NAME TYPE into the default's text (None without `=`) and the
+    rest of the line."""
+    text = text.lstrip()
+    if not text.startswith("="):
+        return None, text
+    text = text[1:].lstrip()
+    if text.startswith("'"):
+        end = text.find("'", 1)
+        if end < 0:
+            raise NamedQueryInvalid(
+                query_name,
+                f"the default of parameter {name} opens a quote that is not closed; write = 'TEXT'",
+            )
+        return text[: end + 1], text[end + 1 :]
+
+    match = UNQUOTED_DEFAULT_PATTERN.match(text)
+    assert match is not None  # The pattern matches the empty text at least.
+    return match["default"].strip(), text[match.end() :]
+
+
+def _bound_texts(query_name: str, name: str, text: str) -> dict[str, str]:
+    """Return the `min` and `max` values written between the default and the description."""
+    words = text.split()
+    bounds: dict[str, str] = {}
+    position = 0
+    while position < len(words):
+        keyword = words[position]
+        if keyword not in BOUND_KEYWORDS:
+            hint = "; write min and max in lowercase" if keyword.lower() in BOUND_KEYWORDS else ""
+            raise NamedQueryInvalid(
+                query_name,
+                f"unexpected {keyword!r} in the param line of {name}; write "
+                f"{PARAMETER_LINE_FORM}{hint}",
+            )
+        value = words[position + 1] if position + 1 < len(words) else None
+        if value is None or value in BOUND_KEYWORDS:
+            placeholder = "LOW" if keyword == "min" else "HIGH"
+            raise NamedQueryInvalid(
+                query_name,
+                f"{keyword} of parameter {name} has no value; write {keyword} {placeholder}",
+            )
+        if keyword in bounds:
+            raise NamedQueryInvalid(
+                query_name,
+                f"parameter {name} has {keyword} twice ({bounds[keyword]} and {value}); keep one",
+            )
+        bounds[keyword] = value
+        position += 2
+    return bounds
 
 
 def _parse_default(query_name: str, name: str, type_name: str, text: str) -> Any:
@@ -294,6 +402,12 @@ def _parse_default(query_name: str, name: str, type_name: str, text: str) -> Any
         if len(text) >= 2 and text.startswith("'") and text.endswith("'"):
             return text[1:-1]
         return text
+    if not text:
+        raise NamedQueryInvalid(
+            query_name,
+            f"parameter {name} has '=' without a default value; write = DEFAULT, or remove '=' "
+            "to make the parameter required",
+        )
     return _header_value(query_name, type_name, text, f"default of parameter {name}")
 
 
@@ -308,8 +422,9 @@ def _parse_bound(query_name: str, name: str, type_name: str, keyword: str, text:
     if type_name not in ORDERED_TYPES:
         hint = f"; quote a default that contains ' {keyword} '" if type_name == "VARCHAR" else ""
         raise NamedQueryInvalid(
-            f"named query {query_name}: parameter {name} is {type_name}, which takes no "
-            f"{keyword}; only {', '.join(sorted(ORDERED_TYPES))} parameters do{hint}"
+            query_name,
+            f"parameter {name} is {type_name}, which takes no {keyword}; only "
+            f"{', '.join(sorted(ORDERED_TYPES))} parameters do{hint}",
         )
     return _header_value(query_name, type_name, text, f"{keyword} of parameter {name}")
 
@@ -318,14 +433,9 @@ def _header_value(query_name: str, type_name: str, text: str, subject: str) -> A
     """Convert a default or bound of the header to its parameter's type; `subject` names it
     in the error."""
     try:
-        value = convert_value(text, PARAMETER_TYPES[type_name], subject)
+        return convert_parameter_value(text, type_name, subject)
     except InvalidInput as error:
-        raise NamedQueryInvalid(f"named query {query_name}: {error.message}") from error
-    if not _is_finite(value):
-        raise NamedQueryInvalid(
-            f"named query {query_name}: invalid {subject} {text!r}: use a finite number"
-        )
-    return value
+        raise NamedQueryInvalid(query_name, error.message) from error
 
 
 def _check_bounds(query_name: str, parameter: NamedParameter) -> None:
@@ -333,14 +443,26 @@ def _check_bounds(query_name: str, parameter: NamedParameter) -> None:
     low, high = parameter.min, parameter.max
     if low is not None and high is not None and low > high:
         raise NamedQueryInvalid(
-            f"named query {query_name}: parameter {parameter.name} has min {_shown(low)} above "
-            f"its max {_shown(high)}"
+            query_name,
+            f"parameter {parameter.name} has min {_shown(low)} above its max {_shown(high)}",
         )
     if parameter.default is not None and not parameter.in_range(parameter.default):
         raise NamedQueryInvalid(
-            f"named query {query_name}: the default {_shown(parameter.default)} of parameter "
-            f"{parameter.name} is outside its range; use a default {parameter.range_text()}"
+            query_name,
+            f"the default {_shown(parameter.default)} of parameter {parameter.name} is outside "
+            f"its range; use a default {parameter.range_text()}",
         )
+
+
+def _check_unique_names(query_name: str, parameters: tuple[NamedParameter, ...]) -> None:
+    seen: set[str] = set()
+    for parameter in parameters:
+        if parameter.name in seen:
+            raise NamedQueryInvalid(
+                query_name,
+                f"parameter {parameter.name} has two param lines; keep one",
+            )
+        seen.add(parameter.name)
 
 
 def _shown(value: Any) -> Any:
@@ -355,16 +477,16 @@ def _check_parameters_used(query: NamedQuery) -> None:
     try:
         used = analyse_query(query.sql).parameters
     except InvalidInput as error:
-        raise NamedQueryInvalid(f"named query {query.name}: {error.message}") from error
+        raise NamedQueryInvalid(query.name, error.message) from error
 
     declared = {parameter.name for parameter in query.parameters}
     undeclared = sorted(used - declared)
     if undeclared:
         raise NamedQueryInvalid(
-            f"named query {query.name} uses ${undeclared[0]} without a '-- param:' line"
+            query.name, f"the query uses ${undeclared[0]} without a '-- param:' line"
         )
     unused = sorted(declared - used)
     if unused:
         raise NamedQueryInvalid(
-            f"named query {query.name} declares parameter {unused[0]} but never uses it"
+            query.name, f"the header declares parameter {unused[0]}, which the query never uses"
         )
