@@ -104,6 +104,21 @@ class TableUnavailable(SqlstoreError):
         )
 
 
+class RegistryEntryDamaged(TableUnavailable):
+    """A table's registry entry file cannot be read as an entry, so the table cannot be found
+    until the server rebuilds the entry from the data file at its next start, or the table is
+    written again."""
+
+    @classmethod
+    def of_table(cls, reference: str) -> RegistryEntryDamaged:
+        """Return the error for the table `reference` (`group/name`)."""
+        return cls(
+            f"table {reference} cannot be read: its registry entry is damaged (the log has the "
+            "cause); restarting the server rebuilds it from the table's data file, or an "
+            "operator can write the table again"
+        )
+
+
 class QuerySyntaxError(InvalidInput):
     """SQL text could not be parsed. `details` contains the line and column when they are known."""
 

@@ -12,7 +12,7 @@ import orjson
 from pydantic import BaseModel, Field, ValidationError
 
 from sqlstore.atomic import write_bytes_atomically
-from sqlstore.errors import NotFound
+from sqlstore.errors import NotFound, RegistryEntryDamaged
 from sqlstore.filestamps import ReplacedFileReader
 from sqlstore.layout import StoreLayout
 
@@ -114,6 +114,9 @@ class Registry:
         # Why the version file was last found unusable, by "read" and "write", so that each
         # cause is logged once.
         self._version_problems: dict[str, str] = {}
+        # Entry files that could not be read as entries, by path: the table's reference and the
+        # problem, which is logged once.
+        self._damaged: dict[str, tuple[str, str]] = {}
 
     def get(self, group: str, name: str) -> RegistryEntry:
         """Return the entry of one table, or raise NotFound."""
@@ -125,13 +128,25 @@ class Registry:
         return entry
 
     def find(self, group: str, name: str) -> RegistryEntry | None:
-        """Return the entry of one table, or None when it is not registered."""
+        """Return the entry of one table, or None when it is not registered. Raise
+        RegistryEntryDamaged when its entry file cannot be read as an entry."""
         path = self.layout.registry_path(group, name)
+        reference = f"{group}/{name}"
         try:
-            text = path.read_bytes()
+            entry = RegistryEntry.model_validate_json(path.read_bytes())
         except FileNotFoundError:
+            self._damaged.pop(str(path), None)
             return None
-        return RegistryEntry.model_validate_json(text)
+        except (OSError, ValidationError) as error:
+            self._report_damaged(str(path), reference, error)
+            raise RegistryEntryDamaged.of_table(reference) from error
+        self._damaged.pop(str(path), None)
+        return entry
+
+    def damaged_tables(self) -> list[str]:
+        """Return the tables whose entry file the last listing or lookup could not read as an
+        entry. `list()` leaves them out."""
+        return sorted(reference for reference, _ in self._damaged.values())
 
     def write_stamp(self, group: str, name: str) -> str:
         """Return a string that changes with every write of a table, or raise NotFound.
@@ -147,6 +162,10 @@ class Registry:
             raise NotFound(
                 f"feature table {group}/{name} not found; GET /features lists the tables"
             ) from error
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            # orjson's JSONDecodeError is a ValueError.
+            self._report_damaged(str(path), f"{group}/{name}", error)
+            raise RegistryEntryDamaged.of_table(f"{group}/{name}") from error
 
     def put(self, entry: RegistryEntry) -> None:
         """Write one entry atomically."""
@@ -212,6 +231,13 @@ class Registry:
             return
         except OSError:
             raise error from None
+
+    def list_files(self) -> list[RegistryEntry]:
+        """Return every entry, sorted by group and name, read from the folder whatever the
+        version token says: a stat per table, and a parse of each file that changed. It also
+        finds entry files changed or damaged outside sqlstore, which leave the token as it was.
+        Unreadable files are logged once and skipped (see `damaged_tables`)."""
+        return list(self._list_files())
 
     def list(self) -> list[RegistryEntry]:
         """Return every entry, sorted by group and name. Unreadable files are logged and skipped.
@@ -302,6 +328,7 @@ class Registry:
         modification time changed since the last call, so listing costs a stat per table."""
         entries = []
         parsed: dict[str, tuple[tuple[int, int, int], RegistryEntry]] = {}
+        damaged: set[str] = set()
         for path in self._entry_files():
             try:
                 status = os.stat(path)
@@ -313,12 +340,33 @@ class Registry:
                     with open(path, "rb") as file:
                         entry = RegistryEntry.model_validate_json(file.read())
             except (OSError, ValidationError) as error:
-                logger.warning("skipping unreadable registry file %s: %s", path, error)
+                group, name = path.split(os.sep)[-2:]
+                self._report_damaged(path, f"{group}/{name.removesuffix('.json')}", error)
+                damaged.add(path)
                 continue
             parsed[path] = (stamp, entry)
             entries.append(entry)
         self._parsed = parsed
+        for path in list(self._damaged):
+            if path not in damaged:
+                del self._damaged[path]
         return entries
+
+    def _report_damaged(self, path: str, reference: str, error: Exception) -> None:
+        """Remember that the entry file at `path` cannot be read, and log the cause the first
+        time it is found."""
+        problem = _first_line(error)
+        if self._damaged.get(path) == (reference, problem):
+            return
+        self._damaged[path] = (reference, problem)
+        logger.error(
+            "registry entry file %s of %s cannot be read as an entry, so the table is left out "
+            "of listings and its reads answer 503; a restart rebuilds the entry from the data "
+            "file's footer when that is intact, or write the table again: %s",
+            path,
+            reference,
+            problem,
+        )
 
     def _entry_files(self) -> list[str]:
         """Return the paths of the registry's `group/name.json` files, sorted by group and name.
@@ -339,3 +387,14 @@ class Registry:
             with os.scandir(folder) as names:
                 files += sorted(name.path for name in names if name.name.endswith(".json"))
         return files
+
+
+def _first_line(error: Exception) -> str:
+    """Return a one-line description of why an entry file could not be read."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    if isinstance(error, ValidationError) and error.errors():
+        first = error.errors()[0]
+        location = ".".join(str(part) for part in first["loc"])
+        return f"{location}: {first['msg']}" if location else first["msg"]
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

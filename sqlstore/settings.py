@@ -71,6 +71,9 @@ class Settings:
     # connection (first request) or the request's first byte, the body timeout between chunks.
     http_header_timeout_seconds: float = 30.0
     http_body_timeout_seconds: float = 60.0
+    # Bytes per second that an unfinished request body must average after a grace of one body
+    # timeout; 0 turns the minimum off.
+    http_body_min_rate_bytes: int = 500
     http_max_head_bytes: int = 64 * 1024
     # One INFO line per request; docs/operations.md describes it.
     access_log: bool = True
@@ -126,6 +129,11 @@ class Settings:
                     f"invalid SQLSTORE_{name.upper()}={getattr(self, name)}: use a number of "
                     "seconds above 0, such as 30"
                 )
+        if self.http_body_min_rate_bytes < 0:
+            raise ValueError(
+                f"invalid SQLSTORE_HTTP_BODY_MIN_RATE_BYTES={self.http_body_min_rate_bytes}: use "
+                "a number of bytes per second, such as 500, or 0 for no minimum"
+            )
         if self.http_max_head_bytes < 1024:
             raise ValueError(
                 f"invalid SQLSTORE_HTTP_MAX_HEAD_BYTES={self.http_max_head_bytes}: use at least "

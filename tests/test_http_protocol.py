@@ -1,13 +1,16 @@
 """HTTP/1.1 over a raw socket to a real server. The server's protocol
 (`sqlstore.api.httpprotocol`) sends each response in one write. Responses must stay whole and
 in order for pipelined requests, HEAD, 100-continue and bodies past its flush size. Requests
-that the protocol rejects (timeouts, oversized heads, malformed requests) get the JSON error
-shape and a closed connection."""
+that the protocol rejects (timeouts, a body below the minimum rate, oversized heads, malformed
+requests) get the JSON error shape and a closed connection."""
 
 from __future__ import annotations
 
 import json
+import re
 import socket
+import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +25,9 @@ TIMEOUT_SECONDS = 10
 # Limits of `limited_server`: short timeouts so that the tests waiting for them are quick.
 LIMITED_TIMEOUT_SECONDS = "1"
 LIMITED_HEAD_BYTES = 16 * 1024
+LIMITED_MIN_RATE_BYTES = 100
+# How often `send_slowly` sends a part of a body.
+SLOW_SEND_INTERVAL_SECONDS = 0.2
 
 
 def connect(server: RunningServer) -> socket.socket:
@@ -132,11 +138,12 @@ def test_body_past_flush_size_arrives_whole(demo_server: RunningServer) -> None:
 def limited_server(
     demo_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    """A server on the demo store with 1 s timeouts, a 16 KiB head limit and DEBUG logs, so
-    that every rejection is logged."""
+    """A server on the demo store with 1 s timeouts, a minimum body rate of 100 bytes/s, a
+    16 KiB head limit and DEBUG logs, so that every rejection is logged."""
     env = {
         "SQLSTORE_HTTP_HEADER_TIMEOUT_SECONDS": LIMITED_TIMEOUT_SECONDS,
         "SQLSTORE_HTTP_BODY_TIMEOUT_SECONDS": LIMITED_TIMEOUT_SECONDS,
+        "SQLSTORE_HTTP_BODY_MIN_RATE_BYTES": str(LIMITED_MIN_RATE_BYTES),
         "SQLSTORE_HTTP_MAX_HEAD_BYTES": str(LIMITED_HEAD_BYTES),
         "SQLSTORE_LOG_LEVEL": "debug",
     }
@@ -219,6 +226,99 @@ def test_body_timeout_sends_408(limited_server: RunningServer) -> None:
         "request body timed out: no data arrived for 1 s before it was complete; send the "
         "rest of the body without pausing"
     )
+
+
+def sql_head(body_bytes: int) -> bytes:
+    return (
+        b"POST /sql HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: " + str(body_bytes).encode() + b"\r\n\r\n"
+    )
+
+
+def send_slowly(server: RunningServer, head: bytes, parts: list[bytes]) -> tuple[bytes, float]:
+    """Send `head`, then one of `parts` every SLOW_SEND_INTERVAL_SECONDS from another thread,
+    and return all bytes received until the server closes the connection, and the seconds
+    that took. Sending stops when the server closes the connection."""
+    with connect(server) as connection:
+        started = time.monotonic()
+        connection.sendall(head)
+
+        def send_parts() -> None:
+            for part in parts:
+                time.sleep(SLOW_SEND_INTERVAL_SECONDS)
+                try:
+                    connection.sendall(part)
+                except OSError:
+                    return
+
+        sender = threading.Thread(target=send_parts)
+        sender.start()
+        data = read_until_closed(connection)
+        seconds = time.monotonic() - started
+        sender.join()
+    return data, seconds
+
+
+def test_slow_body_sends_408(limited_server: RunningServer) -> None:
+    """One byte every 0.2 s is 5 bytes/s, under the minimum of 100: the body gets the 1 s
+    body timeout after its first check (at most 1 s after the head) and 1 s per 100 bytes."""
+    data, seconds = send_slowly(limited_server, sql_head(1000), [b" "] * 50)
+    status, headers, error = single_error(data)
+    message = re.fullmatch(
+        r"request body timed out: it arrived at ([0-9.]+) bytes/s over the last ([0-9.]+) s, "
+        r"below the minimum of 100 bytes/s; send the body without pausing",
+        error["message"],
+    )
+
+    assert status == b"HTTP/1.1 408 Request Timeout"
+    assert headers[b"connection"] == b"close"
+    assert error["code"] == "request_timeout"
+    assert message is not None, error["message"]
+    assert float(message.group(1)) < LIMITED_MIN_RATE_BYTES
+    # About 1.05 s: the body timeout and 1 s per 100 bytes, with room for a busy machine.
+    assert 1.0 <= float(message.group(2)) < 3.0
+    # The idle timeout alone would never end a body that pauses for 0.2 s at a time, and the
+    # 50 bytes sent take 10 s.
+    assert seconds < 6
+    log = limited_server.log_containing("request=" + error["request_id"])
+    [access_line] = [line for line in log.splitlines() if "request=" + error["request_id"] in line]
+    assert "sqlstore.api.middleware" in access_line
+    assert ": POST /sql 408 " in access_line
+
+
+def test_body_above_min_rate_accepted(limited_server: RunningServer) -> None:
+    """40 bytes every 0.2 s is 200 bytes/s, over the minimum of 100, for 3 s: longer than the
+    body timeout and its first check together."""
+    body = b'{"sql": "SELECT 1 AS n"}'.ljust(600)
+    parts = [body[start : start + 40] for start in range(0, len(body), 40)]
+    data, seconds = send_slowly(limited_server, sql_head(len(body)), parts)
+    [(status, _, content)] = split_responses(data)
+
+    assert status == b"HTTP/1.1 200 OK"
+    assert json.loads(content)["data"] == [{"n": 1}]
+    assert seconds >= len(parts) * SLOW_SEND_INTERVAL_SECONDS
+
+
+def test_min_rate_zero_allows_slow_body(demo_root: Path, tmp_path: Path) -> None:
+    """2 bytes every 0.2 s is 10 bytes/s for 3 s. A minimum of 100 bytes/s would end the body
+    after about 2.1 s, as in `test_slow_body_sends_408`."""
+    env = {
+        "SQLSTORE_HTTP_HEADER_TIMEOUT_SECONDS": LIMITED_TIMEOUT_SECONDS,
+        "SQLSTORE_HTTP_BODY_TIMEOUT_SECONDS": LIMITED_TIMEOUT_SECONDS,
+        "SQLSTORE_HTTP_BODY_MIN_RATE_BYTES": "0",
+    }
+    server = start_server(demo_root, tmp_path / "server.log", env=env)
+    body = b'{"sql": "SELECT 2 AS n"}'.ljust(30)
+    try:
+        parts = [body[start : start + 2] for start in range(0, len(body), 2)]
+        data, seconds = send_slowly(server, sql_head(len(body)), parts)
+    finally:
+        stop_server(server)
+    [(status, _, content)] = split_responses(data)
+
+    assert status == b"HTTP/1.1 200 OK"
+    assert json.loads(content)["data"] == [{"n": 2}]
+    assert seconds >= len(parts) * SLOW_SEND_INTERVAL_SECONDS
 
 
 def test_expect_continue_rejected_closes(limited_server: RunningServer) -> None:
@@ -356,6 +456,8 @@ def test_malformed_request_sends_400(
     [
         ("HTTP_HEADER_TIMEOUT_SECONDS", "0"),
         ("HTTP_BODY_TIMEOUT_SECONDS", "-1"),
+        ("HTTP_BODY_MIN_RATE_BYTES", "-1"),
+        ("HTTP_BODY_MIN_RATE_BYTES", "fast"),
         ("HTTP_MAX_HEAD_BYTES", "100"),
     ],
 )

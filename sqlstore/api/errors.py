@@ -14,7 +14,12 @@ from starlette.routing import compile_path
 
 from sqlstore import metrics
 from sqlstore.api.encoding import JSONBytesResponse
-from sqlstore.api.middleware import escape_path, received_method, route_template
+from sqlstore.api.middleware import (
+    PROTOCOL_REJECTED_STATUS,
+    escape_path,
+    received_method,
+    route_template,
+)
 from sqlstore.errors import SqlstoreError, quoted_value
 
 logger = logging.getLogger(__name__)
@@ -24,6 +29,11 @@ logger = logging.getLogger(__name__)
 CLIENT_INPUT_STATUSES = frozenset({400, 406, 413, 415, 422, 499})
 # Error messages are cut to this many characters, in responses and in the log.
 MAX_MESSAGE_CHARACTERS = 2000
+
+# uvicorn's logger for exceptions that leave the application.
+UVICORN_ERROR_LOGGER = "uvicorn.error"
+# Attribute that `handle_unexpected_error` sets on each exception it logged.
+LOGGED_MARK = "_sqlstore_logged"
 
 HTTP_CODES = {
     400: "bad_request",
@@ -43,6 +53,19 @@ def loggable_path(request: Request) -> str:
 
 def request_id_of(request: Request) -> str:
     return getattr(request.state, "request_id", "-")
+
+
+def protocol_rejected_status(request: Request) -> int | None:
+    """Return the status with which the HTTP protocol rejected the request while the route
+    read its body, or None. The route then fails on the disconnect that the protocol sent it."""
+    return request.scope.get("state", {}).get(PROTOCOL_REJECTED_STATUS)
+
+
+def unsent_response(status: int) -> Response:
+    """Return an empty response for a request that the HTTP protocol already rejected with a
+    response of its own. The server drops it, and neither the log nor the metrics record it,
+    because the protocol recorded the request with the status that it sent."""
+    return Response(status_code=status)
 
 
 def error_response(
@@ -94,6 +117,9 @@ def shortened(message: str) -> str:
 
 
 async def handle_sqlstore_error(request: Request, error: SqlstoreError) -> Response:
+    rejected_status = protocol_rejected_status(request)
+    if rejected_status is not None:
+        return unsent_response(rejected_status)
     # A request the client got wrong is logged like FastAPI's validation errors, at INFO.
     level = logging.INFO if error.status in CLIENT_INPUT_STATUSES else logging.WARNING
     logger.log(
@@ -187,6 +213,10 @@ def _invalid_json(request: Request, item: dict[str, Any]) -> Response:
 
 
 async def handle_http_error(request: Request, error: StarletteHTTPException) -> Response:
+    rejected_status = protocol_rejected_status(request)
+    if rejected_status is not None:
+        # FastAPI reports the disconnect as "There was an error parsing the body" (400).
+        return unsent_response(rejected_status)
     if isinstance(error.__cause__, SqlstoreError):
         # FastAPI reports any error raised while it reads the body as a bare 400, with the
         # error as its cause (see `sqlstore.api.jsonbody`).
@@ -225,6 +255,7 @@ async def handle_unexpected_error(request: Request, error: Exception) -> Respons
         loggable_path(request),
         request_id_of(request),
     )
+    setattr(error, LOGGED_MARK, True)
     # Starlette runs this handler outside RequestIdMiddleware, which therefore cannot add the
     # header to this response. Starlette raises the error again after this response, and
     # uvicorn then closes the connection, so the response sets `Connection: close`. A client
@@ -238,8 +269,27 @@ async def handle_unexpected_error(request: Request, error: Exception) -> Respons
     )
 
 
+class LoggedErrorFilter(logging.Filter):
+    """Drops the records of exceptions that `handle_unexpected_error` logged.
+
+    Starlette (1.10) raises the exception again after the handler's response, and uvicorn
+    (0.55) then logs it as "Exception in ASGI application", with a second traceback and
+    without the request id. uvicorn's other records pass.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not getattr(error, LOGGED_MARK, False)
+
+
+LOGGED_ERROR_FILTER = LoggedErrorFilter()
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """Install the error handlers, and the filter that keeps uvicorn from logging again what
+    they logged. `Logger.addFilter` adds the one filter once however many apps are built."""
     app.add_exception_handler(SqlstoreError, handle_sqlstore_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_exception_handler(Exception, handle_unexpected_error)
+    logging.getLogger(UVICORN_ERROR_LOGGER).addFilter(LOGGED_ERROR_FILTER)

@@ -18,6 +18,7 @@ from sqlstore.api.caching import (
     serve_uncached,
     table_versions,
 )
+from sqlstore.api.datafiles import data_files
 from sqlstore.api.encoding import (
     FORMAT_MEDIA_TYPES,
     JSON_MEDIA_TYPE,
@@ -41,7 +42,7 @@ from sqlstore.api.models import (
 )
 from sqlstore.api.pagecache import PAGE_KIND, page_request
 from sqlstore.cache import CachedResponse
-from sqlstore.errors import InvalidInput, PayloadTooLarge, quoted_value
+from sqlstore.errors import InvalidInput, PayloadTooLarge, TableUnavailable, quoted_value
 from sqlstore.lookup import LookupResult, lookup_entities
 from sqlstore.online import OnlineStore
 from sqlstore.reader import Page, parse_filters, read_page
@@ -357,8 +358,13 @@ def delete_table(request: Request, group: str, name: str) -> Response:
 
 @router.get("/{group}/{name}/info", response_model=StorageInfoResponse)
 def table_info(request: Request, group: str, name: str) -> Response:
-    """Return storage figures of one table: size, rows, columns, compression and version."""
-    entry = _store(request).table(group, name)
+    """Return storage figures of one table: size, rows, columns, compression and version.
+    A table whose data file is missing or damaged gets a 503, as its reads do, because the
+    registry's figures no longer describe a readable file."""
+    store = _store(request)
+    entry = store.table(group, name)
+    if data_files.problem(store, entry) is not None:
+        raise TableUnavailable.of_table(entry.reference)
     return JSONBytesResponse({"storage_info": storage_info(entry)})
 
 

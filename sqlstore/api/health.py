@@ -1,4 +1,5 @@
-"""`GET /health`: whether the store root, the registry and DuckDB are usable by this worker."""
+"""`GET /health`: whether the store root, the registry, DuckDB and the tables' data files are
+usable by this worker."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
 
+from sqlstore.api.datafiles import unavailable_tables
 from sqlstore.api.encoding import JSONBytesResponse
 from sqlstore.store import FeatureStore
 
@@ -19,6 +21,8 @@ router = APIRouter(tags=["service"])
 OK = "ok"
 # The prefix of a check result for a part that works, but worse than it should.
 DEGRADED = "degraded: "
+# Tables that the `tables` check names in its text; `unavailable_tables` lists them all.
+MAX_NAMED_TABLES = 10
 
 
 def check_root(store: FeatureStore) -> str:
@@ -55,6 +59,30 @@ def check_duckdb(store: FeatureStore) -> str:
     return OK
 
 
+def check_tables(store: FeatureStore) -> tuple[str, list[str]]:
+    """Return the `tables` check and the tables whose registry entry or data file is missing or
+    damaged. Reads of such a table fail with 503, but other tables are served, so the check is
+    degraded, not failed. The result names tables, not paths, and the log has the paths and the
+    causes."""
+    try:
+        unavailable = unavailable_tables(store)
+    except OSError as error:
+        # The registry check reports why the registry cannot be listed.
+        return DEGRADED + f"not checked: the registry cannot be listed ({error.strerror})", []
+    if not unavailable:
+        return OK, []
+
+    named = ", ".join(unavailable[:MAX_NAMED_TABLES])
+    if len(unavailable) > MAX_NAMED_TABLES:
+        named += f" and {len(unavailable) - MAX_NAMED_TABLES} more"
+    result = (
+        f"{len(unavailable)} table(s) cannot be read, because the registry entry or the data "
+        f"file is missing, damaged or replaced outside sqlstore: {named}; the server log names "
+        "each file and cause"
+    )
+    return DEGRADED + result, unavailable
+
+
 CHECKS: dict[str, Callable[[FeatureStore], str]] = {
     "root": check_root,
     "registry": check_registry,
@@ -68,16 +96,19 @@ CHECKS: dict[str, Callable[[FeatureStore], str]] = {
 )
 def health(request: Request) -> JSONBytesResponse:
     """Report whether the store root is readable, the registry folder can be listed and
-    DuckDB runs a query, with status 503 when any of them fails. A check that starts with
-    `degraded: ` keeps status 200 and makes `status` `degraded`. No token is needed."""
+    DuckDB runs a query, with status 503 when any of them fails, and list the tables whose
+    registry entry or data file is missing or damaged. A check that starts with `degraded: `
+    keeps status 200 and makes `status` `degraded`. No token is needed."""
     store: FeatureStore = request.app.state.store
     checks = {name: check(store) for name, check in CHECKS.items()}
+    checks["tables"], unavailable = check_tables(store)
     problems = {name: result for name, result in checks.items() if result != OK}
     failed = {name: result for name, result in problems.items() if not result.startswith(DEGRADED)}
     body = {
         "status": _overall_status(failed, problems),
         "timestamp": datetime.now(UTC).isoformat(),
         "checks": checks,
+        "unavailable_tables": unavailable,
     }
 
     # Log the transitions only, so that a probe every second does not flood the log.

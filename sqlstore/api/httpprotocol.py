@@ -14,9 +14,11 @@ reads, which wait for no worker process, did not change (see docs/benchmarks.md)
 
 uvicorn 0.55's httptools protocol has no timeout before a request head is complete or between
 chunks of a request body, no limit on the size of the head, and sends a plain-text 400 for
-what httptools cannot parse. The protocol here adds a header timeout, a body timeout and a head
-size limit (`HttpLimits`), and rejects requests with the JSON error shape that the application
-uses. docs/operations.md lists the limits.
+what httptools cannot parse. The protocol here adds a header timeout, a body timeout, a minimum
+body rate and a head size limit (`HttpLimits`), and rejects requests with the JSON error shape
+that the application uses. It records each request that it rejects as the application records
+its own: an access log line and the request metrics, under the route `rejected`.
+docs/operations.md lists the limits.
 """
 
 from __future__ import annotations
@@ -52,6 +54,12 @@ REJECTION_LOG_INTERVAL_SECONDS = 10.0
 # How long a connection whose request was rejected reads and drops what the client still sends,
 # after the error response, before it closes.
 LINGER_SECONDS = 2.0
+# Route label of the metrics and the access log for the requests that the protocol rejects. Route
+# templates start with "/", so no route has this label.
+REJECTED_ROUTE = "rejected"
+# Characters of a rejected request's path that its access log line keeps, because the URL of a
+# 414 can be 64 KiB long.
+MAX_LOGGED_PATH_CHARACTERS = 200
 
 
 class CoalescingTransport:
@@ -122,19 +130,24 @@ class RequestRejected(Exception):
 
 @dataclass(frozen=True)
 class HttpLimits:
-    """Time and size limits on reading a request; `sqlstore serve` sets them from
-    `Settings`."""
+    """Time, rate and size limits on reading a request, and whether the requests that the
+    protocol rejects get access log lines. `sqlstore serve` sets them from `Settings`."""
 
     header_timeout_seconds: float
     body_timeout_seconds: float
+    # 0 turns the minimum off.
+    body_min_rate_bytes: int
     max_head_bytes: int
+    access_log: bool
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpLimits:
         return cls(
             header_timeout_seconds=settings.http_header_timeout_seconds,
             body_timeout_seconds=settings.http_body_timeout_seconds,
+            body_min_rate_bytes=settings.http_body_min_rate_bytes,
             max_head_bytes=settings.http_max_head_bytes,
+            access_log=settings.access_log,
         )
 
 
@@ -173,10 +186,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     the limits of `HttpLimits` on reading requests and JSON errors for requests that it
     rejects.
 
-    One timer per connection enforces both timeouts. It is armed when a request head begins
-    and no timer is pending, and when it fires it checks the phase of the connection and arms
-    itself again for the phase's deadline. So a request costs a few attribute updates, not a
-    timer of its own.
+    One timer per connection enforces the timeouts and the minimum body rate. It is armed when
+    a request head begins and no timer is pending, and when it fires it checks the phase of the
+    connection and arms itself again for the phase's deadline. So a request costs a few
+    attribute updates, not a timer of its own. Only a body that is still incomplete when the
+    timer fires has its bytes counted (see `_body_rate_deadline`).
     """
 
     def __init__(self, *args: Any, limits: HttpLimits = DEFAULT_LIMITS, **kwargs: Any) -> None:
@@ -191,6 +205,14 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self.head_bytes = 0
         # Loop time at which the last chunk of data arrived.
         self.read_time = 0.0
+        # Loop time at which the request whose head completed last began, for its duration.
+        self.request_started = 0.0
+        # While `metering` is true, data_received counts the bytes that arrive, from loop time
+        # `metered_since` on, for the incomplete body of `metered_cycle`.
+        self.metering = False
+        self.metered_bytes = 0
+        self.metered_since = 0.0
+        self.metered_cycle: RequestResponseCycle | None = None
         self.messages_begun = 0
         self.chunk_bytes = 0
         self.rejected = False
@@ -207,6 +229,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self.deadline_timer is not None:
             self.deadline_timer.cancel()
             self.deadline_timer = None
+        self._stop_metering()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -216,6 +239,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         messages_begun = self.messages_begun
         self.chunk_bytes = len(data)
         self.read_time = self.loop.time()
+        if self.metering:
+            self.metered_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -250,6 +275,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if self.head_bytes or self.chunk_bytes > self.limits.max_head_bytes:
             self._check_head_size()
+        self.request_started = self.head_started
         self.head_started = None
         super().on_headers_complete()
         if self.expect_100_continue and self.cycle.scope is self.scope:
@@ -270,25 +296,90 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self.rejected or self.transport.is_closing():
             return
         now = self.loop.time()
+        cycle = self.cycle
         if self.head_started is not None:
+            self._stop_metering()
             if self.flow.read_paused:
                 self.head_started = now
             deadline = self.head_started + self.limits.header_timeout_seconds
             if now >= deadline - TIMER_TOLERANCE_SECONDS:
                 self._time_out_head()
                 return
-        elif self.cycle is not None and self.cycle.more_body and not self.cycle.disconnected:
-            # A request body is incomplete, so the last data that arrived was part of it.
-            if self.flow.read_paused:
-                self.read_time = now
-            deadline = self.read_time + self.limits.body_timeout_seconds
-            if now >= deadline - TIMER_TOLERANCE_SECONDS:
-                self._time_out_body()
+        elif cycle is not None and cycle.more_body and not cycle.disconnected:
+            body_deadline = self._body_deadline(cycle, now)
+            if body_deadline is None:
                 return
+            deadline = body_deadline
         else:
             # Between requests, or the application is handling one: the next head arms it.
+            self._stop_metering()
             return
         self._arm_deadline(deadline)
+
+    def _body_deadline(self, cycle: RequestResponseCycle, now: float) -> float | None:
+        """Return the next deadline of the incomplete body of `cycle`, or reject the request and
+        return None when the body is past one."""
+        # The body is incomplete, so the last data that arrived was part of it.
+        if self.flow.read_paused:
+            self.read_time = now
+        deadline = self.read_time + self.limits.body_timeout_seconds
+        if now >= deadline - TIMER_TOLERANCE_SECONDS:
+            seconds = self.limits.body_timeout_seconds
+            self._reject(
+                RequestRejected(
+                    408,
+                    "request_timeout",
+                    f"request body timed out: no data arrived for {seconds:g} s before it was "
+                    "complete; send the rest of the body without pausing",
+                )
+            )
+            return None
+        if not self.limits.body_min_rate_bytes:
+            return deadline
+
+        rate_deadline = self._body_rate_deadline(cycle, now)
+        if now >= rate_deadline - TIMER_TOLERANCE_SECONDS:
+            self._reject(self._body_too_slow(now))
+            return None
+        return min(deadline, rate_deadline)
+
+    def _body_rate_deadline(self, cycle: RequestResponseCycle, now: float) -> float:
+        """Return the time at which the body of `cycle` falls below the minimum rate, unless
+        more bytes arrive.
+
+        As with `RequestReadTimeout body=T,MinRate=N` of Apache's mod_reqtimeout, the body gets
+        the body timeout T plus one second for every N bytes that arrive. The bytes are counted
+        from the first check of the body, which comes at most one header or body timeout after
+        its head, and the time before that check counts as spent at the minimum rate. Counting
+        starts again at a check while the server itself does not read: the application has not
+        taken the body read so far, or has not yet asked for it with `100 Continue`.
+        """
+        if (
+            self.metered_cycle is not cycle
+            or self.flow.read_paused
+            or cycle.waiting_for_100_continue
+        ):
+            self.metered_cycle = cycle
+            self.metered_since = now
+            self.metered_bytes = 0
+            self.metering = True
+        allowance = self.metered_bytes / self.limits.body_min_rate_bytes
+        return self.metered_since + self.limits.body_timeout_seconds + allowance
+
+    def _body_too_slow(self, now: float) -> RequestRejected:
+        seconds = now - self.metered_since
+        average = self.metered_bytes / seconds
+        return RequestRejected(
+            408,
+            "request_timeout",
+            f"request body timed out: it arrived at {average:.1f} bytes/s over the last "
+            f"{seconds:.1f} s, below the minimum of {self.limits.body_min_rate_bytes} bytes/s; "
+            "send the body without pausing",
+        )
+
+    def _stop_metering(self) -> None:
+        self.metering = False
+        self.metered_cycle = None
 
     def _check_head_size(self) -> None:
         """Raise `RequestRejected` when the URL or the whole head is over its limit. The head
@@ -327,56 +418,58 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             )
         )
 
-    def _time_out_body(self) -> None:
-        if self.cycle.response_started:
-            # The response has begun or been sent, so a 408 cannot follow it.
-            self._log_rejection(408, "the request body stopped arriving after the response began")
-            self.transport.close()
-            return
-        seconds = self.limits.body_timeout_seconds
-        self._reject(
-            RequestRejected(
-                408,
-                "request_timeout",
-                f"request body timed out: no data arrived for {seconds:g} s before it was "
-                "complete; send the rest of the body without pausing",
-            )
-        )
-
     def _reject(self, rejection: RequestRejected) -> None:
-        """Send the error response for a request that the application will not complete, and
-        stop reading."""
+        """Send the error response for a request that the application will not complete,
+        record the request, and stop reading."""
+        if self.head_started is not None:
+            started = self.head_started
+        else:
+            # The head is complete, so the request's body or its URL was rejected.
+            started = self.request_started
         self.rejected = True
         self.head_started = None
+        self._stop_metering()
         cycle = self.cycle
         if cycle is None or cycle.response_complete:
-            self._send_rejection(rejection, None)
+            self._send_rejection(rejection, None, started)
         elif cycle.more_body:
-            self._end_cycle(cycle, rejection)
+            self._end_cycle(cycle, rejection, started)
         else:
             # An earlier request's response is still due, and the error would be written into
             # the middle of it. The connection closes after that response instead.
-            self._log_rejection(rejection.status, rejection.message)
+            request_id = self._record_rejection(rejection, None, started)
+            self._log_rejection(rejection.status, rejection.message, request_id)
             cycle.keep_alive = False
             self.flow.pause_reading()
 
-    def _end_cycle(self, cycle: RequestResponseCycle, rejection: RequestRejected) -> None:
+    def _end_cycle(
+        self, cycle: RequestResponseCycle, rejection: RequestRejected, started: float
+    ) -> None:
         """End the request whose body cannot be completed: the application receives a disconnect
-        and the client receives `rejection`, unless the response has begun."""
+        and the client receives `rejection`. When the response has begun, the connection closes
+        instead, and the application records the request with the status that it sent."""
+        # Imported here for the reason given in `_record_rejection`.
+        from sqlstore.api.middleware import PROTOCOL_REJECTED_STATUS
+
         cycle.disconnected = True
         cycle.message_event.set()
         if cycle.response_started:
-            self._log_rejection(rejection.status, rejection.message)
+            self._log_rejection(
+                rejection.status, f"{rejection.message} (not sent: the response had begun)"
+            )
             self.transport.close()
             return
-        self._send_rejection(rejection, cycle.scope.get("state", {}).get("request_id"))
+        # The application fails on the disconnect. This keeps it from logging and recording
+        # that failure, so the response sent here is the request's only record.
+        cycle.scope["state"][PROTOCOL_REJECTED_STATUS] = rejection.status
+        self._send_rejection(rejection, cycle.scope, started)
 
-    def _send_rejection(self, rejection: RequestRejected, request_id: str | None) -> None:
-        # Imported here because the middleware imports prometheus-client, which `sqlstore
-        # serve` must not import before it prepares the metrics folder.
-        from sqlstore.api.middleware import assign_request_id
-
-        request_id = request_id or assign_request_id({"headers": self.headers or []})
+    def _send_rejection(
+        self, rejection: RequestRejected, scope: dict[str, Any] | None, started: float
+    ) -> None:
+        """Record the request, then send `rejection` and close the connection. `scope` is the
+        request's ASGI scope when its head was complete."""
+        request_id = self._record_rejection(rejection, scope, started)
         self._log_rejection(rejection.status, rejection.message, request_id)
         error = {"code": rejection.code, "message": rejection.message, "request_id": request_id}
         body = dumps({"error": error})
@@ -407,6 +500,49 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self.deadline_timer is not None:
             self.deadline_timer.cancel()
         self.deadline_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def _record_rejection(
+        self, rejection: RequestRejected, scope: dict[str, Any] | None, started: float
+    ) -> str:
+        """Count and time a rejected request, log its access line, and return its request id:
+        the client's X-Request-ID when it is plain, the one the application assigned, or a new
+        one. `scope` is the request's ASGI scope when its head was complete."""
+        # Imported here because the middleware imports prometheus-client, which `sqlstore
+        # serve` must not import before it prepares the metrics folder.
+        from sqlstore import metrics
+        from sqlstore.api.middleware import assign_request_id, record_request
+        from sqlstore.api.pagecache import RouteStandIn
+
+        if scope is None:
+            method = self._parsed_method()
+            path = self.url.split(b"?", 1)[0].decode("latin-1")
+            headers = self.headers or []
+            request_id = None
+        else:
+            method = scope["method"]
+            path = scope["path"]
+            headers = scope["headers"]
+            request_id = scope["state"].get("request_id")
+        request_id = request_id or assign_request_id({"headers": headers})
+        record = {
+            "method": method,
+            "path": shortened_path(path),
+            "client": self.client,
+            "route": RouteStandIn(REJECTED_ROUTE),
+            "state": {"request_id": request_id},
+        }
+        elapsed = self.loop.time() - started
+        record_request(record, rejection.status, elapsed, "-", self.limits.access_log)
+        metrics.child(metrics.ERRORS, REJECTED_ROUTE, rejection.code).inc()
+        return request_id
+
+    def _parsed_method(self) -> str:
+        """Return the method of the request whose head is being read, or "-" when the parser
+        has not read a whole method. httptools 0.9 returns the first method of its table
+        (DELETE) before it has read one, and the URL follows the method."""
+        if not self.url or self.parser is None:
+            return "-"
+        return self.parser.get_method().decode("ascii", "replace")
 
     def _log_rejection(self, status: int, message: str, request_id: str = "-") -> None:
         rejection_log.log(
@@ -462,6 +598,16 @@ def rejection_for_parser_error(error: httptools.HttpParserError, url: bytes) -> 
         "bad_request",
         f"invalid HTTP request: {shortened(reason)}; send a well-formed HTTP/1.1 request",
     )
+
+
+def shortened_path(path: str) -> str:
+    """Return `path` cut to MAX_LOGGED_PATH_CHARACTERS, or "-" when it is empty. The access
+    log escapes control characters itself."""
+    if not path:
+        return "-"
+    if len(path) <= MAX_LOGGED_PATH_CHARACTERS:
+        return path
+    return path[:MAX_LOGGED_PATH_CHARACTERS] + "..."
 
 
 def shortened(text: str, max_characters: int = 200) -> str:

@@ -15,6 +15,10 @@ from sqlstore.api.encoding import dumps
 
 # Scope key that marks a HEAD request served as GET.
 HEAD_REQUEST = "sqlstore.head_request"
+# Key of the scope's state that contains the status with which the HTTP protocol rejected the
+# request while the application was reading its body (`sqlstore.api.httpprotocol`). The
+# protocol sends and records that response itself, so the application records nothing.
+PROTOCOL_REJECTED_STATUS = "sqlstore.protocol_rejected_status"
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +177,15 @@ def received_method(scope: Scope) -> str:
 def record_request(
     scope: Scope, status: int, elapsed: float, cache_result: str, access_log: bool
 ) -> None:
-    """Count and time one finished request, and log it when `access_log` is true."""
+    """Count and time one finished request, and log it when `access_log` is true. A request
+    that the HTTP protocol rejected is left out, because the protocol recorded it.
+
+    NOTE: a response under 400 that the application finished after the protocol rejected the
+    request (a route that responds without reading the body) is still recorded, next to the
+    protocol's record, so that successful responses pay no lookup.
+    """
+    if status >= 400 and PROTOCOL_REJECTED_STATUS in scope.get("state", ()):
+        return
     route = route_template(scope)
     method = received_method(scope)
     metrics.child(metrics.REQUESTS, route, method, str(status)).inc()
