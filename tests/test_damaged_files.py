@@ -307,3 +307,22 @@ def test_delete_with_damaged_entry(server: RunningServer) -> None:
     assert scores.status_code == 404
     assert not (server.root / "features" / "shop" / "scores.parquet").exists()
     assert health["status"] == "healthy"
+
+
+def test_cached_page_of_damaged_entry(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path / "store")
+    store.write("shop", "scores", SCORES, definition=TableDefinition(["user_id"]))
+    server = start_server(store.root, tmp_path / "server.log")
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            cached = [client.get("/features/shop/scores").headers["x-cache"] for _ in range(2)]
+            entry_file(store.root).write_bytes(b"{not json")
+            damaged = client.get("/features/shop/scores")
+    finally:
+        stop_server(server)
+
+    assert cached == ["miss", "hit-memory"]
+    assert damaged.status_code == 503
+    assert damaged.json()["error"]["message"] == ENTRY_MESSAGE
+    assert "fast lane" not in server.log()
+    assert "Traceback" not in server.log()
