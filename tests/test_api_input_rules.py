@@ -306,12 +306,10 @@ def test_online_parquet(server: RunningServer, http: httpx.Client) -> None:
 def test_online_csv_mixed_key_types(http: httpx.Client) -> None:
     body = {"entities": {"entity_id": [2, "1"]}, "features": [SCORE_NAME]}
     response = http.post("/get-online-features", json=body, headers={"Accept": "text/csv"})
-    options = pa_csv.ConvertOptions(column_types={"entity_id": pa.string()})
-    table = pa_csv.read_csv(io.BytesIO(response.content), convert_options=options)
 
+    # The key is stored as an integer, so "1" comes back as the number 1, not as quoted text.
     assert response.status_code == 200
-    assert table.column("entity_id").to_pylist() == ["2", "1"]
-    assert table.column(SCORE_NAME).to_pylist() == [4.0, 2.5]
+    assert response.text.splitlines() == ['"entity_id","g/scores:score"', "2,4", "1,2.5"]
 
 
 def test_online_unsupported_accept(http: httpx.Client) -> None:
