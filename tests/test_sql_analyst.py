@@ -770,8 +770,21 @@ def test_depth_limit_names_fix(http: httpx.Client) -> None:
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "query_rejected"
     assert response.json()["error"]["message"] == (
-        "query is nested more than 1000 levels deep, the most that DuckDB's parser allows; "
+        "query is nested more than 1000 levels deep, the most that DuckDB allows; "
         "flatten nested expressions or subqueries"
+    )
+
+
+def test_chained_ctes_too_deep(http: httpx.Client) -> None:
+    # The parser accepts the text; DuckDB's binder counts the depth of the chain.
+    chain = [f"c{i} AS (SELECT x FROM c{i - 1})" for i in range(1, 2000)]
+    sql = f"WITH c0 AS (SELECT 1 AS x), {', '.join(chain)} SELECT x FROM c1999"
+    response = http.post("/sql", json={"sql": sql})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "query_rejected"
+    assert response.json()["error"]["message"].startswith(
+        "query is nested more than 1000 levels deep"
     )
 
 

@@ -99,7 +99,7 @@ def test_duckdb_depth_limit_is_rejection() -> None:
     with pytest.raises(QueryRejected) as raised:
         validate_query(sql, VIEWS)
     assert raised.value.message == (
-        "query is nested more than 1000 levels deep, the most that DuckDB's parser allows; "
+        "query is nested more than 1000 levels deep, the most that DuckDB allows; "
         "flatten nested expressions or subqueries"
     )
     assert raised.value.details == [{"construct": "expression depth"}]

@@ -96,6 +96,25 @@ def error_of_query_whose_worker_gets(service: SqlService, signals: list[int]) ->
     return outcome["error"]
 
 
+def test_worker_replaced_after_out_of_memory(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path / "store")
+    store.write("shop", "users", pa.table({"user_id": [1, 2]}))
+    limits = SqlLimits(workers=1, threads=1, memory_limit_bytes=64 * 2**20)
+    service = SqlService(store, limits)
+    try:
+        service.run("SELECT 1")
+        [before] = worker_pids(service)
+        with pytest.raises(QueryOutOfMemory):
+            service.run("SELECT count(DISTINCT i) FROM range(10000000) AS t(i)")
+        after = service.run("SELECT count(*) AS n FROM shop.users")
+        [replacement] = worker_pids(service)
+    finally:
+        service.close()
+
+    assert after.table.to_pylist() == [{"n": 2}]
+    assert replacement != before
+
+
 def test_worker_stopped_from_outside_is_503(service: SqlService) -> None:
     error = error_of_query_whose_worker_gets(service, [signal.SIGTERM])
     after = service.run("SELECT count(*) AS n FROM shop.users")

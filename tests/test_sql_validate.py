@@ -281,3 +281,15 @@ def test_duckdb_layer_rejects_unknown_bare_table() -> None:
 
     with pytest.raises(QueryRejected, match="not a CTE of this query"):
         check_with_duckdb(sql, VIEWS, {}, SqlLimits())
+
+
+@pytest.mark.parametrize(("text", "shown"), [("nan", "nan"), ("-1e309", "-inf"), ("inf", "inf")])
+def test_non_finite_size_parameter(text: str, shown: str) -> None:
+    sql = "SELECT length(repeat($s, CAST($n AS DOUBLE))) AS n"
+
+    with pytest.raises(QueryRejected) as raised:
+        validate_query(sql, VIEWS, {"s": "x", "n": text})
+    assert raised.value.message == (
+        f"the count argument of repeat is {shown}, which is not a finite number; use a whole "
+        "number up to 1,000,000 (line 1, column 15)"
+    )

@@ -148,6 +148,8 @@ INTERVAL_UNITS: dict[str, dt.timedelta] = {
     "year": dt.timedelta(days=365),
 }
 INTERVAL_TEXT_PATTERN = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*([a-z]+)\s*", re.IGNORECASE)
+# The step count of a range whose span divided by its step overflows a float.
+UNBOUNDED_STEPS = 2**63
 INTEGER_TYPES = frozenset(
     {
         "TINYINT",
@@ -193,7 +195,7 @@ SOURCE_POSITION_PATTERN = re.compile(r',"query_location(?:_length)?":\d+')
 # "...\n\nLINE 2: ,  \"\"\n           ^". A long line is cut, with "..." at either end.
 ERROR_LINE_PATTERN = re.compile(r"\n\n(LINE (\d+): )(.*)\n( *)\^")
 TRUNCATION_MARK = "..."
-# DuckDB 2.0's parser error for a text nested beyond its max_expression_depth setting.
+# DuckDB 2.0's error, from its parser or binder, for a text nested beyond max_expression_depth.
 EXPRESSION_DEPTH_PATTERN = re.compile(r"Max expression depth limit of (\d+) exceeded")
 # DuckDB numbers the lines of its error messages after each \r\n, \r or \n.
 DUCKDB_LINE_BREAK_PATTERN = re.compile(r"\r\n|\r|\n")
@@ -448,13 +450,9 @@ def _serialize(sql: str) -> str:
 def _parser_error(sql: str, error: duckdb.ParserException) -> QuerySyntaxError | QueryRejected:
     """Return a syntax error with the line and column that DuckDB's caret points at, or the
     rejection of a text nested deeper than DuckDB's parser allows."""
-    depth = EXPRESSION_DEPTH_PATTERN.search(str(error))
-    if depth is not None:
-        return QueryRejected(
-            f"query is nested more than {depth.group(1)} levels deep, the most that DuckDB's "
-            "parser allows; flatten nested expressions or subqueries",
-            details=[{"construct": "expression depth"}],
-        )
+    too_deep = depth_rejection(str(error))
+    if too_deep is not None:
+        return too_deep
     position = duckdb_error_position(sql, str(error))
     if position is None:
         return QuerySyntaxError(f"syntax error: {_first_line(error)}")
@@ -462,6 +460,19 @@ def _parser_error(sql: str, error: duckdb.ParserException) -> QuerySyntaxError |
     return QuerySyntaxError(
         f"syntax error at line {line}, column {column}: {_first_line(error)}",
         details=[{"line": line, "column": column}],
+    )
+
+
+def depth_rejection(message: str) -> QueryRejected | None:
+    """Return the rejection of a text nested deeper than DuckDB allows when `message` is
+    DuckDB's error for it, from its parser or its binder, else None."""
+    depth = EXPRESSION_DEPTH_PATTERN.search(message)
+    if depth is None:
+        return None
+    return QueryRejected(
+        f"query is nested more than {depth.group(1)} levels deep, the most that DuckDB "
+        "allows; flatten nested expressions or subqueries",
+        details=[{"construct": "expression depth"}],
     )
 
 
@@ -797,6 +808,14 @@ class _TreeChecker:
             value = _number_from_text(value)
         if not isinstance(value, int | float) or isinstance(value, bool):
             return None
+        if isinstance(value, float) and not math.isfinite(value):
+            # DuckDB cannot cast NaN or an infinity to the size's integer type.
+            raise self._rejected(
+                f"the {role} argument of {name} is {value}, which is not a finite number; use a "
+                f"whole number up to {self.limits.max_builder_size:,}",
+                node,
+                name,
+            )
         if value > self.limits.max_builder_size:
             raise self._rejected(
                 f"the {role} argument of {name} is {value:,}, more than the maximum "
@@ -820,6 +839,12 @@ class _TreeChecker:
                 name,
             ) from error
 
+        if any(isinstance(value, float) and not math.isfinite(value) for value in values):
+            raise self._rejected(
+                f"the arguments of {name} must be finite numbers, not NaN or an infinity",
+                node,
+                name,
+            )
         length = _sequence_length(values, inclusive=name == "generate_series")
         if length is None:
             raise self._rejected(
@@ -1054,7 +1079,11 @@ def _count_steps(span: float, step: float, inclusive: bool) -> int:
         return 0
     if span != 0 and (span > 0) != (step > 0):
         return 0
-    count = math.ceil(span / step)
+    ratio = span / step
+    if not math.isfinite(ratio):
+        # A tiny step over a huge span overflows a float: more values than any limit allows.
+        return UNBOUNDED_STEPS
+    count = math.ceil(ratio)
     if inclusive and span % step == 0:
         count += 1
     return max(int(count), 0)

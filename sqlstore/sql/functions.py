@@ -37,6 +37,9 @@ SYNTAX_FUNCTIONS = frozenset({"unnest", "unlist", "grouping", "grouping_id", "->
 DENIED_FUNCTIONS: dict[str, str] = {
     "current_setting": "reads server settings such as allowed_directories",
     "getvariable": "reads session variables",
+    # DuckDB's shell defines getenv; a build that adds it to the library would read the
+    # server's environment variables.
+    "getenv": "reads the server's environment variables",
     "current_query": "reads session state",
     "current_query_id": "reads session state",
     "current_connection_id": "reads session state",

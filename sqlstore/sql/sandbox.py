@@ -42,7 +42,7 @@ from sqlstore.errors import (
     TableUnavailable,
 )
 from sqlstore.sql import protocol
-from sqlstore.sql.duckdb_check import without_setting_advice
+from sqlstore.sql.duckdb_check import depth_rejection, without_setting_advice
 from sqlstore.sql.limits import SqlLimits
 from sqlstore.sql.validate import ValidatedQuery
 from sqlstore.sql.worker import ViewDefinition
@@ -638,6 +638,10 @@ def _error_from_header(header: dict[str, Any], limits: SqlLimits) -> Exception:
         return QueryRejected(f"the sandbox blocked file access: {message}")
     if kind == "unavailable":
         return TableUnavailable.of_table(message)
+    too_deep = depth_rejection(message)
+    if too_deep is not None:
+        # DuckDB's binder checks the depth again, for example of many chained CTEs.
+        return too_deep
     return QueryFailed(f"query failed: {message}")
 
 

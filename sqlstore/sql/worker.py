@@ -196,6 +196,9 @@ def _serve(database: SandboxDatabase, requests_fd: int, responses_fd: int) -> No
             # While the server walks the tree, walk it here too, for this worker's own check
             # when it runs the query.
             database.check_tree(request)
+        if header.get("restart") and header.get("kind") == "out_of_memory":
+            logger.info("a query ran out of memory; the worker exits to be replaced")
+            return
         if header.get("restart"):
             logger.error("DuckDB reported a fatal error; the worker exits to be replaced")
             return
@@ -253,11 +256,11 @@ class SandboxDatabase:
         except duckdb.Error as error:
             return _error_header(error), None
         except MemoryError:
-            return {"ok": False, "kind": "out_of_memory", "message": "out of memory"}, None
+            return _out_of_memory_header("out of memory"), None
         except Exception as error:
             if _is_out_of_memory(str(error)):
                 # DuckDB's memory error can reach Python through pyarrow as another class.
-                return {"ok": False, "kind": "out_of_memory", "message": str(error)}, None
+                return _out_of_memory_header(str(error)), None
             logger.exception("query %s failed unexpectedly", request.get("request_id", "-"))
             message = f"{type(error).__name__}: {error}"
             return {"ok": False, "kind": "failed", "message": message, "restart": True}, None
@@ -977,7 +980,7 @@ def _error_header(error: Exception) -> dict[str, Any]:
 
     message = str(error).strip()
     if isinstance(error, duckdb.OutOfMemoryException) or _is_out_of_memory(message):
-        return {"ok": False, "kind": "out_of_memory", "message": message}
+        return _out_of_memory_header(message)
     if isinstance(error, duckdb.InterruptException):
         return {"ok": False, "kind": "timeout", "message": message}
     if isinstance(error, duckdb.PermissionException):
@@ -986,6 +989,13 @@ def _error_header(error: Exception) -> dict[str, Any]:
     if isinstance(error, duckdb.FatalException | duckdb.InternalException):
         return {"ok": False, "kind": "failed", "message": message, "restart": True}
     return {"ok": False, "kind": "failed", "message": message}
+
+
+def _out_of_memory_header(message: str) -> dict[str, Any]:
+    """Return the response header of a query that ran out of memory. The worker exits after
+    it, because the allocator keeps much of what the query used mapped, and under the
+    worker's address-space cap later queries then failed to allocate too."""
+    return {"ok": False, "kind": "out_of_memory", "message": message, "restart": True}
 
 
 def _is_out_of_memory(message: str) -> bool:
