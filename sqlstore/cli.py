@@ -8,21 +8,23 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sqlstore.api.encoding import csv_ready_table as _csv_ready
+from sqlstore.atomic import STORAGE_ERRNOS, temporary_path
 from sqlstore.cli_options import RootOption
 from sqlstore.errors import NotFound, SqlstoreError
 from sqlstore.layout import ROOT_ENVIRONMENT_VARIABLE, resolve_root
@@ -455,6 +457,7 @@ def training_set(
             f"[red]error:[/red] output {str(output)!r} must end in .parquet or .csv"
         )
         raise typer.Exit(code=1)
+    _check_output_path(output)
 
     try:
         store = _open_existing_store(root)
@@ -488,11 +491,64 @@ def _split_references(text: str | None) -> list[str]:
 
 
 def _write_output(table: pa.Table, output: Path) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix.lower() == ".csv":
-        pa_csv.write_csv(_csv_ready(table), output)
+        _write_file(output, lambda path: pa_csv.write_csv(_csv_ready(table), path))
     else:
-        pq.write_table(table, output)
+        _write_file(output, lambda path: pq.write_table(table, path))
+
+
+def _check_output_path(output: Path) -> None:
+    """Exit with an error when `output` cannot become a file, before any query runs.
+
+    Missing folders are not created, so that a mistyped path fails instead of writing the
+    result somewhere unexpected.
+    """
+    if output.is_dir():
+        _fail_output(output, "it is a folder; give a file path")
+    folder = output.parent
+    if not folder.exists():
+        _fail_output(output, f"the folder {folder} does not exist; create it first")
+    if not folder.is_dir():
+        _fail_output(output, f"{folder} is not a folder")
+
+
+def _write_file(output: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(temporary)` for a temporary file beside `output`, then rename it to `output`.
+
+    A failed write therefore leaves no partial file, and an existing `output` stays as it was.
+    Exits with a one-line error that names the path and the cause on any OSError.
+    """
+    # Writing to the target of a symbolic link keeps the link, as a write in place would.
+    destination = output.resolve() if output.is_symlink() else output
+    temporary = temporary_path(destination)
+    try:
+        write(temporary)
+        os.replace(temporary, destination)
+    except OSError as error:
+        _remove_temporary(temporary)
+        cause = STORAGE_ERRNOS.get(error.errno or 0) or error.strerror or str(error)
+        _fail_output(output, cause)
+    except BaseException:
+        _remove_temporary(temporary)
+        raise
+
+
+def _remove_temporary(temporary: Path) -> None:
+    try:
+        temporary.unlink(missing_ok=True)
+    except OSError as error:
+        logging.getLogger(__name__).warning(
+            "could not remove temporary file %s: %s", temporary, error
+        )
+
+
+def _fail_output(output: Path, cause: str) -> NoReturn:
+    # soft_wrap keeps the message on one line however long the path is.
+    error_console.print(
+        f"[red]error:[/red] cannot write --output {escape(str(output))}: {escape(cause)}",
+        soft_wrap=True,
+    )
+    raise typer.Exit(code=1)
 
 
 ParamOption = Annotated[
@@ -632,6 +688,8 @@ def _check_output_format(output_format: str, output: Path | None) -> None:
     if output_format == "parquet" and output is None:
         error_console.print("[red]error:[/red] --format parquet needs --output FILE")
         raise typer.Exit(code=2)
+    if output is not None:
+        _check_output_path(output)
 
 
 @contextmanager
@@ -745,9 +803,8 @@ def _show_sql_result(
         sys.stdout.buffer.write(content)
         sys.stdout.buffer.flush()
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(content)
-    console.print(f"wrote {result.table.num_rows:,} rows to {output}")
+    _write_file(output, lambda path: path.write_bytes(content))
+    console.print(f"wrote {result.table.num_rows:,} rows{_truncation_note(result)} to {output}")
 
 
 def _print_result_table(result: SqlResult, title: str | None) -> None:
@@ -758,9 +815,15 @@ def _print_result_table(result: SqlResult, title: str | None) -> None:
         table.add_row(*(_cell_text(value) for value in row.values()))
     console.print(table)
 
-    note = f" (cut at the {result.truncated_by.replace('_', ' ')})" if result.truncated else ""
     rows = "1 row" if result.table.num_rows == 1 else f"{result.table.num_rows:,} rows"
-    console.print(f"{rows}{note} in {result.elapsed_ms:.0f} ms")
+    console.print(f"{rows}{_truncation_note(result)} in {result.elapsed_ms:.0f} ms")
+
+
+def _truncation_note(result: SqlResult) -> str:
+    """Return " (cut at the row limit)" or the like for a cut result, else an empty string."""
+    if not result.truncated:
+        return ""
+    return f" (cut at the {result.truncated_by.replace('_', ' ')})"
 
 
 def _cell_text(value: object) -> str:

@@ -23,7 +23,9 @@ TEMPORARY_SUFFIX = ".tmp"
 # and so that a file of another table, or one not written by sqlstore, can be recognised.
 ENTRY_METADATA_KEY = b"sqlstore.entry"
 
-SUBDIRECTORIES = ("features", "registry", "metadata", "cache", "config")
+# The folder of the tables' data files, relative to the store root.
+FEATURES_FOLDER = "features"
+SUBDIRECTORIES = (FEATURES_FOLDER, "registry", "metadata", "cache", "config")
 
 
 def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
@@ -41,7 +43,7 @@ class StoreLayout:
 
     @property
     def features_dir(self) -> Path:
-        return self.root / "features"
+        return self.root / FEATURES_FOLDER
 
     @property
     def registry_dir(self) -> Path:

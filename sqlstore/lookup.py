@@ -25,6 +25,7 @@ from sqlstore.pointintime import (
     JoinOptions,
     TableJoin,
     default_feature_columns,
+    file_schema,
     table_join_sql,
 )
 from sqlstore.references import FeatureReference
@@ -74,19 +75,22 @@ def lookup_entities(
         )
 
     as_of = as_of or datetime.now(UTC)
-    schema = store.arrow_schema(entry)
-    entities, keys = _entity_table(entry, schema, entity_ids)
-    spine = entities.append_column(
-        AS_OF_COLUMN, pa.array([as_of] * entities.num_rows, pa.timestamp("us", tz="UTC"))
-    )
-    sql = _lookup_sql(store, spine, reference)
 
-    def query() -> pa.Table:
+    def query() -> tuple[pa.Table, list[Any]]:
+        # The schema is read inside read_unchanged, which turns an error caused by a file of
+        # another table copied over the data file, such as a missing column, into
+        # TableUnavailable.
+        schema = file_schema(store, entry)
+        entities, keys = _entity_table(entry, schema, entity_ids)
+        spine = entities.append_column(
+            AS_OF_COLUMN, pa.array([as_of] * entities.num_rows, pa.timestamp("us", tz="UTC"))
+        )
+        sql = _lookup_sql(store, spine, reference)
         with store.catalog.cursor() as cursor:
             cursor.register(SPINE_VIEW, spine)
-            return query_arrow(cursor, sql)
+            return query_arrow(cursor, sql), keys
 
-    found = read_unchanged([store.root / entry.path], query, [entry.reference])
+    found, keys = read_unchanged([store.root / entry.path], query, [entry.reference])
 
     found_rows = set(found[ROW_COLUMN].to_pylist())
     missing = [keys[i] for i in range(len(keys)) if i not in found_rows]

@@ -38,7 +38,7 @@ from sqlstore.records import normalize_timestamp_column
 from sqlstore.references import resolve_reference
 from sqlstore.registry import RegistryEntry
 from sqlstore.sortedjoin import SortedSearch, SortedSearchUnavailable, search_sorted_file
-from sqlstore.stablefiles import read_unchanged
+from sqlstore.stablefiles import raise_if_damaged, read_unchanged
 from sqlstore.store import FeatureStore
 from sqlstore.types import describe_type, type_family
 
@@ -342,7 +342,7 @@ def search_sorted_table(
     if options.created_before_event and entry.created_timestamp_column:
         raise SortedSearchUnavailable("created_before_event needs a second time comparison")
 
-    schema = store.arrow_schema(entry)
+    schema = file_schema(store, entry)
     key = entry.entity_key[0]
     _spine_key_expression(spine, schema, entry, key)
     timestamp_type = _comparison_timestamp_type(spine, schema, entry, options)
@@ -393,7 +393,7 @@ def table_join_sql(
 ) -> str:
     """Return SQL giving `__row` and the table's feature columns for each matched spine row."""
     entry = join.entry
-    schema = store.arrow_schema(entry)
+    schema = file_schema(store, entry)
     spine_keys = [
         f"{_spine_key_expression(spine, schema, entry, column)} AS {quote_identifier(column)}"
         for column in entry.entity_key
@@ -564,6 +564,40 @@ def _ttl_limit(entry: RegistryEntry, options: JoinOptions, timestamp_type: str) 
     if timestamp_type == "TIMESTAMP_NS":
         return math.floor(exact_ttl * 1_000_000_000)
     return math.floor(exact_ttl * 1_000_000)
+
+
+def file_schema(store: FeatureStore, entry: RegistryEntry) -> pa.Schema:
+    """Return the Arrow schema of the data file of `entry`, which contains every registered
+    column, so that the caller can look up any of them.
+
+    Raises TableUnavailable when the file lacks a registered column because it is not the
+    table's file, such as a file of another table copied over it. Raises KeyError when the file
+    is the table's but lacks the column, as a file newer than `entry` can.
+    """
+    schema = store.arrow_schema(entry)
+    if not _missing_columns(schema, entry):
+        return schema
+
+    # The store caches the schema per table version, so the cached schema can be that of a
+    # file of another table that has since been replaced by the table's own file again.
+    path = store.root / entry.path
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as error:
+        raise_if_damaged([path], [entry.reference], error)
+        raise
+    missing = _missing_columns(schema, entry)
+    if not missing:
+        return schema
+
+    error = KeyError(f"the data file of {entry.reference} has no column {missing[0]!r}")
+    raise_if_damaged([path], [entry.reference], error)
+    raise error
+
+
+def _missing_columns(schema: pa.Schema, entry: RegistryEntry) -> list[str]:
+    names = set(schema.names)
+    return [column.name for column in entry.columns if column.name not in names]
 
 
 def _comparison_timestamp_type(

@@ -12,9 +12,10 @@ import orjson
 from pydantic import BaseModel, Field, ValidationError
 
 from sqlstore.atomic import write_bytes_atomically
-from sqlstore.errors import NotFound, RegistryEntryDamaged
+from sqlstore.errors import InvalidIdentifier, NotFound, RegistryEntryDamaged
 from sqlstore.filestamps import ReplacedFileReader
-from sqlstore.layout import StoreLayout
+from sqlstore.identifiers import validate_group, validate_table_name
+from sqlstore.layout import FEATURES_FOLDER, StoreLayout
 
 logger = logging.getLogger(__name__)
 
@@ -133,11 +134,11 @@ class Registry:
         path = self.layout.registry_path(group, name)
         reference = f"{group}/{name}"
         try:
-            entry = RegistryEntry.model_validate_json(path.read_bytes())
+            entry = _entry_at(path.read_bytes(), group, name)
         except FileNotFoundError:
             self._damaged.pop(str(path), None)
             return None
-        except (OSError, ValidationError) as error:
+        except (OSError, ValueError) as error:
             self._report_damaged(str(path), reference, error)
             raise RegistryEntryDamaged.of_table(reference) from error
         self._damaged.pop(str(path), None)
@@ -234,7 +235,7 @@ class Registry:
 
     def list_files(self) -> list[RegistryEntry]:
         """Return every entry, sorted by group and name, read from the folder whatever the
-        version token says: a stat per table, and a parse of each file that changed. It also
+        version token contains: a stat per table, and a parse of each file that changed. It also
         finds entry files changed or damaged outside sqlstore, which leave the token as it was.
         Unreadable files are logged once and skipped (see `damaged_tables`)."""
         return list(self._list_files())
@@ -330,6 +331,8 @@ class Registry:
         parsed: dict[str, tuple[tuple[int, int, int], RegistryEntry]] = {}
         damaged: set[str] = set()
         for path in self._entry_files():
+            group, file_name = path.split(os.sep)[-2:]
+            name = file_name.removesuffix(".json")
             try:
                 status = os.stat(path)
                 stamp = (status.st_ino, status.st_size, status.st_mtime_ns)
@@ -338,10 +341,10 @@ class Registry:
                     entry = known[1]
                 else:
                     with open(path, "rb") as file:
-                        entry = RegistryEntry.model_validate_json(file.read())
-            except (OSError, ValidationError) as error:
-                group, name = path.split(os.sep)[-2:]
-                self._report_damaged(path, f"{group}/{name.removesuffix('.json')}", error)
+                        entry = _entry_at(file.read(), group, name)
+            except (OSError, ValueError) as error:
+                # pydantic's ValidationError is a ValueError.
+                self._report_damaged(path, f"{group}/{name}", error)
                 damaged.add(path)
                 continue
             parsed[path] = (stamp, entry)
@@ -387,6 +390,30 @@ class Registry:
             with os.scandir(folder) as names:
                 files += sorted(name.path for name in names if name.name.endswith(".json"))
         return files
+
+
+def _entry_at(text: bytes, group: str, name: str) -> RegistryEntry:
+    """Parse the entry file of table `group/name`; raise ValueError as `check_location`
+    does."""
+    entry = RegistryEntry.model_validate_json(text)
+    check_location(entry, group, name)
+    return entry
+
+
+def check_location(entry: RegistryEntry, group: str, name: str) -> None:
+    """Raise ValueError when `entry` is not an entry of table `group/name`, or names another
+    data file than the table's. An entry edited or copied by hand must not make the server read
+    a file outside the features folder."""
+    if (entry.group, entry.name) != (group, name):
+        raise ValueError(f"the entry is of table {entry.group!r}/{entry.name!r}")
+    expected = f"{FEATURES_FOLDER}/{group}/{name}.parquet"
+    if entry.path != expected:
+        raise ValueError(f"its path is {entry.path!r}, not {expected!r}")
+    try:
+        validate_group(group)
+        validate_table_name(name)
+    except InvalidIdentifier as error:
+        raise ValueError(error.message) from error
 
 
 def _first_line(error: Exception) -> str:

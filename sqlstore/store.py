@@ -33,7 +33,7 @@ from sqlstore.identifiers import validate_column, validate_group, validate_table
 from sqlstore.layout import ENTRY_METADATA_KEY, TEMPORARY_SUFFIX, StoreLayout, resolve_root
 from sqlstore.ordering import sort_columns, sort_table
 from sqlstore.records import MAX_LIST_DEPTH, normalize_timestamp_column
-from sqlstore.registry import ColumnInfo, Registry, RegistryEntry, StorageStats
+from sqlstore.registry import ColumnInfo, Registry, RegistryEntry, StorageStats, check_location
 from sqlstore.stablefiles import file_problem, raise_if_damaged
 from sqlstore.types import describe_type, optimize_table, type_family, widen_for_append
 
@@ -118,7 +118,12 @@ class FeatureStore:
         return entry
 
     def arrow_schema(self, entry: RegistryEntry) -> pa.Schema:
-        """Return the Arrow schema of the file behind `entry`, cached per table version."""
+        """Return the Arrow schema of the file behind `entry`, cached per table version.
+
+        A schema that lacks a registered column is returned but not cached: it is of a file
+        replaced outside sqlstore, and the table's own file may be restored under the same
+        version.
+        """
         # updated_at as well as version: a table deleted and written again restarts at version 1.
         key = (entry.group, entry.name, entry.version, entry.updated_at)
         schema = self._schemas.get(key)
@@ -129,8 +134,9 @@ class FeatureStore:
             except (OSError, pa.ArrowException) as error:
                 raise_if_damaged([path], [entry.reference], error)
                 raise
-            self._schemas = {k: v for k, v in self._schemas.items() if k[:2] != key[:2]}
-            self._schemas[key] = schema
+            if {column.name for column in entry.columns} <= set(schema.names):
+                self._schemas = {k: v for k, v in self._schemas.items() if k[:2] != key[:2]}
+                self._schemas[key] = schema
         return schema
 
     # Point-in-time reads
@@ -323,6 +329,18 @@ class FeatureStore:
                 name,
                 group,
                 name,
+            )
+            return
+        try:
+            check_location(embedded, group, name)
+        except ValueError as error:
+            logger.error(
+                "the footer of %s does not describe table %s/%s (%s), so the registry is left "
+                "as it is",
+                path,
+                group,
+                name,
+                error,
             )
             return
         try:
@@ -798,7 +816,11 @@ def _embedded_entry_of_table(path: Path, group: str, name: str) -> RegistryEntry
         embedded = _read_embedded_entry(path)
     except (OSError, pa.ArrowException, ValueError):
         return None
-    if embedded is None or (embedded.group, embedded.name) != (group, name):
+    if embedded is None:
+        return None
+    try:
+        check_location(embedded, group, name)
+    except ValueError:
         return None
     embedded.storage.bytes_on_disk = path.stat().st_size
     return embedded

@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sqlstore.cli import app
-from sqlstore.store import FeatureStore
+from sqlstore.store import FeatureStore, TableDefinition
 
 PROCESS_TIMEOUT_SECONDS = 60
 
@@ -336,3 +336,60 @@ def test_csv_file_round_trip(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     stored = pq.read_table(table_file(root, "user", "round"))
     assert stored.to_pylist() == data.to_pylist()
+
+
+# Training set
+
+SPINE_SQL = "SELECT 1 AS entity_id, TIMESTAMPTZ '2020-06-01 00:00:00+00' AS event_timestamp"
+
+
+def training_set_arguments(output: Path, root: Path) -> list[str]:
+    return [
+        "training-set",
+        "--features",
+        "user/scores",
+        "--entity-sql",
+        SPINE_SQL,
+        "--output",
+        str(output),
+        "--root",
+        str(root),
+    ]
+
+
+def test_training_set_replaces_output(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    times = [datetime(2020, 1, 1, tzinfo=UTC), datetime(2021, 1, 1, tzinfo=UTC)]
+    scores = pa.table({"entity_id": [1, 1], "event_timestamp": times, "score": [0.5, 0.75]})
+    definition = TableDefinition(["entity_id"], timestamp_column="event_timestamp")
+    FeatureStore(root).write("user", "scores", scores, definition=definition)
+    output = tmp_path / "set.csv"
+    output.write_text("old\n")
+
+    result = CliRunner().invoke(app, training_set_arguments(output, root), env={"COLUMNS": "200"})
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"wrote 1 rows, 3 columns to {output}\n"
+    assert pa_csv.read_csv(output).to_pylist() == [
+        {"entity_id": 1, "event_timestamp": datetime(2020, 6, 1, tzinfo=UTC), "score": 0.5}
+    ]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["set.csv", "store"]
+
+
+@pytest.mark.parametrize("target", ["folder", "missing folder"])
+def test_training_set_bad_output_path(tmp_path: Path, target: str) -> None:
+    if target == "folder":
+        output = tmp_path / "set.csv"
+        output.mkdir()
+        cause = "it is a folder; give a file path"
+    else:
+        output = tmp_path / "missing" / "set.csv"
+        cause = f"the folder {tmp_path / 'missing'} does not exist; create it first"
+
+    arguments = training_set_arguments(output, tmp_path / "store")
+    result = CliRunner().invoke(app, arguments, env={"COLUMNS": "200"})
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == f"error: cannot write --output {output}: {cause}\n"
+    assert [path.name for path in tmp_path.iterdir()] == (["set.csv"] if target == "folder" else [])

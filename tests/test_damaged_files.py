@@ -4,11 +4,13 @@ table is served again once the file is restored, without a restart."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import RunningServer, damage_data_file, start_server, stop_server
 
@@ -326,3 +328,111 @@ def test_cached_page_of_damaged_entry(tmp_path: Path) -> None:
     assert damaged.json()["error"]["message"] == ENTRY_MESSAGE
     assert "fast lane" not in server.log()
     assert "Traceback" not in server.log()
+
+
+TIMED_SCORES = pa.table(
+    {
+        "user_id": [1, 2],
+        "event_timestamp": pa.array(["2020-01-01T00:00:00", "2020-06-01T00:00:00"])
+        .cast(pa.timestamp("us"))
+        .cast(pa.timestamp("us", tz="UTC")),
+        "score": [0.5, 0.25],
+    }
+)
+AS_OF = "2021-01-01T00:00:00Z"
+TIMED_READS = [
+    ("POST", "/features/batch", {"feature_names": ["shop/scores"], "entity_ids": [1]}),
+    (
+        "POST",
+        "/features/batch",
+        {"feature_names": ["shop/scores"], "entity_ids": [1], "timestamp": AS_OF},
+    ),
+    (
+        "POST",
+        "/training-set",
+        {"entities": [{"user_id": 1, "event_timestamp": AS_OF}], "features": ["shop/scores"]},
+    ),
+    ("POST", "/get-online-features", {"entities": {"user_id": [1]}, "features": ["shop/scores"]}),
+]
+
+
+@pytest.mark.parametrize("damage", ["foreign", "other table"])
+def test_timed_table_replaced_before_first_read(tmp_path: Path, damage: str) -> None:
+    store = FeatureStore(tmp_path / "store")
+    definition = TableDefinition(["user_id"], timestamp_column="event_timestamp")
+    store.write("shop", "scores", TIMED_SCORES, definition=definition)
+    store.write("shop", "other", OTHER, definition=TableDefinition(["user_id"]))
+    path = store.root / store.registry.get("shop", "scores").path
+    saved = path.read_bytes()
+    server = start_server(
+        store.root,
+        tmp_path / "server.log",
+        env={"SQLSTORE_CACHE_MEMORY_ENTRIES": "0", "SQLSTORE_CACHE_DISK_BYTES": "0"},
+    )
+    try:
+        # No read of shop/scores runs before the damage, so the server first reads the
+        # schema of the replaced file.
+        damage_file(path, damage)
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            responses = [send(client, method, url, body) for method, url, body in TIMED_READS]
+            path.write_bytes(saved)
+            restored = [send(client, method, url, body) for method, url, body in TIMED_READS]
+    finally:
+        stop_server(server)
+
+    for response in responses:
+        assert response.status_code == 503, (response.request.url, response.text)
+        assert response.json()["error"]["code"] == "table_unavailable"
+        assert response.json()["error"]["message"] == MESSAGE
+    assert [response.status_code for response in restored] == [200] * len(TIMED_READS)
+    assert restored[0].json()["features"]["shop/scores"] == [
+        {"user_id": 1, "event_timestamp": "2020-01-01T00:00:00+00:00", "score": 0.5}
+    ]
+    assert restored[3].json()["results"][1]["values"] == [0.5]
+    assert restored[1].status_code == 200, restored[1].text
+    assert restored[1].json()["features"]["shop/scores"] == [
+        {"user_id": 1, "event_timestamp": "2020-01-01T00:00:00+00:00", "score": 0.5}
+    ]
+    assert restored[2].status_code == 200, restored[2].text
+    assert restored[2].json()["data"] == [
+        {"user_id": 1, "event_timestamp": "2021-01-01T00:00:00+00:00", "score": 0.5}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("path", "../secret.parquet"),
+        ("path", "features/shop/other.parquet"),
+        ("group", "Bad-Group"),
+        ("name", "other"),
+    ],
+)
+def test_misplaced_entry_is_damaged(tmp_path: Path, field: str, value: str) -> None:
+    store = FeatureStore(tmp_path / "store")
+    store.write("shop", "scores", SCORES, definition=TableDefinition(["user_id"]))
+    store.write("shop", "other", OTHER, definition=TableDefinition(["user_id"]))
+    pq.write_table(pa.table({"user_id": [1], "score": [99.0]}), tmp_path / "secret.parquet")
+    lookup = {"feature_names": ["shop/scores"], "entity_ids": [1]}
+
+    server = start_server(store.root, tmp_path / "server.log")
+    try:
+        entry = json.loads(entry_file(store.root).read_text())
+        entry_file(store.root).write_text(json.dumps({**entry, field: value}))
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            misplaced = client.post("/features/batch", json=lookup)
+            health = client.get("/health")
+    finally:
+        stop_server(server)
+    restarted = start_server(store.root, tmp_path / "restarted.log")
+    try:
+        repaired = httpx.post(restarted.base_url + "/features/batch", json=lookup, timeout=60)
+    finally:
+        stop_server(restarted)
+
+    assert misplaced.status_code == 503
+    assert misplaced.json()["error"]["message"] == ENTRY_MESSAGE
+    assert health.status_code == 200
+    assert health.json()["unavailable_tables"] == ["shop/scores"]
+    assert repaired.status_code == 200
+    assert repaired.json()["features"]["shop/scores"] == [{"user_id": 1, "score": 0.5}]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,10 @@ from typer.testing import CliRunner
 from sqlstore.cli import app
 
 PROCESS_TIMEOUT_SECONDS = 120
+# A file size limit (prlimit --fsize) below the size of WIDE_ROWS_SQL's CSV, which is about
+# 500 KB, makes the write of that result fail with EFBIG.
+FILE_SIZE_LIMIT_BYTES = 64 * 1024
+WIDE_ROWS_SQL = "SELECT repeat('x', 100) AS x FROM range(5000)"
 COUNT_SQL = (
     "SELECT count(*) AS ratings, count(DISTINCT user_id) AS users "
     "FROM interaction.user_movie_interactions"
@@ -92,7 +97,7 @@ def test_sql_writes_parquet_file(runner: CliRunner, demo_root: Path, tmp_path: P
 
     assert result.exit_code == 0, result.output
     assert pq.read_table(output).column("movie_id").to_pylist() == [1, 2, 3]
-    assert f"wrote 3 rows to {output}" in one_line(result.output)
+    assert f"wrote 3 rows (cut at the row limit) to {output}" in one_line(result.output)
 
 
 def test_sql_rejects_hostile_query(runner: CliRunner, demo_root: Path) -> None:
@@ -174,6 +179,66 @@ def test_query_unknown_name(runner: CliRunner, demo_root: Path) -> None:
     assert "named query no_such_query not found" in one_line(result.output)
 
 
+def test_output_to_folder_is_error(runner: CliRunner, demo_root: Path, tmp_path: Path) -> None:
+    arguments = ["top_rated_in_genre", "--format", "csv", "--output", str(tmp_path)]
+    result = invoke(runner, "query", *arguments, "--root", str(demo_root))
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"error: cannot write --output {tmp_path}: it is a folder; give a file path\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_in_missing_folder_is_error(
+    runner: CliRunner, demo_root: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "missing" / "one.csv"
+    arguments = ["SELECT 1 AS one", "--format", "csv", "--output", str(output)]
+    result = invoke(runner, "sql", *arguments, "--root", str(demo_root))
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"error: cannot write --output {output}: the folder {tmp_path / 'missing'} does not "
+        "exist; create it first\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_notes_row_limit(runner: CliRunner, demo_root: Path, tmp_path: Path) -> None:
+    output = tmp_path / "numbers.csv"
+    output.write_text("old\n")
+    arguments = ["SELECT * FROM range(20000)", "--format", "csv", "--output", str(output)]
+    result = runner.invoke(
+        app,
+        ["sql", *arguments, "--root", str(demo_root)],
+        env={"COLUMNS": "200", "SQLSTORE_SQL_MAX_ROWS": "7"},
+    )
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"wrote 7 rows (cut at the row limit) to {output}\n"
+    assert output.read_text() == '"range"\n0\n1\n2\n3\n4\n5\n6\n'
+    assert [path.name for path in tmp_path.iterdir()] == ["numbers.csv"]
+
+
+def test_output_notes_byte_limit(runner: CliRunner, demo_root: Path, tmp_path: Path) -> None:
+    output = tmp_path / "wide.csv"
+    arguments = [WIDE_ROWS_SQL, "--format", "csv", "--output", str(output)]
+    result = runner.invoke(
+        app,
+        ["sql", *arguments, "--root", str(demo_root)],
+        env={"COLUMNS": "200", "SQLSTORE_SQL_MAX_RESULT_BYTES": "100000"},
+    )
+    rows = output.read_text().splitlines()[1:]
+
+    assert result.exit_code == 0, result.output
+    assert 0 < len(rows) < 5000
+    assert set(rows) == {f'"{"x" * 100}"'}
+    assert result.stdout == f"wrote {len(rows):,} rows (cut at the byte limit) to {output}\n"
+
+
 def run_process(*arguments: str) -> subprocess.CompletedProcess[str]:
     """Run `python -m sqlstore` with the logging level left to the command's default."""
     environment = {**os.environ, "COLUMNS": "200"}
@@ -253,3 +318,39 @@ def test_invalid_query_file_in_real_process(demo_root: Path, tmp_path: Path) -> 
         "error: invalid named query bounded (bounded.sql in the queries folder): parameter n has "
         "min twice (1 and 2); keep one"
     )
+
+
+def test_failed_write_keeps_existing_file(demo_root: Path, tmp_path: Path) -> None:
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) is not installed")
+    output = tmp_path / "wide.csv"
+    output.write_text("old\n")
+    command = [
+        "prlimit",
+        f"--fsize={FILE_SIZE_LIMIT_BYTES}",
+        "--",
+        sys.executable,
+        "-m",
+        "sqlstore",
+        "sql",
+        WIDE_ROWS_SQL,
+        "--format",
+        "csv",
+        "--output",
+        str(output),
+        "--root",
+        str(demo_root),
+    ]
+    environment = {**os.environ, "COLUMNS": "200"}
+    environment.pop("SQLSTORE_LOG_LEVEL", None)
+    completed = subprocess.run(
+        command, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_SECONDS, env=environment
+    )
+
+    assert completed.returncode == 1
+    assert completed.stdout == ""
+    assert completed.stderr == (
+        f"error: cannot write --output {output}: the file size limit is exceeded\n"
+    )
+    assert output.read_text() == "old\n"
+    assert [path.name for path in tmp_path.iterdir()] == ["wide.csv"]
