@@ -148,6 +148,8 @@ INTERVAL_UNITS: dict[str, dt.timedelta] = {
     "year": dt.timedelta(days=365),
 }
 INTERVAL_TEXT_PATTERN = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*([a-z]+)\s*", re.IGNORECASE)
+# Text that DuckDB casts to an integer with a base prefix.
+HEX_OR_BINARY_PATTERN = re.compile(r"[+-]?0[xXbB][0-9a-fA-F_]+")
 # The step count of a range whose span divided by its step overflows a float.
 UNBOUNDED_STEPS = 2**63
 INTEGER_TYPES = frozenset(
@@ -700,7 +702,7 @@ class _TreeChecker:
         if self.generated_rows > self.limits.max_generated_rows:
             raise self._rejected(
                 f"{name}(...) brings the rows that the table functions of this query generate "
-                f"together to about {self.generated_rows:,}, more than the maximum "
+                f"together to about {_shown(self.generated_rows)}, more than the maximum "
                 f"{self.limits.max_generated_rows:,} (SQLSTORE_SQL_MAX_GENERATED_ROWS); use "
                 "smaller ranges",
                 function,
@@ -766,7 +768,7 @@ class _TreeChecker:
         size = self._builder_size(name, arguments, node) * max(combined, 1)
         if size > self.limits.max_builder_size:
             raise self._rejected(
-                f"{name}(...) would build a value of about {size:,} elements or characters, "
+                f"{name}(...) would build a value of about {_shown(size)} elements or characters, "
                 f"more than the maximum {self.limits.max_builder_size:,} "
                 "(SQLSTORE_SQL_MAX_BUILDER_SIZE)",
                 node,
@@ -818,7 +820,7 @@ class _TreeChecker:
             )
         if value > self.limits.max_builder_size:
             raise self._rejected(
-                f"the {role} argument of {name} is {value:,}, more than the maximum "
+                f"the {role} argument of {name} is {_shown(value)}, more than the maximum "
                 f"{self.limits.max_builder_size:,} (SQLSTORE_SQL_MAX_BUILDER_SIZE)",
                 node,
                 name,
@@ -870,16 +872,19 @@ class _TreeChecker:
                 node,
                 name,
             )
-        widths = [int(digits) for digits in DIGITS_PATTERN.findall(pattern)]
-        widest = max(widths, default=1)
-        if widest > self.limits.max_builder_size:
+        # Every number of the pattern counts as a width, precisions too, so that several wide
+        # fields add up. A run of more digits than any width has counts as over the maximum.
+        runs = DIGITS_PATTERN.findall(pattern)
+        total = sum(int(digits) if len(digits) <= 18 else 10**18 for digits in runs)
+        if total > self.limits.max_builder_size:
             raise self._rejected(
-                f"the format string of {name} contains the number {widest:,}, more than the "
-                f"maximum width {self.limits.max_builder_size:,} (SQLSTORE_SQL_MAX_BUILDER_SIZE)",
+                f"the format string of {name} asks for widths of {_shown(total)} characters in "
+                f"all, more than the maximum {self.limits.max_builder_size:,} "
+                "(SQLSTORE_SQL_MAX_BUILDER_SIZE)",
                 node,
                 name,
             )
-        return max(widest, 1)
+        return max(total, 1)
 
     def _constant(self, node: Any) -> Any:
         """Evaluate a constant expression; raise _Dynamic when it reads row values."""
@@ -941,27 +946,44 @@ def _evaluate(node: Any, parameters: Mapping[str, Any]) -> Any:
     expression_class = node.get("class")
 
     if expression_class == "CONSTANT":
-        return _literal(node.get("literal", {}))
+        return _bounded(_literal(node.get("literal", {})))
     if expression_class == "PARAMETER":
-        return parameters.get(str(node.get("identifier")))
+        return _bounded(parameters.get(str(node.get("identifier"))))
     if expression_class == "CAST":
-        return _cast(_evaluate(node.get("child"), parameters), node.get("type_expr") or {})
+        value = _cast(_evaluate(node.get("child"), parameters), node.get("type_expr") or {})
+        return _bounded(value)
     if expression_class == "FUNCTION":
         name = str(node.get("function_name", "")).lower()
         values = [_evaluate(argument, parameters) for argument in _arguments(node)]
-        return _apply(name, values)
+        return _bounded(_apply(name, values))
     raise _NotConstant(f"{str(expression_class).lower()} expressions are not evaluated")
 
 
 def _number_from_text(text: str) -> int | float | None:
-    """Return the number a text spells, as DuckDB would cast it, or None when it spells none."""
+    """Return the number a text spells, as DuckDB would cast it, or None when it spells none.
+    DuckDB 2.0 also reads `0x` and `0b` prefixes and `_` between digits."""
+    stripped = text.strip()
     try:
-        return int(text.strip())
+        if HEX_OR_BINARY_PATTERN.fullmatch(stripped):
+            return _bounded(int(stripped, 0))
+        return _bounded(int(stripped))
     except ValueError:
+        # Also the text of an integer of more than 4,300 digits, which int() refuses.
         try:
-            return float(text.strip())
+            return float(stripped)
         except ValueError:
             return None
+
+
+def _bounded(value: Any) -> Any:
+    """Return an integer wider than DuckDB's HUGEINT as a float, as DuckDB reads such a
+    literal, so that arithmetic on it stays cheap; other values unchanged."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 127:
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf if value > 0 else -math.inf
+    return value
 
 
 def _literal(literal: dict[str, Any]) -> Any:
@@ -1037,6 +1059,9 @@ def _apply(name: str, values: list[Any]) -> Any:
 
 
 def _arithmetic(name: str, left: Any, right: Any) -> Any:
+    # DuckDB casts a text operand to a number ('2' * 3 is 6), where Python would repeat or
+    # format the text, at any size, in the server's memory.
+    left, right = (_numeric_operand(value) for value in (left, right))
     operations = {
         "+": lambda: left + right,
         "-": lambda: left - right,
@@ -1048,6 +1073,25 @@ def _arithmetic(name: str, left: Any, right: Any) -> Any:
     if name not in operations:
         raise _NotConstant(f"function {name} is not evaluated")
     return operations[name]()
+
+
+def _shown(number: float) -> str:
+    """Return a number for a message, with thousands separators, and in scientific notation
+    beyond 10^21 so that a huge number stays short."""
+    if abs(number) >= 1e21:
+        return f"{float(number):.3g}"
+    if isinstance(number, float) and not number.is_integer():
+        return f"{number:,.2f}"
+    return f"{int(number):,}"
+
+
+def _numeric_operand(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    number = _number_from_text(value)
+    if number is None:
+        raise _NotConstant(f"text {value[:40]!r} is not a number")
+    return number
 
 
 def _sequence_length(values: list[Any], inclusive: bool) -> int | None:
@@ -1079,7 +1123,10 @@ def _count_steps(span: float, step: float, inclusive: bool) -> int:
         return 0
     if span != 0 and (span > 0) != (step > 0):
         return 0
-    ratio = span / step
+    try:
+        ratio = span / step
+    except OverflowError:
+        ratio = math.inf
     if not math.isfinite(ratio):
         # A tiny step over a huge span overflows a float: more values than any limit allows.
         return UNBOUNDED_STEPS
