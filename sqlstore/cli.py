@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
 import shutil
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -423,7 +425,9 @@ def info(root: RootOption = None) -> None:
 
 @app.command("training-set")
 def training_set(
-    output: Annotated[Path, typer.Option(help="Output file: .parquet or .csv")],
+    output: Annotated[
+        Path, typer.Option(help="Output file: .parquet or .csv", parser=_parse_output_path)
+    ],
     name: Annotated[
         str | None, typer.Option(help="Named definition under queries/training_sets")
     ] = None,
@@ -480,7 +484,9 @@ def training_set(
             _write_output(table, output)
     except SqlstoreError as error:
         _fail(error)
-    console.print(f"wrote {table.num_rows:,} rows, {table.num_columns} columns to {output}")
+    rows = _count_text(table.num_rows, "row")
+    columns = _count_text(table.num_columns, "column")
+    _print_written(output, f"wrote {rows}, {columns} to {output}")
 
 
 def _split_references(text: str | None) -> list[str]:
@@ -497,15 +503,32 @@ def _write_output(table: pa.Table, output: Path) -> None:
         _write_file(output, lambda path: pq.write_table(table, path))
 
 
+def _parse_output_path(value: str) -> Path:
+    # Path("") is Path("."), so an empty --output would otherwise be reported as the folder ".".
+    if not value:
+        raise typer.BadParameter("the path is empty; give a file path")
+    return Path(value)
+
+
 def _check_output_path(output: Path) -> None:
     """Exit with an error when `output` cannot become a file, before any query runs.
 
     Missing folders are not created, so that a mistyped path fails instead of writing the
-    result somewhere unexpected.
+    result somewhere unexpected. A symbolic link is checked at its target.
     """
-    if output.is_dir():
-        _fail_output(output, "it is a folder; give a file path")
-    folder = output.parent
+    try:
+        mode = output.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None
+    except OSError as error:
+        _fail_output(output, _write_error_cause(error))
+
+    if mode is not None:
+        if stat.S_ISDIR(mode):
+            _fail_output(output, "it is a folder; give a file path")
+        return
+
+    folder = _link_target(output).parent
     if not folder.exists():
         _fail_output(output, f"the folder {folder} does not exist; create it first")
     if not folder.is_dir():
@@ -513,24 +536,60 @@ def _check_output_path(output: Path) -> None:
 
 
 def _write_file(output: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(temporary)` for a temporary file beside `output`, then rename it to `output`.
+    """Write the result to `output` by calling `write(path)`.
 
-    A failed write therefore leaves no partial file, and an existing `output` stays as it was.
+    For a new or regular file, `path` is a temporary file beside `output` that is then renamed
+    to it, so a failed write leaves no partial file and an existing `output` stays as it was.
+    A device, FIFO or other special file (such as /dev/stdout) is passed to `write` itself,
+    because a rename would replace it with a regular file.
     Exits with a one-line error that names the path and the cause on any OSError.
     """
+    try:
+        special = _is_special_file(output)
+        if special:
+            # NOTE: a write in place is not atomic, so a failed write can leave part of the
+            # result in the device or FIFO's reader.
+            write(output)
+    except OSError as error:
+        _fail_output(output, _write_error_cause(error))
+    if not special:
+        _replace_file(output, write)
+
+
+def _is_special_file(output: Path) -> bool:
+    """Return whether `output`, after symbolic links, exists and is neither a regular file nor
+    a folder."""
+    try:
+        mode = output.stat().st_mode
+    except FileNotFoundError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def _replace_file(output: Path, write: Callable[[Path], None]) -> None:
     # Writing to the target of a symbolic link keeps the link, as a write in place would.
-    destination = output.resolve() if output.is_symlink() else output
+    destination = _link_target(output)
     temporary = temporary_path(destination)
     try:
         write(temporary)
         os.replace(temporary, destination)
     except OSError as error:
         _remove_temporary(temporary)
-        cause = STORAGE_ERRNOS.get(error.errno or 0) or error.strerror or str(error)
-        _fail_output(output, cause)
+        _fail_output(output, _write_error_cause(error))
     except BaseException:
         _remove_temporary(temporary)
         raise
+
+
+def _link_target(output: Path) -> Path:
+    # os.path.realpath, unlike Path.resolve on Python 3.11, raises no RuntimeError on a loop.
+    return Path(os.path.realpath(output)) if output.is_symlink() else output
+
+
+def _write_error_cause(error: OSError) -> str:
+    if error.errno == errno.ELOOP:
+        return "the symbolic link loops back on itself; point it at a file"
+    return STORAGE_ERRNOS.get(error.errno or 0) or error.strerror or str(error)
 
 
 def _remove_temporary(temporary: Path) -> None:
@@ -540,6 +599,15 @@ def _remove_temporary(temporary: Path) -> None:
         logging.getLogger(__name__).warning(
             "could not remove temporary file %s: %s", temporary, error
         )
+
+
+def _print_written(output: Path, message: str) -> None:
+    # A device or FIFO can be the terminal or stdout itself (/dev/stdout), where the confirmation
+    # would be mixed into the result, so it goes to stderr.
+    if _is_special_file(output):
+        error_console.print(message, soft_wrap=True)
+    else:
+        console.print(message)
 
 
 def _fail_output(output: Path, cause: str) -> NoReturn:
@@ -565,7 +633,11 @@ FormatOption = Annotated[
 ]
 OutputOption = Annotated[
     Path | None,
-    typer.Option(help="Write the result to this file instead of the terminal", show_default=False),
+    typer.Option(
+        help="Write the result to this file instead of the terminal",
+        show_default=False,
+        parser=_parse_output_path,
+    ),
 ]
 LimitOption = Annotated[
     int | None,
@@ -804,7 +876,8 @@ def _show_sql_result(
         sys.stdout.buffer.flush()
         return
     _write_file(output, lambda path: path.write_bytes(content))
-    console.print(f"wrote {result.table.num_rows:,} rows{_truncation_note(result)} to {output}")
+    rows = _count_text(result.table.num_rows, "row")
+    _print_written(output, f"wrote {rows}{_truncation_note(result)} to {output}")
 
 
 def _print_result_table(result: SqlResult, title: str | None) -> None:
@@ -817,6 +890,11 @@ def _print_result_table(result: SqlResult, title: str | None) -> None:
 
     rows = "1 row" if result.table.num_rows == 1 else f"{result.table.num_rows:,} rows"
     console.print(f"{rows}{_truncation_note(result)} in {result.elapsed_ms:.0f} ms")
+
+
+def _count_text(count: int, noun: str) -> str:
+    """Return `count` and `noun` in the singular or plural, such as "1 row" or "1,000 rows"."""
+    return f"1 {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
 def _truncation_note(result: SqlResult) -> str:

@@ -14,6 +14,7 @@ modification time is at least that much later and its stat differs.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -31,13 +32,32 @@ def _signature(status: os.stat_result) -> Signature:
     return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
 
 
+class NotRegularFile(OSError):
+    """A path that should be a regular file is a FIFO, a device, a socket or a folder."""
+
+
+def open_regular(path: Path | str) -> BinaryIO:
+    """Open a regular file for binary reading without blocking on a FIFO. Raise
+    NotRegularFile for any other kind of file, and the errors of `os.open`."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise NotRegularFile(f"{path} is not a regular file")
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
 class ReplacedFileReader(Generic[Parsed]):
     """Return `parse(file)` of a file opened for binary reading, parsing it again only when its
     stat changed or when it was written too recently for the stat to prove it unchanged. `parse`
     reads only what it needs, so a Parquet footer can be parsed without reading the file.
     Thread-safe.
 
-    Raises FileNotFoundError when the file does not exist.
+    Raises FileNotFoundError when the file does not exist, and NotRegularFile when the path is
+    a FIFO, a device or a folder: reading a FIFO would block the caller, the event loop
+    included, and a device such as /dev/zero never ends.
     """
 
     def __init__(self, parse: Callable[[BinaryIO], Parsed]) -> None:
@@ -51,7 +71,7 @@ class ReplacedFileReader(Generic[Parsed]):
             return known[1]
 
         # The signature comes from the open file, so it matches the content read.
-        with open(path, "rb") as file:
+        with open_regular(path) as file:
             signature = _signature(os.fstat(file.fileno()))
             parsed = self._parse(file)
 

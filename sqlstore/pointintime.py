@@ -166,7 +166,7 @@ def plan_joins(
 
     selected: dict[str, tuple[RegistryEntry, list[str]]] = {}
     for text in features:
-        reference = resolve_reference(text, entries)
+        reference = resolve_reference(text, entries, store.registry.damaged_tables())
         entry = reference.entry
         if not entry.entity_key:
             raise InvalidInput(

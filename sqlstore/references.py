@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from sqlstore.errors import InvalidInput, NotFound, quoted_value
+from sqlstore.errors import InvalidInput, NotFound, RegistryEntryDamaged, quoted_value
 from sqlstore.identifiers import validate_group, validate_table_name
 from sqlstore.registry import RegistryEntry
 
@@ -65,21 +65,27 @@ def parse_reference(text: object) -> ParsedReference:
     return ParsedReference(group, name, columns)
 
 
-def resolve_reference(text: str, entries: Sequence[RegistryEntry]) -> FeatureReference:
+def resolve_reference(
+    text: str, entries: Sequence[RegistryEntry], damaged: Collection[str] = ()
+) -> FeatureReference:
     """Resolve `group/name`, `group/name:column` or a bare table name to a registered table.
 
-    A bare name must match exactly one table; otherwise the error lists the candidates.
+    A bare name must match exactly one table; otherwise the error lists the candidates. A table
+    of `damaged` (`Registry.damaged_tables()`), which listings leave out, raises
+    RegistryEntryDamaged rather than NotFound.
     """
     parsed = parse_reference(text)
     if parsed.group is not None:
         table_part = f"{parsed.group}/{parsed.name}"
         entry = next((entry for entry in entries if entry.reference == table_part), None)
         if entry is None:
+            _raise_if_damaged([table_part], damaged)
             raise NotFound(f"feature table {table_part!r} not found{_suggest(table_part, entries)}")
     else:
         table_part = parsed.name
         matches = [entry for entry in entries if entry.name == table_part]
         if not matches:
+            _raise_if_damaged([d for d in damaged if d.endswith(f"/{table_part}")], damaged)
             raise NotFound(f"feature table {table_part!r} not found{_suggest(table_part, entries)}")
         if len(matches) > 1:
             candidates = ", ".join(entry.reference for entry in matches)
@@ -93,6 +99,12 @@ def resolve_reference(text: str, entries: Sequence[RegistryEntry]) -> FeatureRef
                 f"unknown column {column!r} in feature {text!r}; columns: {available}"
             )
     return FeatureReference(requested=text, entry=entry, columns=parsed.columns)
+
+
+def _raise_if_damaged(references: Sequence[str], damaged: Collection[str]) -> None:
+    for reference in references:
+        if reference in damaged:
+            raise RegistryEntryDamaged.of_table(reference)
 
 
 def _suggest(text: str, entries: Sequence[RegistryEntry]) -> str:

@@ -6,6 +6,7 @@ import logging
 import os
 import stat
 from datetime import datetime
+from pathlib import Path
 from typing import BinaryIO
 
 import orjson
@@ -13,7 +14,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from sqlstore.atomic import write_bytes_atomically
 from sqlstore.errors import InvalidIdentifier, NotFound, RegistryEntryDamaged
-from sqlstore.filestamps import ReplacedFileReader
+from sqlstore.filestamps import ReplacedFileReader, open_regular
 from sqlstore.identifiers import validate_group, validate_table_name
 from sqlstore.layout import FEATURES_FOLDER, StoreLayout
 
@@ -89,6 +90,8 @@ def _parse_write_stamp(file: BinaryIO) -> str:
     return f"{fields['version']}@{fields['updated_at']}"
 
 
+# Entry files are a few KiB; a larger file is not one that sqlstore wrote.
+MAX_ENTRY_BYTES = 16 * 1024 * 1024
 # A random token in the registry folder that every change of an entry replaces.
 VERSION_FILE = ".version"
 # Maximum bytes read from the version file, whose token is 32 bytes. A longer file is not a
@@ -134,7 +137,7 @@ class Registry:
         path = self.layout.registry_path(group, name)
         reference = f"{group}/{name}"
         try:
-            entry = _entry_at(path.read_bytes(), group, name)
+            entry = _entry_at(_read_entry_file(path), group, name)
         except FileNotFoundError:
             self._damaged.pop(str(path), None)
             return None
@@ -340,8 +343,7 @@ class Registry:
                 if known is not None and known[0] == stamp:
                     entry = known[1]
                 else:
-                    with open(path, "rb") as file:
-                        entry = _entry_at(file.read(), group, name)
+                    entry = _entry_at(_read_entry_file(path), group, name)
             except (OSError, ValueError) as error:
                 # pydantic's ValidationError is a ValueError.
                 self._report_damaged(path, f"{group}/{name}", error)
@@ -390,6 +392,16 @@ class Registry:
             with os.scandir(folder) as names:
                 files += sorted(name.path for name in names if name.name.endswith(".json"))
         return files
+
+
+def _read_entry_file(path: Path | str) -> bytes:
+    """Return the bytes of an entry file. Raise NotRegularFile for a FIFO or a device, which
+    would block or never end, and ValueError for a file larger than any entry."""
+    with open_regular(path) as file:
+        text = file.read(MAX_ENTRY_BYTES + 1)
+    if len(text) > MAX_ENTRY_BYTES:
+        raise ValueError(f"the file is larger than {MAX_ENTRY_BYTES:,} bytes")
+    return text
 
 
 def _entry_at(text: bytes, group: str, name: str) -> RegistryEntry:

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sqlstore.errors import SqlstoreError, TableBusy, TableUnavailable
-from sqlstore.filestamps import Signature, file_signature
+from sqlstore.filestamps import Signature, file_signature, open_regular
 from sqlstore.layout import ENTRY_METADATA_KEY
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,8 @@ def file_problem(path: Path, table: str, version: int | None = None) -> str | No
 
 def _is_parquet_file(path: Path) -> bool:
     try:
-        with path.open("rb") as file:
+        # A FIFO in the file's place would block a plain open, and a device never ends.
+        with open_regular(path) as file:
             head = file.read(len(PARQUET_MAGIC))
             file.seek(-len(PARQUET_MAGIC), os.SEEK_END)
             tail = file.read()

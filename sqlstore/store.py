@@ -181,7 +181,7 @@ class FeatureStore:
         entries = self.list_tables()
         results = {}
         for text in features:
-            reference = resolve_reference(text, entries)
+            reference = resolve_reference(text, entries, self.registry.damaged_tables())
             results[text] = lookup_entities(self, reference, entity_ids, as_of).table
         return results
 
@@ -271,35 +271,45 @@ class FeatureStore:
     def _existing_entry(self, group: str, name: str, mode: str) -> RegistryEntry | None:
         """Return the registered entry that a write builds on, or None for a new table.
 
-        For a damaged entry file it returns the entry in the data file's footer, so that
-        writing the table again repairs it. Without one, an overwrite writes a new table, and
-        an append raises RegistryEntryDamaged, because it would drop the rows it cannot read.
+        For a damaged or missing entry file beside an existing data file, it returns the entry
+        in the data file's footer, so that writing the table again repairs it and an append
+        keeps the stored rows. Without a readable footer, an overwrite writes a new table, and
+        an append raises TableUnavailable, because it would drop the rows it cannot read.
         """
+        path = self.layout.table_path(group, name)
         try:
-            return self.registry.find(group, name)
+            registered = self.registry.find(group, name)
         except RegistryEntryDamaged:
-            path = self.layout.table_path(group, name)
-            embedded = _embedded_entry_of_table(path, group, name)
-            if embedded is not None:
-                logger.warning(
-                    "the write of %s/%s builds on version %d from the footer of %s, because "
-                    "its registry entry is damaged",
-                    group,
-                    name,
-                    embedded.version,
-                    path,
-                )
-                return embedded
-            if mode == "append":
-                raise
+            problem = "its registry entry is damaged"
+            damaged: TableUnavailable | None = RegistryEntryDamaged.of_table(f"{group}/{name}")
+        else:
+            if registered is not None or not os.path.lexists(path):
+                return registered
+            problem = "it has a data file but no registry entry"
+            damaged = TableUnavailable.of_table(f"{group}/{name}")
+
+        embedded = _embedded_entry_of_table(path, group, name)
+        if embedded is not None:
             logger.warning(
-                "%s/%s has a damaged registry entry and no readable footer in %s; the "
-                "overwrite writes it as a new table",
+                "the write of %s/%s builds on version %d from the footer of %s, because %s",
                 group,
                 name,
+                embedded.version,
                 path,
+                problem,
             )
-            return None
+            return embedded
+        if mode == "append":
+            raise damaged
+        logger.warning(
+            "the overwrite of %s/%s writes it as a new table, because %s and %s has no "
+            "readable footer of the table",
+            group,
+            name,
+            problem,
+            path,
+        )
+        return None
 
     def _recover_table(self, group: str, name: str, path: Path) -> None:
         try:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -369,7 +371,7 @@ def test_training_set_replaces_output(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, training_set_arguments(output, root), env={"COLUMNS": "200"})
 
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"wrote 1 rows, 3 columns to {output}\n"
+    assert result.stdout == f"wrote 1 row, 3 columns to {output}\n"
     assert pa_csv.read_csv(output).to_pylist() == [
         {"entity_id": 1, "event_timestamp": datetime(2020, 6, 1, tzinfo=UTC), "score": 0.5}
     ]
@@ -393,3 +395,62 @@ def test_training_set_bad_output_path(tmp_path: Path, target: str) -> None:
     assert result.stdout == ""
     assert result.stderr == f"error: cannot write --output {output}: {cause}\n"
     assert [path.name for path in tmp_path.iterdir()] == (["set.csv"] if target == "folder" else [])
+
+
+def test_training_set_to_fifo(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    times = [datetime(2020, 1, 1, tzinfo=UTC)]
+    scores = pa.table({"entity_id": [1], "event_timestamp": times, "score": [0.5]})
+    definition = TableDefinition(["entity_id"], timestamp_column="event_timestamp")
+    FeatureStore(root).write("user", "scores", scores, definition=definition)
+    fifo = tmp_path / "set.csv"
+    os.mkfifo(fifo)
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        with fifo.open("rb") as stream:
+            chunks.append(stream.read())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        result = CliRunner().invoke(app, training_set_arguments(fifo, root), env={"COLUMNS": "200"})
+    finally:
+        reader.join(timeout=60)
+        if reader.is_alive():
+            # No writer opened the FIFO, so the reader still waits in open().
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert result.stderr == f"wrote 1 row, 3 columns to {fifo}\n"
+    assert len(chunks) == 1
+    assert pa_csv.read_csv(pa.py_buffer(chunks[0])).to_pylist() == [
+        {"entity_id": 1, "event_timestamp": datetime(2020, 6, 1, tzinfo=UTC), "score": 0.5}
+    ]
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["set.csv", "store"]
+
+
+@pytest.mark.parametrize("target", ["symlink loop", "empty"])
+def test_training_set_invalid_output(tmp_path: Path, target: str) -> None:
+    if target == "symlink loop":
+        output = tmp_path / "set.csv"
+        output.symlink_to(output.name)
+        output_text = str(output)
+        expected = (
+            f"error: cannot write --output {output}: the symbolic link loops back on itself; "
+            "point it at a file\n"
+        )
+        exit_code = 1
+    else:
+        output_text = ""
+        expected = "Invalid value for '--output': the path is empty; give a file path"
+        exit_code = 2
+
+    arguments = ["training-set", "--output", output_text, "--name", "any", "--root", str(tmp_path)]
+    result = CliRunner().invoke(app, arguments, env={"COLUMNS": "200"})
+
+    assert result.exit_code == exit_code
+    assert result.stdout == ""
+    assert expected in result.stderr

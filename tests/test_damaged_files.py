@@ -5,6 +5,7 @@ table is served again once the file is restored, without a restart."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -436,3 +437,65 @@ def test_misplaced_entry_is_damaged(tmp_path: Path, field: str, value: str) -> N
     assert health.json()["unavailable_tables"] == ["shop/scores"]
     assert repaired.status_code == 200
     assert repaired.json()["features"]["shop/scores"] == [{"user_id": 1, "score": 0.5}]
+
+
+def test_append_without_entry_keeps_rows(server: RunningServer) -> None:
+    # A data file whose entry file is gone: the footer has the entry, as at a restart.
+    entry_file(server.root).unlink()
+    record = {"records": [{"user_id": 3, "score": 0.125}], "mode": "append"}
+
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        appended = client.post("/features/shop/scores", json=record)
+        scores = client.get("/features/shop/scores").json()
+
+    assert appended.status_code == 200, appended.text
+    assert scores["data"] == [
+        {"user_id": 1, "score": 0.5},
+        {"user_id": 2, "score": 0.25},
+        {"user_id": 3, "score": 0.125},
+    ]
+    assert scores["metadata"]["version"] == 2
+
+
+def test_fifo_entry_does_not_block(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path / "store")
+    store.write("shop", "scores", SCORES, definition=TableDefinition(["user_id"]))
+    store.write("shop", "other", OTHER, definition=TableDefinition(["user_id"]))
+    server = start_server(store.root, tmp_path / "server.log")
+    try:
+        entry_file(store.root).unlink()
+        os.mkfifo(entry_file(store.root))
+        with httpx.Client(base_url=server.base_url, timeout=10) as client:
+            health = client.get("/health").json()
+            scores = client.get("/features/shop/scores")
+            other = client.get("/features/shop/other")
+    finally:
+        stop_server(server)
+    # A restart rebuilds the entry from the data file's footer, in place of the FIFO.
+    restarted = start_server(store.root, tmp_path / "restarted.log")
+    try:
+        rebuilt = httpx.get(restarted.base_url + "/features/shop/scores", timeout=10)
+    finally:
+        stop_server(restarted)
+
+    assert health["unavailable_tables"] == ["shop/scores"]
+    assert scores.status_code == 503
+    assert scores.json()["error"]["message"] == ENTRY_MESSAGE
+    assert other.status_code == 200
+    assert rebuilt.json()["data"] == [{"user_id": 1, "score": 0.5}, {"user_id": 2, "score": 0.25}]
+
+
+def test_damaged_entry_after_listing_is_503(server: RunningServer) -> None:
+    entry_file(server.root).write_bytes(b"{not json")
+    # A write of another table makes every process list the registry again, and the
+    # listing leaves the damaged entry out.
+    FeatureStore(server.root).write("shop", "other", OTHER, definition=TableDefinition(["user_id"]))
+    reads = [read for read in READS if read[1] not in ("/sql", "/features/shop/scores/info")]
+    reads.append(("POST", "/features/batch", {"feature_names": ["scores"], "entity_ids": [1]}))
+
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        responses = [client.request(method, path, json=body) for method, path, body in reads]
+
+    for response in responses:
+        assert response.status_code == 503, (response.request.url, response.text)
+        assert response.json()["error"]["message"] == ENTRY_MESSAGE

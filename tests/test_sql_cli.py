@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -354,3 +356,118 @@ def test_failed_write_keeps_existing_file(demo_root: Path, tmp_path: Path) -> No
     )
     assert output.read_text() == "old\n"
     assert [path.name for path in tmp_path.iterdir()] == ["wide.csv"]
+
+
+def read_fifo_in_thread(fifo: Path) -> tuple[threading.Thread, list[bytes]]:
+    """Start a thread that reads `fifo` until the writer closes it, into the returned list."""
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        with fifo.open("rb") as stream:
+            chunks.append(stream.read())
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread, chunks
+
+
+def stop_fifo_reader(fifo: Path, thread: threading.Thread) -> None:
+    """Unblock a reader still waiting in open() because no writer ever opened `fifo`."""
+    thread.join(timeout=PROCESS_TIMEOUT_SECONDS)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(timeout=5)
+
+
+def test_output_to_fifo_writes_in_place(runner: CliRunner, demo_root: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "result.fifo"
+    os.mkfifo(fifo)
+    thread, chunks = read_fifo_in_thread(fifo)
+    arguments = ["SELECT 6 * 7 AS answer", "--format", "csv", "--output", str(fifo)]
+    try:
+        result = invoke(runner, "sql", *arguments, "--root", str(demo_root))
+    finally:
+        stop_fifo_reader(fifo, thread)
+
+    assert result.exit_code == 0, result.output
+    assert chunks == [b'"answer"\n42\n']
+    assert result.stdout == ""
+    assert result.stderr == f"wrote 1 row to {fifo}\n"
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert [path.name for path in tmp_path.iterdir()] == ["result.fifo"]
+
+
+def test_output_to_character_device(runner: CliRunner, demo_root: Path, tmp_path: Path) -> None:
+    device = tmp_path / "null"
+    null_device_number = os.makedev(1, 3)
+    try:
+        os.mknod(device, stat.S_IFCHR | 0o600, null_device_number)
+    except PermissionError:
+        pytest.skip("creating a device file needs root and CAP_MKNOD")
+    arguments = ["SELECT 1 AS one", "--format", "parquet", "--output", str(device)]
+    result = invoke(runner, "sql", *arguments, "--root", str(demo_root))
+
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"wrote 1 row to {device}\n"
+    assert stat.S_ISCHR(device.lstat().st_mode)
+    assert device.lstat().st_rdev == null_device_number
+    assert [path.name for path in tmp_path.iterdir()] == ["null"]
+
+
+def test_output_to_dev_stdout_in_real_process(demo_root: Path) -> None:
+    completed = run_process(
+        "sql",
+        "SELECT 6 * 7 AS answer",
+        "--format",
+        "csv",
+        "--output",
+        "/dev/stdout",
+        "--root",
+        str(demo_root),
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == '"answer"\n42\n'
+    assert completed.stderr == "wrote 1 row to /dev/stdout\n"
+
+
+def test_output_symlink_loop_is_error(runner: CliRunner, demo_root: Path, tmp_path: Path) -> None:
+    loop = tmp_path / "loop.csv"
+    loop.symlink_to(loop.name)
+    # The query fails if it runs, so an output error alone shows that it did not run.
+    arguments = ["SELECT * FROM no_such_view", "--format", "csv", "--output", str(loop)]
+    result = invoke(runner, "sql", *arguments, "--root", str(demo_root))
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"error: cannot write --output {loop}: the symbolic link loops back on itself; point it "
+        "at a file\n"
+    )
+    assert loop.readlink() == Path("loop.csv")
+
+
+def test_empty_output_is_error(runner: CliRunner, demo_root: Path, tmp_path: Path) -> None:
+    arguments = ["SELECT 1 AS one", "--format", "csv", "--output", ""]
+    result = invoke(runner, "sql", *arguments, "--root", str(demo_root))
+
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert "Invalid value for '--output': the path is empty; give a file path" in result.stderr
+
+
+def test_output_through_symlink_keeps_link(
+    runner: CliRunner, demo_root: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "target.csv"
+    target.write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target.name)
+    arguments = ["SELECT 1 AS one", "--format", "csv", "--output", str(link)]
+    result = invoke(runner, "sql", *arguments, "--root", str(demo_root))
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"wrote 1 row to {link}\n"
+    assert link.is_symlink()
+    assert target.read_text() == '"one"\n1\n'
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["link.csv", "target.csv"]

@@ -113,7 +113,8 @@ def batch_features(request: Request, body: BatchRequest) -> Response:
 
     as_of = _parse_as_of(body.timestamp)
     entries = store.list_tables()
-    references = [resolve_reference(name, entries) for name in body.feature_names]
+    damaged = store.registry.damaged_tables()
+    references = [resolve_reference(name, entries, damaged) for name in body.feature_names]
 
     # A lookup as of now reads the online views; one as of a given time runs in DuckDB.
     online = _online(request) if body.timestamp is None else None

@@ -385,7 +385,8 @@ async def _group_by_table(online: OnlineStore, features: list[str]) -> tuple[Tab
             group, name = _checked_table_name(parsed)
         else:
             entries = await run_in_threadpool(online.store.list_tables)
-            entry = resolve_reference(text, entries).entry
+            damaged = online.store.registry.damaged_tables()
+            entry = resolve_reference(text, entries, damaged).entry
             group, name = entry.group, entry.name
         tables.setdefault((group, name), []).append(text)
     return _table_requests(tables)

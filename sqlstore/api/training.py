@@ -142,7 +142,7 @@ def _tables_read(
     entries = store.list_tables()
     tables = set()
     for text in features:
-        entry = resolve_reference(text, entries).entry
+        entry = resolve_reference(text, entries, store.registry.damaged_tables()).entry
         tables.add((entry.group, entry.name))
     if entity_sql is not None:
         try:
