@@ -574,22 +574,14 @@ def file_schema(store: FeatureStore, entry: RegistryEntry) -> pa.Schema:
     table's file, such as a file of another table copied over it. Raises KeyError when the file
     is the table's but lacks the column, as a file newer than `entry` can.
     """
+    # The store does not cache a schema that lacks a registered column, so a file that was
+    # restored since is read again here.
     schema = store.arrow_schema(entry)
-    if not _missing_columns(schema, entry):
-        return schema
-
-    # The store caches the schema per table version, so the cached schema can be that of a
-    # file of another table that has since been replaced by the table's own file again.
-    path = store.root / entry.path
-    try:
-        schema = pq.read_schema(path)
-    except (OSError, pa.ArrowException) as error:
-        raise_if_damaged([path], [entry.reference], error)
-        raise
     missing = _missing_columns(schema, entry)
     if not missing:
         return schema
 
+    path = store.root / entry.path
     error = KeyError(f"the data file of {entry.reference} has no column {missing[0]!r}")
     raise_if_damaged([path], [entry.reference], error)
     raise error

@@ -281,7 +281,7 @@ class FeatureStore:
             registered = self.registry.find(group, name)
         except RegistryEntryDamaged:
             problem = "its registry entry is damaged"
-            damaged: TableUnavailable | None = RegistryEntryDamaged.of_table(f"{group}/{name}")
+            damaged: TableUnavailable = RegistryEntryDamaged.of_table(f"{group}/{name}")
         else:
             if registered is not None or not os.path.lexists(path):
                 return registered

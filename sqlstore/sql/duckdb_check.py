@@ -977,7 +977,7 @@ def _number_from_text(text: str) -> int | float | None:
 
 def _bounded(value: Any) -> Any:
     """Return an integer wider than DuckDB's HUGEINT as a float, as DuckDB reads such a
-    literal, so that arithmetic on it stays cheap; other values unchanged."""
+    literal, and any other value unchanged. Arithmetic on the result stays cheap."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 127:
         try:
             return float(value)
