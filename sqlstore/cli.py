@@ -874,6 +874,10 @@ def _show_sql_result(
     if output is None:
         sys.stdout.buffer.write(content)
         sys.stdout.buffer.flush()
+        if result.truncated:
+            # On stderr, so that the rows on stdout stay a valid CSV or JSON document.
+            rows = _count_text(result.table.num_rows, "row")
+            error_console.print(f"note: wrote {rows}{_truncation_note(result)}", soft_wrap=True)
         return
     _write_file(output, lambda path: path.write_bytes(content))
     rows = _count_text(result.table.num_rows, "row")

@@ -68,6 +68,16 @@ def test_sql_writes_csv(runner: CliRunner, demo_root: Path, raw_ratings: pd.Data
     ]
 
 
+def test_sql_csv_cut_notes_on_stderr(runner: CliRunner, demo_root: Path) -> None:
+    sql = "SELECT movie_id FROM content.movie_genres ORDER BY movie_id"
+    arguments = ("sql", sql, "--limit", "2", "--format", "csv", "--root", str(demo_root))
+    result = invoke(runner, *arguments)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ['"movie_id"', "1", "2"]
+    assert one_line(result.stderr) == "note: wrote 2 rows (cut at the row limit)"
+
+
 def test_sql_with_parameter_as_json(runner: CliRunner, demo_root: Path) -> None:
     sql = "SELECT title FROM content.movie_genres WHERE movie_id = $id"
     result = invoke(
