@@ -64,8 +64,9 @@ def parse_filters(params: Iterable[tuple[str, str]]) -> list[Filter]:
         )
     filters = []
     for key, value in params:
-        column, _, operator = key.partition(OPERATOR_SEPARATOR)
-        operator = operator or "eq"
+        column, separator, operator = key.partition(OPERATOR_SEPARATOR)
+        if not separator:
+            operator = "eq"
         if operator not in OPERATORS:
             known = ", ".join(OPERATORS)
             raise InvalidInput(
@@ -76,8 +77,8 @@ def parse_filters(params: Iterable[tuple[str, str]]) -> list[Filter]:
 
 
 def parse_columns(text: str | None, entry: RegistryEntry) -> list[str]:
-    """Return the requested columns (comma-separated), all of them when `text` is empty."""
-    if not text:
+    """Return the requested columns (comma-separated), all of them when `text` is None."""
+    if text is None:
         return [column.name for column in entry.columns]
     columns = [part.strip() for part in text.split(",") if part.strip()]
     if not columns:
@@ -280,7 +281,7 @@ def _order_clause(order_by: str | None, entry: RegistryEntry) -> str:
     for part in order_by.split(","):
         part = part.strip()
         descending = part.startswith("-")
-        column = part.lstrip("-")
+        column = part.removeprefix("-")
         _require_column(entry, column, "order_by")
         terms.append(f"{quote_identifier(column)} {'DESC' if descending else 'ASC'}")
     return " ORDER BY " + ", ".join(terms)

@@ -286,6 +286,24 @@ def test_read_order_descending(http: httpx.Client, movies: pd.DataFrame) -> None
     assert [row["movie_id"] for row in body["data"]] == expected
 
 
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"order_by": "--movie_id"}, "unknown column '-movie_id' in order_by"),
+        ({"movie_id__": "1"}, "invalid filter 'movie_id__': unknown operator ''"),
+        ({"columns": ""}, "invalid columns '': give comma-separated column names"),
+    ],
+)
+def test_read_malformed_parameter_is_400(
+    http: httpx.Client, params: dict[str, str], expected: str
+) -> None:
+    response = http.get(MOVIE_GENRES, params=params)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_input"
+    assert expected in response.json()["error"]["message"]
+
+
 def test_read_order_two_columns(http: httpx.Client, raw_ratings: pd.DataFrame) -> None:
     params = {"movie_id": MOST_RATED_MOVIE, "order_by": "-rating,user_id", "limit": 20}
     body = http.get(INTERACTIONS, params=params).json()
