@@ -105,17 +105,17 @@ class TableUnavailable(SqlstoreError):
 
 
 class RegistryEntryDamaged(TableUnavailable):
-    """A table's registry entry file cannot be read as an entry, so the table cannot be found
-    until the server rebuilds the entry from the data file at its next start, or the table is
-    written again."""
+    """A table's registry entry file is damaged, or missing beside its data file, so the table
+    cannot be read until the server rebuilds the entry from the data file at its next start, or
+    the table is written again. `sqlstore.registry.Registry.find` lists the kinds of damage."""
 
     @classmethod
     def of_table(cls, reference: str) -> RegistryEntryDamaged:
         """Return the error for the table `reference` (`group/name`)."""
         return cls(
-            f"table {reference} cannot be read: its registry entry is damaged (the log has the "
-            "cause); restarting the server rebuilds it from the table's data file, or an "
-            "operator can write the table again"
+            f"table {reference} cannot be read: its registry entry is missing or damaged (the "
+            "log has the cause); restarting the server rebuilds it from the table's data file, "
+            "or an operator can write the table again"
         )
 
 
@@ -166,6 +166,27 @@ class QueryFailed(InvalidInput):
     """DuckDB raised an error while running a validated query (a missing column, a bad cast)."""
 
     code = "query_failed"
+
+
+class UnrepresentableValue(InvalidInput):
+    """A result column contains a value that the requested output format cannot represent,
+    such as DuckDB's infinity in JSON. `problem` names the column, its type and the value,
+    `advice` what to do, and `formats` lists the formats that can represent the value
+    ("json", "csv", "parquet", "arrow"), so that the command line can give its own advice."""
+
+    code = "unrepresentable_value"
+
+    def __init__(self, column: str, problem: str, advice: str, formats: tuple[str, ...]) -> None:
+        super().__init__(f"{problem}; {advice}")
+        self.column = column
+        self.problem = problem
+        self.formats = formats
+
+
+class ResultRowTooLarge(InvalidInput):
+    """The first row of a query result alone is larger than the result byte limit."""
+
+    code = "result_row_too_large"
 
 
 class QueryWorkersBusy(SqlstoreError):

@@ -62,10 +62,10 @@ class ReplacedFileReader(Generic[Parsed]):
 
     def __init__(self, parse: Callable[[BinaryIO], Parsed]) -> None:
         self._parse = parse
-        self._known: dict[Path, tuple[Signature, Parsed]] = {}
+        self._known: dict[Path | str, tuple[Signature, Parsed]] = {}
         self._lock = threading.Lock()
 
-    def read(self, path: Path) -> Parsed:
+    def read(self, path: Path | str) -> Parsed:
         known = self._known.get(path)
         if known is not None and known[0] == _signature(os.stat(path)):
             return known[1]
@@ -82,6 +82,11 @@ class ReplacedFileReader(Generic[Parsed]):
             else:
                 self._known.pop(path, None)
         return parsed
+
+    def forget(self, path: Path | str) -> None:
+        """Drop what is kept for `path`, such as the file of a deleted table."""
+        with self._lock:
+            self._known.pop(path, None)
 
 
 def file_signature(path: Path) -> Signature | None:

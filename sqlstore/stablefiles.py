@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -62,9 +63,11 @@ def read_unchanged(
     ReadAgain. When a run fails and no file changed during it, raises TableUnavailable if a
     file is missing, damaged or not the table's (see `file_problem`), else re-raises the
     run's error. When every run raised ReadAgain and no file changed, raises TableUnavailable
-    too.
+    too. A path that leads outside the store's features folder through a symbolic link raises
+    TableUnavailable before any run (see `link_problem`).
     """
     names = ", ".join(tables)
+    reject_outside_links(paths, tables)
     first = _signatures(paths)
     changed = False
     for attempt in range(1, MAX_READ_ATTEMPTS + 1):
@@ -134,8 +137,11 @@ def raise_if_damaged(paths: Sequence[Path], tables: Sequence[str], error: Except
 
 def file_problem(path: Path, table: str, version: int | None = None) -> str | None:
     """Return why `path` cannot be the data file of `table` (`group/name`), or None when it
-    has the Parquet magic bytes and a sqlstore footer of that table, and of `version` when
-    one is given."""
+    stays inside the features folder (see `link_problem`), has the Parquet magic bytes and a
+    sqlstore footer of that table, and of `version` when one is given."""
+    outside = link_problem(path)
+    if outside is not None:
+        return outside
     if not _is_parquet_file(path):
         return "is missing or is not Parquet"
     try:
@@ -155,6 +161,65 @@ def file_problem(path: Path, table: str, version: int | None = None) -> str | No
     if version is not None and entry.get("version") != version:
         return f"is version {entry.get('version')}, and the registry lists version {version}"
     return None
+
+
+def link_problem(path: Path) -> str | None:
+    """Return why the data file `path` must not be read, because a symbolic link leads it
+    outside the store's features folder, or None.
+
+    `path` is `<root>/features/<group>/<name>.parquet`, with `<root>` resolved as
+    `sqlstore.layout.resolve_root` does. The rule is the SQL sandbox's: the path with every
+    symbolic link resolved must lie inside `<root>/features`. So a link to another file
+    inside that folder is read like that file, and a `features` folder that is itself a link
+    puts every table outside. The file, its group folder and the features folder cost one
+    `lstat` each, and the path is resolved only when one of them is a link.
+    """
+    # String operations, because this runs on every read and Path objects cost more.
+    file = os.fspath(path)
+    folder = os.path.dirname(file)
+    features = os.path.dirname(folder)
+    for part in (file, folder, features):
+        try:
+            if stat.S_ISLNK(os.lstat(part).st_mode):
+                break
+        except OSError:
+            # A missing file is reported by the read, or by `file_problem`.
+            return None
+    else:
+        return None
+    target = Path(os.path.realpath(file))
+    if target.is_relative_to(features):
+        return None
+    return (
+        f"resolves through a symbolic link to {target}, outside the store's features folder "
+        f"{features}"
+    )
+
+
+def reject_outside_links(paths: Sequence[Path], tables: Sequence[str]) -> None:
+    """Raise TableUnavailable for the first data file in `paths` that a symbolic link leads
+    outside the features folder (see `link_problem`), and log its path and target at ERROR,
+    once for each path and target."""
+    for path, table in zip(paths, tables, strict=True):
+        problem = link_problem(path)
+        if problem is None:
+            if _logged_links:
+                _logged_links.pop(path, None)
+            continue
+        if _logged_links.get(path) != problem:
+            _logged_links[path] = problem
+            logger.error(
+                "the data file %s of %s %s, so its reads fail with 503 until the link is "
+                "removed or the table is written again",
+                path,
+                table,
+                problem,
+            )
+        raise TableUnavailable.of_table(table)
+
+
+# The link problem last logged for each data file, so that repeated reads log it once.
+_logged_links: dict[Path, str] = {}
 
 
 def _is_parquet_file(path: Path) -> bool:

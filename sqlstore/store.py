@@ -24,6 +24,7 @@ from sqlstore.errors import (
     Conflict,
     InvalidIdentifier,
     InvalidInput,
+    NotFound,
     RegistryEntryDamaged,
     StorageError,
     TableBusy,
@@ -226,13 +227,20 @@ class FeatureStore:
         return WriteResult(entry=entry, rows_written=data.num_rows)
 
     def delete(self, group: str, name: str) -> None:
-        """Remove a table's file and registry entry. A table whose entry is damaged is
-        deleted too, at the data file's place in the layout."""
+        """Remove a table's file and registry entry. A table whose entry file is damaged, or
+        missing beside a data file with a footer of the table, is deleted too. Raise NotFound
+        for a table without an entry file or such a data file."""
         with self._table_lock(group, name):
+            # A registered entry always names this path (see `check_location`).
+            path = self.layout.table_path(group, name)
             try:
-                path = self.root / self.registry.get(group, name).path
+                registered = self.registry.find(group, name) is not None
             except RegistryEntryDamaged:
-                path = self.layout.table_path(group, name)
+                registered = True
+            if not registered and _embedded_entry_of_table(path, group, name) is None:
+                raise NotFound(
+                    f"feature table {group}/{name} not found; GET /features lists the tables"
+                )
             try:
                 path.unlink(missing_ok=True)
             except OSError as error:
@@ -355,9 +363,11 @@ class FeatureStore:
             return
         try:
             registered = self.registry.find(group, name)
+            state = "missing" if registered is None else f"at version {registered.version}"
         except RegistryEntryDamaged:
             # The file's footer is intact and of this table, so it rebuilds the entry.
             registered = None
+            state = "damaged"
         if registered is not None and embedded.version <= registered.version:
             if embedded.version < registered.version:
                 # A write never leaves the registry ahead of the file, so the file is an older
@@ -375,10 +385,11 @@ class FeatureStore:
         embedded.storage.bytes_on_disk = path.stat().st_size
         self.registry.put(embedded)
         logger.warning(
-            "registry entry of %s/%s was at version %s, the file at %d; restored it from the file",
+            "registry entry of %s/%s was %s, and the file is at version %d; restored the entry "
+            "from the file's footer",
             group,
             name,
-            None if registered is None else registered.version,
+            state,
             embedded.version,
         )
 

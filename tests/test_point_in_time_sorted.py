@@ -331,9 +331,14 @@ def test_older_unsorted_file_joins_in_duckdb(scores: FeatureStore) -> None:
     path = scores.root / "features" / "user" / "scores.parquet"
     footer_entry = orjson.loads(pq.read_schema(path).metadata[ENTRY_METADATA_KEY])
     del footer_entry["sorted_by"]
-    # The rows in write order, as a file written before tables were sorted stores them.
+    # The rows in write order, as a file written before tables were sorted stores them, and
+    # an entry file of that time, which had no sorted_by either.
     rows = stored(scores).take([0, 3, 1, 2])
     rewrite_file(scores, rows, footer_entry)
+    entry_path = scores.root / "registry" / "user" / "scores.json"
+    entry = orjson.loads(entry_path.read_bytes())
+    del entry["sorted_by"]
+    entry_path.write_bytes(orjson.dumps(entry))
 
     result = join_both(scores, scores_spine(), "auto")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlstore.errors import RegistryEntryDamaged
 from sqlstore.filestamps import SETTLED_NANOSECONDS, Signature, file_signature
 from sqlstore.registry import RegistryEntry
-from sqlstore.stablefiles import file_problem
+from sqlstore.stablefiles import file_problem, link_problem
 from sqlstore.store import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -22,7 +22,9 @@ class DataFileCheck:
     `sqlstore.stablefiles.file_problem` checks that from the magic bytes and the footer only.
 
     Each result is kept with the file's stat signature and the entry's version, so a probe of
-    unchanged files costs one stat per table. A file changed within the last
+    unchanged files costs one stat per table, plus the `lstat` calls of `link_problem`: a
+    symbolic link outside the features folder, such as a group folder moved elsewhere and
+    linked back, leaves the file's signature as it was. A file changed within the last
     SETTLED_NANOSECONDS is checked again at each probe, because a replacement within that time
     may leave its signature unchanged (see `sqlstore.filestamps`).
     """
@@ -35,6 +37,10 @@ class DataFileCheck:
     def problem(self, store: FeatureStore, entry: RegistryEntry) -> str | None:
         """Return why reads of `entry`'s data file fail, or None when its file looks sound."""
         path = store.root / entry.path
+        outside = link_problem(path)
+        if outside is not None:
+            self._log(path, entry.reference, outside)
+            return outside
         # Taken before the check, so that a file replaced during it gets checked again.
         signature = file_signature(path)
         known = self._known.get(path)
@@ -47,11 +53,12 @@ class DataFileCheck:
             if current is not entry:
                 # A write or delete changed the entry after the listing: check against it,
                 # and keep no result for the listed entry.
-                # NOTE: a probe between a write's rename of the data file and its registry
-                # update still reports the table, for that probe only.
                 if current is None:
                     return None
                 return file_problem(path, entry.reference, current.version)
+            if store.registry.is_being_written(entry.group, entry.name):
+                # Between a write's rename of the data file and its registry update.
+                return None
             self._log(path, entry.reference, problem)
         else:
             self._logged.pop(entry.reference, None)

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 from cachetools import LRUCache
 
-from sqlstore.errors import InvalidInput, SqlstoreError
+from sqlstore.errors import InvalidInput, RegistryEntryDamaged, SqlstoreError
 from sqlstore.sql.duckdb_check import TreeFacts, cached_tree_facts, tree_facts
 from sqlstore.sql.limits import SqlLimits
 from sqlstore.sql.named import NamedQuery, find_named_query, list_named_queries
@@ -122,12 +122,17 @@ class SqlService:
         try:
             row_limit = self._row_limit(limit)
             entries = self.store.registry.list()
+            # The listing leaves out tables whose entry file is damaged. They validate, so that
+            # a query of one gets the 503 that the REST routes give rather than "not registered".
+            damaged = self.store.registry.damaged_tables()
             registered = [(entry.group, entry.name) for entry in entries]
+            registered += [tuple(reference.split("/", 1)) for reference in damaged]
             facts = None if check is None else functools.partial(self._checked_facts, check, sql)
             query = validate_query(sql, registered, parameters, self.limits, facts)
         finally:
             if check is not None:
                 check.close()
+        _raise_if_damaged(query, damaged)
         self._validated[query.sql] = True
         views = [ViewDefinition(e.group, e.name, e.path, e.version) for e in entries]
         return PreparedQuery(query=query, row_limit=row_limit, views=views, started=started)
@@ -261,6 +266,13 @@ class SqlService:
                 "(SQLSTORE_SQL_MAX_ROWS); aggregate in SQL or page with LIMIT and OFFSET"
             )
         return limit
+
+
+def _raise_if_damaged(query: ValidatedQuery, damaged: list[str]) -> None:
+    """Raise RegistryEntryDamaged for the first table of `query` in `damaged`."""
+    for group, name in sorted(query.tables):
+        if f"{group}/{name}" in damaged:
+            raise RegistryEntryDamaged.of_table(f"{group}/{name}")
 
 
 def _log_result(result: QueryResult, elapsed_ms: float, request_id: str) -> None:
