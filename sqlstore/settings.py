@@ -63,6 +63,10 @@ class Settings:
     default_limit: int = 100
     max_limit: int = 10_000
     max_body_bytes: int = 256 * 1024 * 1024
+    # Smaller body limits of the routes whose valid bodies are small, so that one large body
+    # cannot hold the event loop while it is parsed. docs/operations.md describes each.
+    lookup_max_body_bytes: int = 16 * 1024 * 1024
+    sql_max_body_bytes: int = 1024 * 1024
     max_records_per_write: int = 1_000_000
     max_entity_ids: int = 10_000
     max_columns: int = 1000
@@ -96,6 +100,8 @@ class Settings:
     sql_max_length: int = 100_000
     sql_max_builder_size: int = 1_000_000
     sql_max_generated_rows: int = 10_000_000
+    # Values in all parameters of one query, each item of a list counting as one.
+    sql_max_parameter_values: int = 100_000
     # Result caches; docs/caching.md describes each. A size of 0 turns a tier off.
     cache_memory_entries: int = 1024
     cache_memory_bytes: int = 64 * 1024 * 1024
@@ -139,6 +145,11 @@ class Settings:
                 f"invalid SQLSTORE_HTTP_MAX_HEAD_BYTES={self.http_max_head_bytes}: use at least "
                 "1024 bytes, such as 65536"
             )
+        for name in ("lookup_max_body_bytes", "sql_max_body_bytes", "sql_max_parameter_values"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"invalid SQLSTORE_{name.upper()}={getattr(self, name)}: use a number above 0"
+                )
         if self.duckdb_threads < 0:
             raise ValueError(
                 f"invalid SQLSTORE_DUCKDB_THREADS={self.duckdb_threads}: use 0 for one thread "

@@ -264,6 +264,30 @@ def test_422_missing_field_unquoted(http: httpx.Client) -> None:
     assert message == "invalid request: body.sql: Field required"
 
 
+def test_422_stops_at_first_bad_record(writer: httpx.Client) -> None:
+    response = writer.post("/features/errors/flood", json={"records": [1] * 100_000})
+
+    message = assert_error(response, 422, "validation_error")
+    assert message == (
+        "invalid request: body.records.0: Input should be a valid dictionary (got 1)"
+    )
+    assert len(response.json()["error"]["details"]) == 1
+
+
+def test_422_lists_at_most_20_errors(http: httpx.Client) -> None:
+    # extra="forbid" reports each unknown field: 30 errors.
+    body = {"sql": "SELECT 1", **{f"field_{index:02}": index for index in range(30)}}
+    response = http.post("/sql", json=body)
+
+    message = assert_error(response, 422, "validation_error")
+    details = response.json()["error"]["details"]
+    assert len(details) == 20
+    assert details[0]["location"] == "body.field_00"
+    assert details[-1]["location"] == "body.field_19"
+    assert message.startswith("invalid request: body.field_00: ")
+    assert message.endswith("; and 25 more")
+
+
 @pytest.mark.parametrize("literal", [b"Infinity", b"NaN"])
 def test_ttl_must_be_finite(writer: httpx.Client, literal: bytes) -> None:
     raw = b'{"records": [{"entity_id": 1}], "ttl_seconds": ' + literal + b"}"

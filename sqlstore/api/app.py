@@ -24,6 +24,8 @@ from sqlstore.api.errors import install_error_handlers
 from sqlstore.api.fastlane import FastLane
 from sqlstore.api.middleware import (
     HEAD_REQUEST,
+    BodyLimit,
+    BodyLimits,
     BodySizeLimitMiddleware,
     MetricsMiddleware,
     RequestIdMiddleware,
@@ -59,6 +61,36 @@ def build_cache(settings: Settings) -> ResultCache | None:
         settings.cache_disk_bytes,
     )
     return ResultCache(cache_settings, on_event=caching.record_cache_event)
+
+
+BATCH_PATH = "/features/batch"
+NAMED_QUERY_PREFIX = "/queries/"
+
+
+def body_limits(settings: Settings) -> BodyLimits:
+    """Return the body limits of the routes. Lookups and SQL queries get smaller limits than
+    writes because their valid bodies are small. Parsing a large body holds Python's GIL for
+    up to seconds, in whichever thread it runs."""
+    general = BodyLimit(
+        settings.max_body_bytes, "SQLSTORE_MAX_BODY_BYTES", "send fewer records per request"
+    )
+    lookup = BodyLimit(
+        settings.lookup_max_body_bytes,
+        "SQLSTORE_LOOKUP_MAX_BODY_BYTES",
+        "split the entities into several requests",
+        f"POST {online.ONLINE_PATH} and POST {BATCH_PATH}",
+    )
+    sql = BodyLimit(
+        settings.sql_max_body_bytes,
+        "SQLSTORE_SQL_MAX_BODY_BYTES",
+        "write long lists of values to a feature table and join it in the query",
+        f"POST {sql_routes.SQL_PATH} and POST {NAMED_QUERY_PREFIX}{{name}}",
+    )
+    return BodyLimits.capped(
+        general,
+        {online.ONLINE_PATH: lookup, BATCH_PATH: lookup, sql_routes.SQL_PATH: sql},
+        ((NAMED_QUERY_PREFIX, sql),),
+    )
 
 
 class SqlstoreAPI(FastAPI):
@@ -137,6 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_environment()
     tokens = tokens_path(settings.root)
     verifier = TokenVerifier(tokens)
+    limits = body_limits(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -154,12 +187,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.cache = build_cache(settings)
         metrics.publish_tables(tables)
         logger.info(
-            "serving store %s: %d tables; limits: page %d rows, body %d bytes, "
-            "%d records per write, %d entity ids per lookup",
+            "serving store %s: %d tables; limits: page %d rows, body %d bytes (lookups %d, "
+            "SQL %d), %d records per write, %d entity ids per lookup",
             settings.root,
             len(tables),
             settings.max_limit,
             settings.max_body_bytes,
+            limits.for_path(online.ONLINE_PATH).max_bytes,
+            limits.for_path(sql_routes.SQL_PATH).max_bytes,
             settings.max_records_per_write,
             settings.max_entity_ids,
         )
@@ -188,9 +223,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # measured in process.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
-    app.fast_lane = FastLane(app.state, verifier, settings.access_log)
+    app.fast_lane = FastLane(
+        app.state, verifier, settings.access_log, limits, settings.sql_max_parameter_values
+    )
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, limits=limits)
     # Outside the body size limit, so that a request without a valid token is rejected before
     # its body is read, and inside the request id, so that the rejection carries one.
     app.add_middleware(AccessControlMiddleware, verifier=verifier)

@@ -35,6 +35,15 @@ UVICORN_ERROR_LOGGER = "uvicorn.error"
 # Attribute that `handle_unexpected_error` sets on each exception it logged.
 LOGGED_MARK = "_sqlstore_logged"
 
+# Errors of one request that a 422 lists in `details`, and in its message. A body can hold a
+# million invalid values, and listing each made a 100 MB response.
+MAX_VALIDATION_DETAILS = 20
+SUMMARY_ERRORS = 5
+
+# Attribute of the application's state that maps a route's path template to what the 422 of a
+# request value names as the allowed values, by the value's location ("body.limit").
+INPUT_ADVICE_STATE = "input_advice"
+
 HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
@@ -144,18 +153,21 @@ async def handle_validation_error(request: Request, error: RequestValidationErro
         if item.get("type") == "json_invalid":
             return _invalid_json(request, item)
 
-    details = [
-        {
-            "location": ".".join(str(part) for part in item.get("loc", ())),
-            "message": item.get("msg", ""),
-            "type": item.get("type", ""),
-        }
-        for item in error.errors()
-    ]
+    advice = _input_advice(request)
+    errors = error.errors()
+    details = []
+    for item in errors[:MAX_VALIDATION_DETAILS]:
+        location = ".".join(str(part) for part in item.get("loc", ()))
+        message = item.get("msg", "")
+        if item.get("type") != "missing":
+            message = advice.get(location, message)
+        details.append({"location": location, "message": message, "type": item.get("type", "")})
     summary = "; ".join(
         f"{detail['location']}: {detail['message']}{_quoted_input(item)}"
-        for detail, item in zip(details[:5], error.errors(), strict=False)
+        for detail, item in zip(details[:SUMMARY_ERRORS], errors, strict=False)
     )
+    if len(errors) > SUMMARY_ERRORS:
+        summary += f"; and {len(errors) - SUMMARY_ERRORS} more"
     logger.info(
         "%s %s failed with 422 (request %s): invalid request: %s",
         request.method,
@@ -166,6 +178,22 @@ async def handle_validation_error(request: Request, error: RequestValidationErro
     return error_response(
         request, 422, "validation_error", f"invalid request: {summary}", details=details
     )
+
+
+def register_input_advice(app: FastAPI, route: str, advice: dict[str, str]) -> None:
+    """Use `advice[location]` in place of pydantic's message in the 422 of a value that the
+    request model of `route` (a path template) rejects. The advice can name what a model
+    declared at import time cannot, such as a range that depends on a setting."""
+    registered = getattr(app.state, INPUT_ADVICE_STATE, None)
+    if registered is None:
+        registered = {}
+        setattr(app.state, INPUT_ADVICE_STATE, registered)
+    registered[route] = advice
+
+
+def _input_advice(request: Request) -> dict[str, str]:
+    registered = getattr(request.app.state, INPUT_ADVICE_STATE, None) or {}
+    return registered.get(route_template(request.scope), {})
 
 
 def _quoted_input(item: dict[str, Any]) -> str:

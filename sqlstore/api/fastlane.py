@@ -9,7 +9,7 @@ a one-entity lookup. So `FastLane` does for these requests, in one pass, what th
 
 - the request id, from X-Request-ID or a new one, echoed in the response;
 - access control, with the same scope table and tokens as `AccessControlMiddleware`;
-- the body size limit, by Content-Length and while the body streams in;
+- the body size limit of the route, by Content-Length and while the body streams in;
 - request metrics and the access log line, as `MetricsMiddleware` records them.
 
 Anything it cannot settle goes to the full application unchanged, with the body it read
@@ -39,6 +39,7 @@ from sqlstore.api.errors import handle_sqlstore_error, handle_unexpected_error
 from sqlstore.api.jsonbody import is_json_media_type
 from sqlstore.api.middleware import (
     REQUEST_ID_HEADER,
+    BodyLimits,
     assign_request_id,
     declared_length_over,
     record_request,
@@ -60,10 +61,21 @@ JSON_MEDIA_TYPE_BYTES = JSON_MEDIA_TYPE.encode()
 class FastLane:
     """The fast lane of one application: memory hits of page reads and online lookups."""
 
-    def __init__(self, state: Any, verifier: TokenVerifier, access_log: bool) -> None:
+    def __init__(
+        self,
+        state: Any,
+        verifier: TokenVerifier,
+        access_log: bool,
+        body_limits: BodyLimits,
+        sql_max_parameter_values: int,
+    ) -> None:
         self.state = state
         self.verifier = verifier
         self.access_log = access_log
+        self.sql_max_parameter_values = sql_max_parameter_values
+        self.page_max_bytes = body_limits.general.max_bytes
+        self.lookup_max_bytes = body_limits.for_path(ONLINE_PATH).max_bytes
+        self.sql_max_bytes = body_limits.for_path(SQL_PATH).max_bytes
 
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """Serve the request and return None, or return the receive callable with which the
@@ -85,7 +97,7 @@ class FastLane:
     ) -> Receive | None:
         started = time.perf_counter()
         try:
-            settled_here = not declared_length_over(scope, self.state.settings.max_body_bytes)
+            settled_here = not declared_length_over(scope, self.page_max_bytes)
             settled_here = settled_here and self._authorized(scope)
             cached = memory_hit(scope, match, self.state) if settled_here else None
         except Exception:
@@ -100,7 +112,7 @@ class FastLane:
 
     async def _serve_lookup(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         started = time.perf_counter()
-        body = await self._json_body(scope, receive, "a lookup")
+        body = await self._json_body(scope, receive, "a lookup", self.lookup_max_bytes)
         if not isinstance(body, bytes):
             return body
 
@@ -115,14 +127,16 @@ class FastLane:
 
     async def _serve_sql(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         started = time.perf_counter()
-        body = await self._json_body(scope, receive, "a query")
+        body = await self._json_body(scope, receive, "a query", self.sql_max_bytes)
         if not isinstance(body, bytes):
             return body
 
         assign_request_id(scope)
         scope["route"] = SQL_ROUTE_STAND_IN
         try:
-            response = await sql_lane_response(self.state, scope, body, receive)
+            response = await sql_lane_response(
+                self.state, scope, body, receive, self.sql_max_parameter_values
+            )
         except SqlstoreError as error:
             # The query ran and failed: running it again in the route would only repeat it.
             response = await handle_sqlstore_error(Request(scope), error)
@@ -136,12 +150,12 @@ class FastLane:
         return None
 
     async def _json_body(
-        self, scope: Scope, receive: Receive, request_kind: str
+        self, scope: Scope, receive: Receive, request_kind: str, max_bytes: int
     ) -> bytes | Receive:
-        """Return the body of an authorized JSON request within the size limit, or the
-        receive callable with which the full application must handle the request."""
+        """Return the body of an authorized JSON request within the route's size limit
+        `max_bytes`, or the receive callable with which the full application must handle the
+        request."""
         try:
-            max_bytes = self.state.settings.max_body_bytes
             settled_here = self._authorized(scope) and _plain_json_request(scope, max_bytes)
         except Exception:
             logger.exception(

@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids, the request body size limit and request metrics."""
+"""ASGI middleware: request ids, the request body size limits and request metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 import random
 import re
 import time
+from dataclasses import dataclass, field
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -73,20 +74,76 @@ def declared_length_over(scope: Scope, max_bytes: int) -> bool:
     return False
 
 
-class BodySizeLimitMiddleware:
-    """Reject request bodies over `max_bytes` with 413, by Content-Length or while streaming."""
+@dataclass(frozen=True)
+class BodyLimit:
+    """The largest request body of some routes, with the setting that raises it and what a
+    client can send instead."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    max_bytes: int
+    setting: str
+    advice: str
+    routes: str = ""
+
+    def message(self) -> str:
+        routes = f", the limit of {self.routes}" if self.routes else ""
+        return (
+            f"request body is larger than {self.max_bytes} bytes{routes}; {self.advice}, or "
+            f"raise {self.setting}"
+        )
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """The general body limit and the smaller limits of some routes, by exact path or by path
+    prefix. A route's limit above the general one is replaced by the general one, so that the
+    message names the setting that applies."""
+
+    general: BodyLimit
+    by_path: dict[str, BodyLimit] = field(default_factory=dict)
+    by_prefix: tuple[tuple[str, BodyLimit], ...] = ()
+
+    @classmethod
+    def capped(
+        cls,
+        general: BodyLimit,
+        by_path: dict[str, BodyLimit],
+        by_prefix: tuple[tuple[str, BodyLimit], ...],
+    ) -> BodyLimits:
+        def cap(limit: BodyLimit) -> BodyLimit:
+            return limit if limit.max_bytes < general.max_bytes else general
+
+        return cls(
+            general,
+            {path: cap(limit) for path, limit in by_path.items()},
+            tuple((prefix, cap(limit)) for prefix, limit in by_prefix),
+        )
+
+    def for_path(self, path: str) -> BodyLimit:
+        limit = self.by_path.get(path)
+        if limit is not None:
+            return limit
+        for prefix, limit in self.by_prefix:
+            if path.startswith(prefix):
+                return limit
+        return self.general
+
+
+class BodySizeLimitMiddleware:
+    """Reject request bodies over the limit of their route with 413, by Content-Length or while
+    streaming."""
+
+    def __init__(self, app: ASGIApp, limits: BodyLimits) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
-        if declared_length_over(scope, self.max_bytes):
-            await self._reject(scope, send)
+        limit = self.limits.for_path(scope["path"])
+        if declared_length_over(scope, limit.max_bytes):
+            await self._reject(scope, send, limit)
             return
 
         received = 0
@@ -98,27 +155,22 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPException(413, detail=self._message())
+                if received > limit.max_bytes:
+                    raise HTTPException(413, detail=limit.message())
             return message
 
         await self.app(scope, limited_receive, send)
 
-    def _message(self) -> str:
-        return (
-            f"request body is larger than {self.max_bytes} bytes; send fewer records per "
-            "request, or raise SQLSTORE_MAX_BODY_BYTES"
-        )
-
-    async def _reject(self, scope: Scope, send: Send) -> None:
+    async def _reject(self, scope: Scope, send: Send, limit: BodyLimit) -> None:
         request_id = scope.get("state", {}).get("request_id", "-")
         logger.info(
-            "%s request rejected with 413 (request %s): body over %d bytes",
+            "%s request rejected with 413 (request %s): body over %d bytes (%s)",
             scope["method"],
             request_id,
-            self.max_bytes,
+            limit.max_bytes,
+            limit.setting,
         )
-        error = {"code": "payload_too_large", "message": self._message(), "request_id": request_id}
+        error = {"code": "payload_too_large", "message": limit.message(), "request_id": request_id}
         body = dumps({"error": error})
         await send(
             {

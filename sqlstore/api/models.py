@@ -23,7 +23,11 @@ class WriteRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    records: list[dict[str, Any]] = Field(description="Rows as JSON objects, one key per column")
+    # fail_fast: validation stops at the first bad item, so that a body of a million bad
+    # records costs one error rather than a million (3 s and a 100 MB response).
+    records: list[dict[str, Any]] = Field(
+        description="Rows as JSON objects, one key per column", fail_fast=True
+    )
     mode: Literal["overwrite", "append"] = "overwrite"
     entity_key: str | list[str] | None = Field(
         default=None,
@@ -38,7 +42,7 @@ class WriteRequest(BaseModel):
     ttl_seconds: StrictFloat | None = Field(default=None, ge=0, allow_inf_nan=False)
     description: str | None = Field(default=None, max_length=10_000)
     owner: str | None = Field(default=None, max_length=200)
-    tags: list[str] | None = None
+    tags: list[str] | None = Field(default=None, fail_fast=True)
     column_descriptions: dict[str, str] | None = None
     compression: Literal["snappy", "zstd"] = "snappy"
 
@@ -121,11 +125,13 @@ class BatchRequest(BaseModel):
 
     feature_names: list[str] = Field(
         min_length=1,
+        fail_fast=True,
         description="`group/name`, `group/name:col1,col2`, or a table name that is unique",
     )
     # Strict types, because lax validation would turn true into the entity id 1.
     entity_ids: list[StrictInt | StrictStr | dict[str, StrictInt | StrictStr]] | None = Field(
         default=None,
+        fail_fast=True,
         description="Key values; an object of key columns for tables with a composite key",
     )
     timestamp: StrictStr | StrictFloat | None = Field(

@@ -32,7 +32,12 @@ from sqlstore.api.encoding import (
     encode_table,
     negotiate_format,
 )
-from sqlstore.api.jsonbody import check_body_start, require_json_body
+from sqlstore.api.jsonbody import (
+    check_body_start,
+    parse_json_body,
+    repeats_no_key,
+    require_json_body,
+)
 from sqlstore.api.models import ERROR_RESPONSES
 from sqlstore.errors import InvalidInput, PayloadTooLarge, quoted_value
 from sqlstore.identifiers import validate_group, validate_table_name
@@ -305,12 +310,21 @@ def online_state(request: Request) -> Response:
 
 
 def _parse_json(body: bytes) -> Any:
+    """Parse a lookup body with orjson. When a cheap test cannot rule out a repeated key in
+    the body or its entities, parse it again with the parser that rejects one."""
     try:
-        return orjson.loads(body)
+        payload = orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise InvalidInput(
             f"invalid JSON body ({error}); send for example {EXAMPLE_BODY}"
         ) from None
+    objects = [payload] if isinstance(payload, dict) else []
+    entities = payload.get("entities") if objects else None
+    if isinstance(entities, dict):
+        objects.append(entities)
+    if not repeats_no_key(body, objects):
+        parse_json_body(body)
+    return payload
 
 
 def _parse_body(payload: Any, max_entities: int) -> tuple[dict[str, list[Any]], list[str]]:

@@ -34,12 +34,23 @@ from sqlstore.api.encoding import (
     negotiate_format,
     table_records,
 )
-from sqlstore.api.errors import request_id_of
+from sqlstore.api.errors import register_input_advice, request_id_of
 from sqlstore.api.features import reject_repeated_keys
-from sqlstore.api.jsonbody import JsonBodyRoute, json_body, starts_as_other_encoding
+from sqlstore.api.jsonbody import (
+    JsonBodyRoute,
+    json_body,
+    repeats_no_key,
+    starts_as_other_encoding,
+)
 from sqlstore.api.models import ErrorResponse
 from sqlstore.cache import CachedResponse, cache_key
-from sqlstore.errors import InvalidInput, QueryFailed, SqlstoreError, quoted_value
+from sqlstore.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    QueryFailed,
+    SqlstoreError,
+    quoted_value,
+)
 from sqlstore.settings import Settings
 from sqlstore.sql.limits import SqlLimits
 from sqlstore.sql.results import column_types, encode_json, portable_table
@@ -54,6 +65,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 SQL_TEXT_KEY = "sql"
 ROW_LIMIT_KEY = "_limit"
 SQL_PATH = "/sql"
+NAMED_QUERY_PATH = "/queries/{name}"
 # 19 digits in a row: an integer literal that may not fit in 64 bits.
 LONG_DIGIT_RUN = re.compile(rb"[0-9]{19}")
 # Fields of the body of POST /sql.
@@ -72,6 +84,9 @@ async def sql_lifespan(app: FastAPI) -> AsyncIterator[None]:
     limits = SqlLimits.from_settings(settings)
     service = SqlService(app.state.store, limits, settings.queries_dir)
     app.state.sql = service
+    advice = _input_advice(limits)
+    register_input_advice(app, SQL_PATH, advice)
+    register_input_advice(app, NAMED_QUERY_PATH, advice)
     logger.info(
         "SQL endpoint: %d worker processes, %g s time limit, %d rows, %d bytes of DuckDB "
         "memory per worker, queries from %s",
@@ -86,6 +101,19 @@ async def sql_lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         service.close()
         logger.info("SQL endpoint stopped")
+
+
+def _input_advice(limits: SqlLimits) -> dict[str, str]:
+    """Return the allowed values of the request fields of /sql and /queries/{name}, by their
+    location, for the 422 of a value that the request models reject."""
+    rows = f"a whole number of rows from 0 to {limits.max_rows} (SQLSTORE_SQL_MAX_ROWS)"
+    return {
+        "body.limit": f"expected {rows}, or null for {limits.max_rows}",
+        f"query.{ROW_LIMIT_KEY}": f"expected {rows}; leave out {ROW_LIMIT_KEY} for "
+        f"{limits.max_rows}",
+        "body.params": 'expected an object of parameter values, as {"params": {"name": value}}',
+        "body.sql": "expected the query text as a string",
+    }
 
 
 router = APIRouter(
@@ -172,7 +200,7 @@ def list_queries(request: Request) -> Response:
 QueryName = Annotated[str, Path(description="Name of a query file, without .sql")]
 
 
-@router.get("/queries/{name}", responses=TABULAR_RESPONSES)
+@router.get(NAMED_QUERY_PATH, responses=TABULAR_RESPONSES)
 async def get_named_query(
     request: Request,
     name: QueryName,
@@ -186,7 +214,7 @@ async def get_named_query(
     return await _run_named(request, name, values, limit, file_format)
 
 
-@router.post("/queries/{name}", responses=TABULAR_RESPONSES, dependencies=[Depends(json_body)])
+@router.post(NAMED_QUERY_PATH, responses=TABULAR_RESPONSES, dependencies=[Depends(json_body)])
 async def post_named_query(request: Request, name: QueryName, body: NamedQueryRequest) -> Response:
     """Run a named query with parameters from the body."""
     file_format = negotiate_format(request.headers.get("accept"))
@@ -228,6 +256,7 @@ async def _prepare(
     """Validate a query: on the event loop when the text was validated lately, which costs
     microseconds, else in the thread pool."""
     service = _service(request)
+    _check_parameter_values(parameters, request.app.state.settings.sql_max_parameter_values)
     if service.validated_before(sql):
         return service.prepare(sql, parameters, limit)
     return await run_in_threadpool(service.prepare, sql, parameters, limit)
@@ -275,8 +304,15 @@ async def serve_query(
     return await serve_computed(request, key, compute, versions=versions, on_hit=_mark_cached)
 
 
-async def lane_response(state: Any, scope: Scope, body: bytes, receive: Receive) -> Response | None:
+async def lane_response(
+    state: Any,
+    scope: Scope,
+    body: bytes,
+    receive: Receive,
+    max_values: int = Settings.sql_max_parameter_values,
+) -> Response | None:
     """Serve `POST /sql` for the fast lane (`sqlstore.api.fastlane`), or return None.
+    `max_values` is the setting SQLSTORE_SQL_MAX_PARAMETER_VALUES.
 
     It serves JSON results of queries validated lately, from the memory tier or, when the
     result is not to be cached, from a worker. For every other request it returns None before
@@ -288,7 +324,7 @@ async def lane_response(state: Any, scope: Scope, body: bytes, receive: Receive)
     key = (body, *_accept_values(scope))
     prepared = service.prepared_for(key)
     if prepared is None:
-        prepared = _lane_prepared(service, scope, body, key)
+        prepared = _lane_prepared(service, scope, body, key, max_values)
     if prepared is None:
         return None
 
@@ -306,7 +342,7 @@ async def lane_response(state: Any, scope: Scope, body: bytes, receive: Receive)
 
 
 def _lane_prepared(
-    service: SqlService, scope: Scope, body: bytes, key: tuple[bytes, ...]
+    service: SqlService, scope: Scope, body: bytes, key: tuple[bytes, ...], max_values: int
 ) -> PreparedQuery | None:
     """Prepare the query of a plain request whose text was validated lately, or return None.
 
@@ -319,6 +355,7 @@ def _lane_prepared(
         return None
     version = service.registry_version()
     try:
+        _check_parameter_values(parameters, max_values)
         prepared = service.prepare(sql, parameters, limit)
     except SqlstoreError:
         return None
@@ -351,7 +388,27 @@ def _plain_sql_request(scope: Scope, body: bytes) -> tuple[str, dict[str, Any], 
     plain_limit = limit is None or (type(limit) is int and limit >= 0)
     if not isinstance(sql, str) or not isinstance(parameters, dict) or not plain_limit:
         return None
+    if not repeats_no_key(body, [payload, parameters] if "params" in payload else [payload]):
+        # orjson keeps the last value of a repeated key, where the route's parser rejects it.
+        return None
     return sql, parameters, limit
+
+
+def _check_parameter_values(parameters: dict[str, Any], max_values: int) -> None:
+    """Raise PayloadTooLarge when `parameters` have more than `max_values` values in all, each
+    item of a list counting as one. The worker builds a DuckDB value of each: a list of 30
+    million integers, a 60 MB body, needed more than the 1 GiB memory limit."""
+    counts = {
+        name: len(value) if isinstance(value, list) else 1 for name, value in parameters.items()
+    }
+    total = sum(counts.values())
+    if total > max_values:
+        largest = max(counts, key=counts.__getitem__)
+        raise PayloadTooLarge(
+            f"the query's parameters have {total} values, more than the maximum {max_values} "
+            f"(${largest} has {counts[largest]}); write long lists of values to a feature "
+            "table and join it in the query, or raise SQLSTORE_SQL_MAX_PARAMETER_VALUES"
+        )
 
 
 async def _computed_response(

@@ -45,13 +45,17 @@ class TrainingSetRequest(BaseModel):
 
     name: str | None = Field(default=None, description="A definition under queries/training_sets")
     entities: list[dict[str, Any]] | None = Field(
-        default=None, description="Entity rows: key columns, a timestamp and any other columns"
+        default=None,
+        fail_fast=True,
+        description="Entity rows: key columns, a timestamp and any other columns",
     )
     entity_sql: str | None = Field(
         default=None, description="A read-only query over the feature views giving the entities"
     )
     features: list[str] | None = Field(
-        default=None, description="`group/name` or `group/name:col1,col2` references"
+        default=None,
+        fail_fast=True,
+        description="`group/name` or `group/name:col1,col2` references",
     )
     timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN
     full_feature_names: StrictBool = False
