@@ -100,7 +100,8 @@ class FeatureStoreClient:
         order_by: str | None = None,
         as_frame: bool = False,
     ) -> dict[str, Any] | pd.DataFrame:
-        """Return one page of a table: the response body, or its rows as a DataFrame.
+        """Return one page of a table: the response body, or its rows as a DataFrame with the
+        table's column types (fetched as Arrow).
 
         `filters` maps `column` or `column__op` (eq, ne, lt, lte, gt, gte, in, isnull,
         contains) to a value; a list value for `__in` is sent comma-separated.
@@ -115,11 +116,10 @@ class FeatureStoreClient:
         for key, value in (filters or {}).items():
             params[key] = ",".join(map(str, value)) if isinstance(value, list | tuple) else value
 
-        body = self._request("GET", _table_path(feature_group, feature_name), params=params)
+        path = _table_path(feature_group, feature_name)
         if as_frame:
-            metadata = body["metadata"]
-            return _frame(body["data"], metadata["columns"], metadata["dtypes"])
-        return body
+            return self._arrow_frame("GET", path, params=params)
+        return self._request("GET", path, params=params)
 
     def save_feature(
         self,
@@ -211,12 +211,14 @@ class FeatureStoreClient:
         """Run one read-only query over the feature views (`group.name`).
 
         `params` contains the values of its `$name` parameters. Return the response body, or its
-        rows as a DataFrame. `metadata.truncated` in the body is true when rows were cut."""
+        rows as a DataFrame with the result's column types (fetched as Arrow).
+        `metadata.truncated` in the body is true when rows were cut."""
         payload: dict[str, Any] = {"sql": sql, "params": dict(params or {})}
         if limit is not None:
             payload["limit"] = limit
-        body = self._request("POST", "/sql", json=payload)
-        return _tabular(body, as_frame)
+        if as_frame:
+            return self._arrow_frame("POST", "/sql", json=payload)
+        return self._request("POST", "/sql", json=payload)
 
     def list_queries(self) -> list[dict[str, Any]]:
         """Return the named queries with their titles and parameters."""
@@ -234,8 +236,10 @@ class FeatureStoreClient:
         payload: dict[str, Any] = {"params": dict(params or {})}
         if limit is not None:
             payload["limit"] = limit
-        body = self._request("POST", f"/queries/{_segment(name)}", json=payload)
-        return _tabular(body, as_frame)
+        path = f"/queries/{_segment(name)}"
+        if as_frame:
+            return self._arrow_frame("POST", path, json=payload)
+        return self._request("POST", path, json=payload)
 
     def fetch_arrow(
         self, method: str, path: str, json: Mapping[str, Any] | None = None
@@ -246,6 +250,12 @@ class FeatureStoreClient:
         response = self._send(method, path, json=json, headers=headers)
         table = pa_ipc.open_stream(response.content).read_all()
         return table, response.headers.get("X-Truncated") == "true"
+
+    def _arrow_frame(self, method: str, path: str, **kwargs: Any) -> pd.DataFrame:
+        """Request a tabular endpoint as an Arrow IPC stream and return it as a DataFrame, so
+        that unsigned and 32-bit numbers, dates and times keep their types, which JSON loses."""
+        response = self._send(method, path, headers={"Accept": ARROW_STREAM_MEDIA_TYPE}, **kwargs)
+        return pa_ipc.open_stream(response.content).read_all().to_pandas()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._send(method, path, **kwargs).json()
@@ -296,13 +306,6 @@ def _error_from_response(response: httpx.Response) -> FeatureStoreError:
         )
     except (ValueError, KeyError, TypeError):
         return FeatureStoreError(response.text[:500], status_code=response.status_code)
-
-
-def _tabular(body: dict[str, Any], as_frame: bool) -> dict[str, Any] | pd.DataFrame:
-    if not as_frame:
-        return body
-    metadata = body["metadata"]
-    return _frame(body["data"], metadata["columns"], metadata["dtypes"])
 
 
 def _records(data: Sequence[Mapping[str, Any]] | pd.DataFrame) -> list[dict[str, Any]]:

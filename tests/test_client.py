@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 
 import httpx
 import pandas as pd
@@ -172,6 +172,23 @@ def test_as_frame_parses_utc_timestamps(demo_client: FeatureStoreClient, raw_rat
     assert frame["user_id"].tolist() == movie["userId"].tolist()
     assert frame["rating"].tolist() == movie["rating"].tolist()
     assert frame["event_timestamp"].tolist() == [utc(t) for t in movie["timestamp"]]
+
+
+def test_as_frame_keeps_column_types(demo_client: FeatureStoreClient) -> None:
+    sql = (
+        "SELECT 200::UTINYINT AS small, 1.5::FLOAT AS single, DATE '2024-01-02' AS day, "
+        "TIME '12:30:00' AS noon"
+    )
+    frame = demo_client.sql(sql, as_frame=True)
+    page = demo_client.get_feature("content", "movie_genres", limit=2, as_frame=True)
+
+    assert str(frame["small"].dtype) == "uint8"
+    assert str(frame["single"].dtype) == "float32"
+    assert frame["small"].iloc[0] == 200
+    assert frame["single"].iloc[0] == 1.5
+    assert frame["day"].iloc[0] == date(2024, 1, 2)
+    assert frame["noon"].iloc[0] == time(12, 30)
+    assert str(page["movie_id"].dtype) == "uint32"
 
 
 def test_as_frame_null_timestamps(demo_client: FeatureStoreClient, raw_ratings) -> None:
