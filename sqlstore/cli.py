@@ -28,7 +28,8 @@ from rich.table import Table
 from sqlstore.api.encoding import csv_ready_table as _csv_ready
 from sqlstore.atomic import STORAGE_ERRNOS, temporary_path
 from sqlstore.cli_options import RootOption
-from sqlstore.errors import NotFound, SqlstoreError
+from sqlstore.errors import NotFound, SqlstoreError, UnrepresentableValue
+from sqlstore.identifiers import quote_identifier
 from sqlstore.layout import ROOT_ENVIRONMENT_VARIABLE, resolve_root
 from sqlstore.logs import (
     LOG_FORMAT_VARIABLE,
@@ -117,9 +118,28 @@ def _open_existing_store(root: Path | None) -> FeatureStore:
     return FeatureStore(resolved)
 
 
-def _fail(error: SqlstoreError) -> None:
-    error_console.print(f"[red]error:[/red] {error.message}")
+def _fail(error: SqlstoreError) -> NoReturn:
+    message = error.message
+    if isinstance(error, UnrepresentableValue):
+        message = f"{error.problem}; {_format_advice(error)}"
+    _fail_with(message)
+
+
+def _fail_with(message: str) -> NoReturn:
+    # Escaped, because messages contain brackets, such as the type timestamp[us], which rich
+    # would read as markup.
+    error_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code=1)
+
+
+def _format_advice(error: UnrepresentableValue) -> str:
+    """Return what to do about a value that the output format cannot represent, with the
+    options of this command line in place of the server's Accept header."""
+    options = [SQL_FORMAT_OPTIONS[name] for name in error.formats if name in SQL_FORMAT_OPTIONS]
+    cast = f"cast the column to text in SQL, as CAST({quote_identifier(error.column)} AS VARCHAR)"
+    if not options:
+        return cast
+    return f"write it with {' or '.join(options)}, or {cast}"
 
 
 @app.command()
@@ -498,7 +518,13 @@ def _split_references(text: str | None) -> list[str]:
 
 def _write_output(table: pa.Table, output: Path) -> None:
     if output.suffix.lower() == ".csv":
-        _write_file(output, lambda path: pa_csv.write_csv(_csv_ready(table), path))
+        # Converted before the write starts, so that a value CSV cannot represent exits with
+        # an error and no file.
+        try:
+            ready = _csv_ready(table)
+        except UnrepresentableValue as error:
+            _fail_with(f"{error.problem}; write the training set to a .parquet file instead")
+        _write_file(output, lambda path: pa_csv.write_csv(ready, path))
     else:
         _write_file(output, lambda path: pq.write_table(table, path))
 
@@ -648,6 +674,12 @@ LimitOption = Annotated[
     ),
 ]
 SQL_OUTPUT_FORMATS = ("table", "csv", "json", "parquet")
+# The options that select each output format, for error messages.
+SQL_FORMAT_OPTIONS = {
+    "json": "--format json",
+    "csv": "--format csv",
+    "parquet": "--format parquet --output FILE",
+}
 UrlOption = Annotated[
     str | None,
     typer.Option(
@@ -768,6 +800,7 @@ def _check_output_format(output_format: str, output: Path | None) -> None:
 def _sql_service(root: Path | None, queries_dir: Path | None) -> Iterator[SqlService]:
     """Yield a SqlService with one worker process, stopped when the command ends."""
     from sqlstore.settings import Settings
+    from sqlstore.sql.duckdb_check import CLI_HINTS
     from sqlstore.sql.limits import SqlLimits
     from sqlstore.sql.service import SqlService
 
@@ -777,7 +810,8 @@ def _sql_service(root: Path | None, queries_dir: Path | None) -> Iterator[SqlSer
         store = _open_existing_store(settings.root)
     except SqlstoreError as error:
         _fail(error)
-    service = SqlService(store, limits, queries_dir or settings.queries_dir)
+    # The error messages name the command's options, not the fields of an HTTP request.
+    service = SqlService(store, limits, queries_dir or settings.queries_dir, CLI_HINTS)
     try:
         yield service
     finally:
@@ -851,25 +885,15 @@ def _parameter_summary(parameter: dict[str, Any]) -> str:
 def _show_sql_result(
     result: SqlResult, output_format: str, output: Path | None, title: str | None
 ) -> None:
-    from sqlstore.api.encoding import encode_table
-    from sqlstore.sql.results import column_types, encode_json, portable_table
-
-    if output_format == "table" and output is None:
-        _print_result_table(result, title)
-        return
-
-    if output_format in ("csv", "parquet"):
-        content = encode_table(portable_table(result.table, output_format), output_format)
-    else:
-        # JSON, which is also what --format table writes to a file.
-        metadata = {
-            "columns": result.table.column_names,
-            "dtypes": column_types(result.table),
-            "row_count": result.table.num_rows,
-            "truncated": result.truncated,
-            "elapsed_ms": round(result.elapsed_ms, 3),
-        }
-        content = encode_json({"data": result.table.to_pylist(), "metadata": metadata}) + b"\n"
+    """Print or write a result. A value that the format cannot represent, such as infinity
+    in JSON, exits with the server's error for it, before anything is written."""
+    try:
+        if output_format == "table" and output is None:
+            _print_result_table(result, title)
+            return
+        content = _encoded_result(result, output_format)
+    except SqlstoreError as error:
+        _fail(error)
 
     if output is None:
         sys.stdout.buffer.write(content)
@@ -884,11 +908,33 @@ def _show_sql_result(
     _print_written(output, f"wrote {rows}{_truncation_note(result)} to {output}")
 
 
+def _encoded_result(result: SqlResult, output_format: str) -> bytes:
+    """Return a result as the server encodes it: CSV, Parquet or JSON rows with metadata. JSON
+    is also what --format table writes to a file."""
+    from sqlstore.api.encoding import encode_table, table_records
+    from sqlstore.sql.results import column_types, encode_json, portable_table
+
+    if output_format in ("csv", "parquet"):
+        return encode_table(portable_table(result.table, output_format), output_format)
+    metadata = {
+        "columns": result.table.column_names,
+        "dtypes": column_types(result.table),
+        "row_count": result.table.num_rows,
+        "truncated": result.truncated,
+        "elapsed_ms": round(result.elapsed_ms, 3),
+    }
+    return encode_json({"data": table_records(result.table), "metadata": metadata}) + b"\n"
+
+
 def _print_result_table(result: SqlResult, title: str | None) -> None:
+    from sqlstore.api.encoding import table_records
+
+    # The rows as the server's JSON has them, so that a time of 24:00:00 stays one.
+    records = table_records(result.table, "table")
     table = Table(title=title)
     for name in result.table.column_names:
         table.add_column(name, overflow="fold")
-    for row in result.table.to_pylist():
+    for row in records:
         table.add_row(*(_cell_text(value) for value in row.values()))
     console.print(table)
 

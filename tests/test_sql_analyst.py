@@ -7,6 +7,7 @@ Python from the same literal data, never through sqlstore or DuckDB.
 from __future__ import annotations
 
 import io
+import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -858,3 +859,157 @@ def test_client_sql_returns_frame(shop_server: RunningServer) -> None:
     assert frame["order_id"].tolist() == [104]
     assert frame["event_timestamp"].tolist()[0].to_pydatetime() == ORDERS[3]["ts"]
     assert body["data"] == [{"answer": 42}]
+
+
+def test_parameter_arithmetic_without_spaces(http: httpx.Client) -> None:
+    sql = "SELECT $n*$n AS square, ($n+1)*$m AS product"
+    response = http.post("/sql", json={"sql": sql, "params": {"n": 3, "m": 5}})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["data"] == [{"square": 9, "product": 20}]
+
+
+def test_nested_literal_too_deep_is_400(http: httpx.Client) -> None:
+    sql = "SELECT " + "[" * 70 + "1" + "]" * 70 + " AS x"
+    response = http.post("/sql", json={"sql": sql})
+    error = response.json()["error"]
+
+    assert response.status_code == 400
+    assert error["code"] == "query_rejected"
+    assert error["message"] == (
+        "list_value builds a value nested 70 levels deep (lists, arrays, structs, maps and "
+        "unions inside each other), more than the maximum 62 that a result can hold; nest "
+        "fewer levels (line 1, column 8)"
+    )
+
+
+def test_nested_result_too_deep_is_400(http: httpx.Client) -> None:
+    chain = [f"c{i} AS (SELECT [x] AS x FROM c{i - 1})" for i in range(1, 71)]
+    sql = f"WITH c0 AS (SELECT 1 AS x), {', '.join(chain)} SELECT x FROM c70"
+    response = http.post("/sql", json={"sql": sql})
+    after = http.post("/sql", json={"sql": "SELECT count(*) AS n FROM shop.users"})
+    error = response.json()["error"]
+
+    assert response.status_code == 400
+    assert error["code"] == "query_rejected"
+    assert error["message"].startswith("a result column is nested more than 62 levels deep")
+    assert error["message"].endswith(
+        "return fewer levels, for example with unnest(), flatten() or to_json()"
+    )
+    assert after.json()["data"] == [{"n": len(USERS)}]
+
+
+ROW_LIMIT_RANGE = "expected a whole number of rows from 0 to 10000 (SQLSTORE_SQL_MAX_ROWS)"
+
+
+@pytest.mark.parametrize(
+    ("limit", "quoted"), [(-1, "-1"), (1.5, "1.5"), ("5", '"5"'), (True, "true")]
+)
+def test_invalid_limit_names_range(http: httpx.Client, limit: object, quoted: str) -> None:
+    response = http.post("/sql", json={"sql": "SELECT 1", "limit": limit})
+    error = response.json()["error"]
+
+    assert response.status_code == 422
+    assert error["code"] == "validation_error"
+    assert error["message"] == (
+        f"invalid request: body.limit: {ROW_LIMIT_RANGE}, or null for 10000 (got {quoted})"
+    )
+    assert error["details"][0]["location"] == "body.limit"
+
+
+def test_invalid_get_limit_names_range(http: httpx.Client) -> None:
+    response = http.get("/sql", params={"sql": "SELECT 1", "_limit": "-1"})
+    error = response.json()["error"]
+
+    assert response.status_code == 422
+    assert error["code"] == "validation_error"
+    assert error["message"] == (
+        f'invalid request: query._limit: {ROW_LIMIT_RANGE}; leave out _limit for 10000 (got "-1")'
+    )
+
+
+def test_params_not_object_names_shape(http: httpx.Client) -> None:
+    response = http.post("/sql", json={"sql": "SELECT $x AS x", "params": [1]})
+    error = response.json()["error"]
+
+    assert response.status_code == 422
+    assert error["message"] == (
+        'invalid request: body.params: expected an object of parameter values, as {"params": '
+        '{"name": value}} (got [1])'
+    )
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["SELECT age(TIMESTAMP '2000-01-01') AS a", 'SELECT "current_date" AS d'],
+)
+def test_clock_dependent_query_is_not_cached(http: httpx.Client, sql: str) -> None:
+    headers = {"Accept": "text/csv"}
+    responses = [http.post("/sql", json={"sql": sql}, headers=headers) for _ in range(2)]
+
+    assert [response.status_code for response in responses] == [200, 200]
+    assert [response.headers["x-cache"] for response in responses] == ["bypass", "bypass"]
+
+
+def test_age_of_two_timestamps_is_cached(http: httpx.Client) -> None:
+    sql = "SELECT age(TIMESTAMP '2001-03-04', TIMESTAMP '2000-01-01') AS a"
+    headers = {"Accept": "text/csv"}
+    responses = [http.post("/sql", json={"sql": sql}, headers=headers) for _ in range(2)]
+
+    assert [response.status_code for response in responses] == [200, 200]
+    assert responses[1].headers["x-cache"] == "hit-memory"
+    assert responses[1].text.splitlines() == ['"a"', '"P1Y2M3D"']
+
+
+def test_get_sql_range_of_text_parameter(http: httpx.Client) -> None:
+    sql = "SELECT count(*) AS n FROM range($n)"
+    counted = http.get("/sql", params={"sql": sql, "n": "10"})
+    unreadable = http.get("/sql", params={"sql": sql, "n": "ten"})
+
+    assert counted.status_code == 200, counted.text
+    assert counted.json()["data"] == [{"n": 10}]
+    assert unreadable.status_code == 400
+    error = unreadable.json()["error"]
+    assert error["code"] == "query_rejected"
+    assert error["message"] == (
+        'cannot bound range(...): parameter $n is text ("ten"), and range takes numbers, or '
+        "DATE or TIMESTAMP values with an INTERVAL step; cast it, as $n::BIGINT or $n::DATE or "
+        "$n::TIMESTAMP"
+    )
+    assert error["details"] == [{"construct": "range"}]
+
+
+@pytest.mark.parametrize("value", [2**128 - 1, -(2**127)])
+def test_integer_parameter_at_duckdb_limits_runs(http: httpx.Client, value: int) -> None:
+    response = http.post("/sql", json={"sql": "SELECT $n::VARCHAR AS n", "params": {"n": value}})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["data"] == [{"n": str(value)}]
+
+
+def test_integer_parameter_beyond_duckdb_is_400(http: httpx.Client) -> None:
+    body = {"sql": "SELECT $n AS n", "params": {"n": 10**59}}
+    response = http.post(
+        "/sql", content=json.dumps(body), headers={"Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "query_rejected"
+    assert response.json()["error"]["message"] == (
+        "invalid value for parameter $n: 100000000000...0000 (60 digits) is outside the "
+        "integers DuckDB can bind, -2^127 to 2^128-1 (HUGEINT and UHUGEINT); send a smaller "
+        "number, or send it as a string and cast it in the SQL, as $n::DOUBLE or $n::BIGNUM"
+    )
+
+
+def test_session_keyword_is_400(http: httpx.Client) -> None:
+    response = http.post("/sql", json={"sql": "SELECT user"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "query_rejected"
+    assert response.json()["error"]["message"] == (
+        "function user is not allowed because it reads session state; docs/sql.md describes "
+        "the functions queries may call. To read a column named user, qualify it with its "
+        "table, as t.user: DuckDB calls the function when no column has that name (line 1, "
+        "column 8)"
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -120,6 +121,113 @@ def test_sql_rejects_hostile_query(runner: CliRunner, demo_root: Path) -> None:
     assert "table function read_csv is not allowed" in one_line(result.output)
 
 
+# Dates and timestamps that the server's JSON rejects, with their type and the problem named.
+BEYOND_PYTHON = [
+    ("SELECT 'infinity'::TIMESTAMP AS t", "timestamp[us]", "infinity"),
+    ("SELECT DATE '10000-01-01' AS t", "date32[day]", "a date outside the years 1 to 9999"),
+    ("SELECT TIMESTAMP '10000-01-01' AS t", "timestamp[us]", "a date outside the years 1 to 9999"),
+    ("SELECT 'infinity'::DATE AS t", "date32[day]", "infinity"),
+]
+CLI_ADVICE = (
+    "write it with --format parquet --output FILE, or cast the column to text in SQL, as "
+    'CAST("t" AS VARCHAR)'
+)
+
+
+@pytest.mark.parametrize(("sql", "type_name", "problem"), BEYOND_PYTHON)
+@pytest.mark.parametrize(("output_format", "format_name"), [("table", "table"), ("json", "JSON")])
+def test_dates_beyond_python_one_line_error(
+    runner: CliRunner,
+    demo_root: Path,
+    sql: str,
+    type_name: str,
+    problem: str,
+    output_format: str,
+    format_name: str,
+) -> None:
+    result = invoke(runner, "sql", sql, "--format", output_format, "--root", str(demo_root))
+
+    assert result.exit_code == 1
+    # An exception other than the exit would mean a traceback.
+    assert isinstance(result.exception, SystemExit)
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"error: column 't' ({type_name}) contains {problem}, which the {format_name} output "
+        f"cannot represent; {CLI_ADVICE}\n"
+    )
+
+
+def test_nested_infinity_csv_writes_nothing(
+    runner: CliRunner, demo_root: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "infinity.csv"
+    sql = "SELECT [TIMESTAMP 'infinity'] AS t"
+    arguments = ("--format", "csv", "--output", str(output), "--root", str(demo_root))
+
+    result = invoke(runner, "sql", sql, *arguments)
+
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert result.stderr == (
+        "error: column 't' (list<timestamp[us]>) contains infinity, which the CSV output "
+        f"cannot represent; {CLI_ADVICE}\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_parquet_converts_nested_values(runner: CliRunner, demo_root: Path, tmp_path: Path) -> None:
+    output = tmp_path / "nested.parquet"
+    sql = "SELECT {} AS s, [INTERVAL 1 DAY] AS i, MAP {} AS m"
+    arguments = ("--format", "parquet", "--output", str(output), "--root", str(demo_root))
+
+    result = invoke(runner, "sql", sql, *arguments)
+
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(output).to_pylist() == [{"s": "{}", "i": ["P1D"], "m": []}]
+
+
+END_OF_DAY_SQL = "SELECT TIME '24:00:00' AS t, [TIME '24:00:00'] AS l, {'x': TIME '24:00:00'} AS s"
+
+
+def test_end_of_day_time_json(runner: CliRunner, demo_root: Path) -> None:
+    result = invoke(runner, "sql", END_OF_DAY_SQL, "--format", "json", "--root", str(demo_root))
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["data"] == [
+        {"t": "24:00:00", "l": ["24:00:00"], "s": {"x": "24:00:00"}}
+    ]
+
+
+def test_end_of_day_time_table(runner: CliRunner, demo_root: Path) -> None:
+    result = invoke(runner, "sql", END_OF_DAY_SQL, "--root", str(demo_root))
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("24:00:00") == 3
+    assert "00:00:00" not in result.stdout
+
+
+def test_row_beyond_byte_limit_is_error(runner: CliRunner, demo_root: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["sql", "SELECT repeat('x', 30000) AS c", "--root", str(demo_root)],
+        env={"COLUMNS": "200", "SQLSTORE_SQL_MAX_RESULT_BYTES": "20000"},
+    )
+
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert result.stdout == ""
+    matched = re.fullmatch(
+        r"error: the first row of the result takes ([0-9,]+) bytes, more than the result "
+        r"limit of 20,000 bytes \(SQLSTORE_SQL_MAX_RESULT_BYTES\), so no row can be returned; "
+        r"select fewer or smaller columns, for example left\(column, 1000\) in place of a long "
+        r"text\n",
+        result.stderr,
+    )
+    assert matched is not None, result.stderr
+    # The 30,000 characters and the row's share of the offsets and null bitmap.
+    assert 30_000 <= int(matched.group(1).replace(",", "")) <= 30_016
+
+
 def test_parquet_needs_output(runner: CliRunner, demo_root: Path) -> None:
     result = invoke(runner, "sql", "SELECT 1", "--format", "parquet", "--root", str(demo_root))
 
@@ -188,7 +296,45 @@ def test_query_unknown_name(runner: CliRunner, demo_root: Path) -> None:
     result = invoke(runner, "query", "no_such_query", "--root", str(demo_root))
 
     assert result.exit_code == 1
-    assert "named query no_such_query not found" in one_line(result.output)
+    assert one_line(result.stderr) == (
+        "error: named query no_such_query not found; `sqlstore query` without a name lists them"
+    )
+
+
+def test_query_invalid_name_names_command(runner: CliRunner, demo_root: Path) -> None:
+    result = invoke(runner, "query", "Top-Rated", "--root", str(demo_root))
+
+    assert result.exit_code == 1
+    assert one_line(result.stderr) == (
+        "error: invalid query name 'Top-Rated': use lowercase letters, digits and underscores, "
+        "starting with a letter (`sqlstore query` without a name lists them)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("sql", "fix"),
+    [
+        ("SELECT $genre AS g", "parameter $genre: pass it as --param genre=VALUE"),
+        ("SELECT $a + $b AS s", "parameter $a, $b: pass each as --param NAME=VALUE"),
+    ],
+)
+def test_sql_missing_parameter_names_option(
+    runner: CliRunner, demo_root: Path, sql: str, fix: str
+) -> None:
+    result = invoke(runner, "sql", sql, "--root", str(demo_root))
+
+    assert result.exit_code == 1
+    assert one_line(result.stderr) == f"error: missing value for {fix}"
+
+
+def test_sql_unknown_view_names_command(runner: CliRunner, demo_root: Path) -> None:
+    result = invoke(runner, "sql", "SELECT * FROM content.nothing", "--root", str(demo_root))
+
+    assert result.exit_code == 1
+    assert one_line(result.stderr) == (
+        "error: table content.nothing is not a registered feature view; read views as "
+        "group.name (`sqlstore info` lists them)"
+    )
 
 
 def test_output_to_folder_is_error(runner: CliRunner, demo_root: Path, tmp_path: Path) -> None:

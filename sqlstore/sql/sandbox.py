@@ -38,6 +38,7 @@ from sqlstore.errors import (
     QueryTimeout,
     QueryWorkersBusy,
     QueryWorkerStopped,
+    ResultRowTooLarge,
     SqlstoreError,
     TableUnavailable,
 )
@@ -638,11 +639,22 @@ def _error_from_header(header: dict[str, Any], limits: SqlLimits) -> Exception:
         return QueryRejected(f"the sandbox blocked file access: {message}")
     if kind == "unavailable":
         return TableUnavailable.of_table(message)
+    if kind == "row_too_large":
+        return ResultRowTooLarge(_row_too_large_message(header, limits))
     too_deep = depth_rejection(message)
     if too_deep is not None:
         # DuckDB's binder checks the depth again, for example of many chained CTEs.
         return too_deep
     return QueryFailed(f"query failed: {message}")
+
+
+def _row_too_large_message(header: dict[str, Any], limits: SqlLimits) -> str:
+    return (
+        f"the first row of the result takes {int(header.get('row_bytes', 0)):,} bytes, more "
+        f"than the result limit of {limits.max_result_bytes:,} bytes "
+        "(SQLSTORE_SQL_MAX_RESULT_BYTES), so no row can be returned; select fewer or smaller "
+        "columns, for example left(column, 1000) in place of a long text"
+    )
 
 
 def rejection_from_header(header: dict[str, Any]) -> QueryRejected | QuerySyntaxError:

@@ -16,7 +16,13 @@ import pyarrow as pa
 from cachetools import LRUCache
 
 from sqlstore.errors import InvalidInput, RegistryEntryDamaged, SqlstoreError
-from sqlstore.sql.duckdb_check import TreeFacts, cached_tree_facts, tree_facts
+from sqlstore.sql.duckdb_check import (
+    HTTP_HINTS,
+    CallerHints,
+    TreeFacts,
+    cached_tree_facts,
+    tree_facts,
+)
 from sqlstore.sql.limits import SqlLimits
 from sqlstore.sql.named import NamedQuery, find_named_query, list_named_queries
 from sqlstore.sql.results import with_unique_names
@@ -77,11 +83,18 @@ class SqlService:
     """Read-only SQL over the feature views of one store, and the named queries of a folder."""
 
     def __init__(
-        self, store: FeatureStore, limits: SqlLimits, queries_dir: Path | None = None
+        self,
+        store: FeatureStore,
+        limits: SqlLimits,
+        queries_dir: Path | None = None,
+        hints: CallerHints = HTTP_HINTS,
     ) -> None:
+        """`hints` words the fixes in error messages for the interface of the callers: HTTP
+        (`HTTP_HINTS`) or the command line (`CLI_HINTS`)."""
         self.store = store
         self.limits = limits
         self.queries_dir = queries_dir
+        self.hints = hints
         self.sandbox = Sandbox(store.root, limits)
         # Texts that passed validation lately, in the same number as the validator caches.
         self._validated: LRUCache[str, bool] = LRUCache(maxsize=VALIDATION_CACHE_SIZE)
@@ -128,7 +141,7 @@ class SqlService:
             registered = [(entry.group, entry.name) for entry in entries]
             registered += [tuple(reference.split("/", 1)) for reference in damaged]
             facts = None if check is None else functools.partial(self._checked_facts, check, sql)
-            query = validate_query(sql, registered, parameters, self.limits, facts)
+            query = validate_query(sql, registered, parameters, self.limits, facts, self.hints)
         finally:
             if check is not None:
                 check.close()
@@ -240,7 +253,7 @@ class SqlService:
         """Return one named query; raise InvalidInput, NotFound or NamedQueryInvalid."""
         if self.queries_dir is None:
             raise InvalidInput("no queries folder is configured; set SQLSTORE_QUERIES_DIR")
-        return find_named_query(self.queries_dir, name)
+        return find_named_query(self.queries_dir, name, self.hints)
 
     def run_named(
         self,

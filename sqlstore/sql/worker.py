@@ -758,8 +758,7 @@ def _fetch(relation: Any, max_rows: int, max_bytes: int) -> tuple[Any, str | Non
             batch = batch.slice(0, max_rows - rows)
             truncated_by = "row_limit"
         if size + batch.nbytes > max_bytes:
-            row_bytes = max(batch.nbytes / max(batch.num_rows, 1), 1)
-            batch = batch.slice(0, max(int((max_bytes - size) / row_bytes), 0))
+            batch = _cut_to_bytes(batch, max_bytes - size, first=rows == 0)
             truncated_by = "byte_limit"
         batches.append(batch)
         rows += batch.num_rows
@@ -767,6 +766,24 @@ def _fetch(relation: Any, max_rows: int, max_bytes: int) -> tuple[Any, str | Non
         if truncated_by is not None:
             break
     return pa.Table.from_batches(batches, schema=reader.schema), truncated_by
+
+
+def _cut_to_bytes(batch: Any, max_bytes: int, first: bool) -> Any:
+    """Return the first rows of `batch` that fit in about `max_bytes`, estimated from the
+    batch's mean row size. When `first` is true, `batch` starts the result, so its first row is
+    kept if it fits alone. If it does not, raise _Stopped with a "row_too_large" header,
+    because an empty result cut by the byte limit would look like a query without rows."""
+    row_bytes = max(batch.nbytes / max(batch.num_rows, 1), 1)
+    kept_rows = max(int(max_bytes / row_bytes), 0)
+    if kept_rows > 0 or not first or batch.num_rows == 0:
+        return batch.slice(0, kept_rows)
+
+    first_row_bytes = batch.slice(0, 1).nbytes
+    if first_row_bytes > max_bytes:
+        message = f"the first row takes {first_row_bytes} bytes"
+        header = {"ok": False, "kind": "row_too_large", "message": message}
+        raise _Stopped({**header, "row_bytes": first_row_bytes})
+    return batch.slice(0, 1)
 
 
 def _fetch_json_rows(cursor: Any, shape: ResultShape, max_rows: int, max_bytes: int) -> QueryOutput:
@@ -953,12 +970,40 @@ def _ipc_bytes(table: Any) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+# pyarrow's error for a result that DuckDB exports nested deeper than pyarrow imports it (see
+# MAX_NESTING_DEPTH in sqlstore.sql.limits): "Recursion level in ArrowSchema struct exceeded".
+ARROW_RECURSION_PATTERN = re.compile(r"Recursion level in Arrow\w* struct exceeded")
+
+
 def _raise_rejection(error: Exception) -> None:
-    """Turn a rejection by the DuckDB-parser checks into a response header."""
+    """Turn a rejection by the DuckDB-parser checks, or a result nested too deeply to export,
+    into a response header. The worker keeps running after either."""
     from sqlstore.errors import QueryRejected, QuerySyntaxError
 
     if isinstance(error, QueryRejected | QuerySyntaxError):
         raise _Stopped(_rejection_header(error)) from error
+    too_deep = _nesting_rejection(error)
+    if too_deep is not None:
+        raise _Stopped(_rejection_header(too_deep)) from error
+
+
+def _nesting_rejection(error: Exception) -> Any:
+    """Return the QueryRejected for a result nested deeper than a result can hold, or None
+    for other errors. The validator cannot see such nesting when it comes from columns, as in
+    a chain of CTEs that each wrap the one before in a list."""
+    import pyarrow as pa
+
+    from sqlstore.errors import QueryRejected
+    from sqlstore.sql.limits import MAX_NESTING_DEPTH
+
+    if not isinstance(error, pa.ArrowInvalid) or not ARROW_RECURSION_PATTERN.search(str(error)):
+        return None
+    return QueryRejected(
+        f"a result column is nested more than {MAX_NESTING_DEPTH} levels deep (lists, arrays, "
+        "structs, maps and unions inside each other), the maximum that a result can hold; "
+        "return fewer levels, for example with unnest(), flatten() or to_json()",
+        details=[{"construct": "nesting depth"}],
+    )
 
 
 def _rejection_header(error: Any) -> dict[str, Any]:
