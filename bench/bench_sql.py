@@ -5,11 +5,12 @@ One run builds the MovieLens demo store (or uses --root), then measures:
 - validation of a 20-line analyst query (both parsers) in this process: cold, with the
   validator's caches cleared before every run, and warm, when the same text was validated
   before. Also new texts as the server validates them, with DuckDB's checks in a worker;
-- end-to-end POST /sql over loopback HTTP (keep-alive, sequential; with httpx and with the
-  standard library's http.client) against a `python -m sqlstore serve` process, for aggregates
-  over interaction.user_movie_interactions, next to the same query in DuckDB in this process
-  over a view of the same Parquet file, run with `execute().fetchall()` and with the relation
-  API and Arrow;
+- end-to-end POST /sql over loopback HTTP (keep-alive, sequential; with httpx, with the
+  standard library's http.client, and with a client that sends each request in one write)
+  against a `python -m sqlstore serve` process, for aggregates over
+  interaction.user_movie_interactions, next to the same query in DuckDB in this process over a
+  view of the same Parquet file, run with `execute().fetchall()` and with the relation API and
+  Arrow;
 - the fixed costs: POST /sql of `SELECT 1`, and a POST to bench/bare_app.py, the HTTP floor.
 
 It prints Markdown tables and writes the results with machine details as JSON.
@@ -240,8 +241,8 @@ def in_process_connection(store: FeatureStore) -> duckdb.DuckDBPyConnection:
 
 
 def measure_end_to_end(store: FeatureStore, repeats: int, log_path: Path) -> list[dict[str, Any]]:
-    """Time each query through /sql with httpx and with the standard library's http.client,
-    and in DuckDB in this process two ways, side by side: each round runs every client once,
+    """Time each query through /sql with httpx, http.client and `OneWriteConnection`, and in
+    DuckDB in this process two ways, side by side: each round runs every client once,
     so that a change in the machine's load affects all of them alike."""
     connection = in_process_connection(store)
     results = []
@@ -249,11 +250,13 @@ def measure_end_to_end(store: FeatureStore, repeats: int, log_path: Path) -> lis
         running_server(store.root, log_path) as base_url,
         httpx.Client(base_url=base_url) as httpx_client,
         stdlib_connection(base_url) as stdlib,
+        one_write_connection(base_url) as one_write,
     ):
         for label, sql in END_TO_END_QUERIES.items():
             clients = {
                 "http": functools.partial(post_sql, httpx_client, sql),
                 "stdlib_http": functools.partial(post_sql_stdlib, stdlib, sql),
+                "one_write_http": functools.partial(post_sql_one_write, one_write, sql),
                 "duckdb_execute": functools.partial(execute_in_process, connection, sql),
                 "duckdb_relation": functools.partial(run_in_process, connection, sql),
             }
@@ -264,6 +267,7 @@ def measure_end_to_end(store: FeatureStore, repeats: int, log_path: Path) -> lis
             duckdb_ms = row["duckdb_execute_median_ms"]
             row["ratio"] = row["http_median_ms"] / duckdb_ms
             row["stdlib_ratio"] = row["stdlib_http_median_ms"] / duckdb_ms
+            row["one_write_ratio"] = row["one_write_http_median_ms"] / duckdb_ms
             row["relation_stdlib_ratio"] = (
                 row["stdlib_http_median_ms"] / row["duckdb_relation_median_ms"]
             )
@@ -296,23 +300,44 @@ def measure_fixed_costs(store: FeatureStore, repeats: int, log_dir: Path) -> dic
     - `duckdb_select_1_ms`: `SELECT 1` in DuckDB in this process, which the ratio already has;
     - `bare_post_ms`: a POST to the bare FastAPI app of bench_cache.py that returns fixed bytes,
       with http.client: the HTTP round trip alone.
+
+    The `_one_write` variants send the same requests with `OneWriteConnection`.
     """
     connection = in_process_connection(store)
-    with running_server(store.root, log_dir / "fixed_costs.log") as base_url:
-        with stdlib_connection(base_url) as stdlib:
-            select_1 = functools.partial(post_sql_stdlib, stdlib, "SELECT 1 AS one")
-            response = select_1()
-            sql_ms = warm_median_ms(select_1, repeats)
+    with (
+        running_server(store.root, log_dir / "fixed_costs.log") as base_url,
+        stdlib_connection(base_url) as stdlib,
+        one_write_connection(base_url) as one_write,
+    ):
+        select_1 = functools.partial(post_sql_stdlib, stdlib, "SELECT 1 AS one")
+        response = select_1()
+        sql_ms = warm_median_ms(select_1, repeats)
+        one_write_ms = warm_median_ms(
+            functools.partial(post_sql_one_write, one_write, "SELECT 1 AS one"), repeats
+        )
     duckdb_ms = warm_median_ms(
         functools.partial(execute_in_process, connection, "SELECT 1"), repeats
     )
 
     body_file = log_dir / "select_1.json"
     body_file.write_bytes(response)
-    with running_bare_app(body_file, 1, log_dir) as bare, stdlib_connection(bare.base_url) as raw:
-        path = f"/post/features/{BARE_TABLE}"
+    path = f"/post/features/{BARE_TABLE}"
+    with (
+        running_bare_app(body_file, 1, log_dir) as bare,
+        stdlib_connection(bare.base_url) as raw,
+        one_write_connection(bare.base_url) as raw_one_write,
+    ):
         bare_ms = warm_median_ms(functools.partial(post_stdlib, raw, path, b"{}"), repeats)
-    return {"sql_select_1_ms": sql_ms, "duckdb_select_1_ms": duckdb_ms, "bare_post_ms": bare_ms}
+        bare_one_write_ms = warm_median_ms(
+            functools.partial(raw_one_write.post, path, b"{}"), repeats
+        )
+    return {
+        "sql_select_1_ms": sql_ms,
+        "sql_select_1_one_write_ms": one_write_ms,
+        "duckdb_select_1_ms": duckdb_ms,
+        "bare_post_ms": bare_ms,
+        "bare_post_one_write_ms": bare_one_write_ms,
+    }
 
 
 def warm_median_ms(run: Callable[[], object], repeats: int) -> float:
@@ -360,6 +385,65 @@ def post_stdlib(connection: http.client.HTTPConnection, path: str, body: bytes) 
 def post_sql_stdlib(connection: http.client.HTTPConnection, sql: str) -> bytes:
     """Send the query with http.client and decode the JSON rows."""
     content = post_stdlib(connection, "/sql", orjson.dumps({"sql": sql}))
+    orjson.loads(content)
+    return content
+
+
+class OneWriteConnection:
+    """A keep-alive HTTP/1.1 connection that sends each request in one write and reads
+    responses that have a Content-Length, as load generators such as wrk do.
+
+    It shows the server's share of a request. http.client costs more per request in the
+    client process, building and parsing messages in Python, and it writes the headers and the
+    body separately, so the server wakes twice per request (docs/benchmarks.md has the
+    difference).
+    """
+
+    def __init__(self, base_url: str) -> None:
+        host, port = base_url.removeprefix("http://").split(":")
+        self.host = host
+        self.sock = socket.create_connection((host, int(port)), timeout=60)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = self.sock.makefile("rb")
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+    def post(self, path: str, body: bytes) -> bytes:
+        """Send a JSON POST and return the body of its 200 response."""
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self.sock.sendall(head.encode() + body)
+
+        status_line = self.reader.readline()
+        length = None
+        while (line := self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if length is None:
+            raise RuntimeError(f"POST {path}: the response has no Content-Length")
+        content = self.reader.read(length)
+        if status_line.split()[1:2] != [b"200"]:
+            raise RuntimeError(f"POST {path} returned {status_line!r}: {content[:200]!r}")
+        return content
+
+
+@contextmanager
+def one_write_connection(base_url: str) -> Iterator[OneWriteConnection]:
+    connection = OneWriteConnection(base_url)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def post_sql_one_write(connection: OneWriteConnection, sql: str) -> bytes:
+    """Send the query in one write and decode the JSON rows."""
+    content = connection.post("/sql", orjson.dumps({"sql": sql}))
     orjson.loads(content)
     return content
 
@@ -416,21 +500,21 @@ def print_tables(
         "",
         "End-to-end POST /sql against DuckDB in process (median)",
         "",
-        "| query | /sql httpx ms | /sql http.client ms | DuckDB execute ms | DuckDB relation ms "
-        "| ratios to execute | ratio to relation | target |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| query | /sql httpx ms | /sql http.client ms | /sql one write ms | DuckDB execute ms "
+        "| DuckDB relation ms | ratios to execute | ratio to relation | target |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in end_to_end:
         lines.append(
             f"| {row['query']} | {row['http_median_ms']:.2f} | "
-            f"{row['stdlib_http_median_ms']:.2f} | {row['duckdb_execute_median_ms']:.2f} | "
-            f"{row['duckdb_relation_median_ms']:.2f} | "
-            f"{row['ratio']:.2f}x, {row['stdlib_ratio']:.2f}x | "
+            f"{row['stdlib_http_median_ms']:.2f} | {row['one_write_http_median_ms']:.2f} | "
+            f"{row['duckdb_execute_median_ms']:.2f} | {row['duckdb_relation_median_ms']:.2f} | "
+            f"{row['ratio']:.2f}x, {row['stdlib_ratio']:.2f}x, {row['one_write_ratio']:.2f}x | "
             f"{row['relation_stdlib_ratio']:.2f}x | 1.5x |"
         )
     lines += [
         "",
-        "Fixed costs (median, http.client)",
+        "Fixed costs (median)",
         "",
         "| request | ms |",
         "| --- | ---: |",
