@@ -12,6 +12,7 @@ from urllib.parse import quote
 import httpx
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as pa_ipc
 
 logger = logging.getLogger(__name__)
@@ -20,6 +21,9 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8001"
 DEFAULT_TIMEOUT_SECONDS = 30.0
 TOKEN_ENVIRONMENT_VARIABLE = "SQLSTORE_TOKEN"
 ARROW_STREAM_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
+# DuckDB stores infinity and -infinity of a timestamp as the largest 64-bit value and its
+# negation.
+INFINITE_TIMESTAMP = 2**63 - 1
 
 
 class FeatureStoreError(Exception):
@@ -255,7 +259,17 @@ class FeatureStoreClient:
         """Request a tabular endpoint as an Arrow IPC stream and return it as a DataFrame, so
         that unsigned and 32-bit numbers, dates and times keep their types, which JSON loses."""
         response = self._send(method, path, headers={"Accept": ARROW_STREAM_MEDIA_TYPE}, **kwargs)
-        return pa_ipc.open_stream(response.content).read_all().to_pandas()
+        table = pa_ipc.open_stream(response.content).read_all()
+        try:
+            _check_finite_timestamps(table)
+            return table.to_pandas()
+        except (ValueError, OverflowError, pa.ArrowException) as error:
+            # Values that pandas cannot hold, such as TIME 24:00, DuckDB's infinite dates or a
+            # union column, which JSON rejects on the server with a 400.
+            raise FeatureStoreError(
+                f"{method} {path}: the result cannot become a DataFrame: {error}; cast the "
+                "column to text in SQL (CAST(column AS VARCHAR)), or call with as_frame=False"
+            ) from error
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._send(method, path, **kwargs).json()
@@ -306,6 +320,22 @@ def _error_from_response(response: httpx.Response) -> FeatureStoreError:
         )
     except (ValueError, KeyError, TypeError):
         return FeatureStoreError(response.text[:500], status_code=response.status_code)
+
+
+def _check_finite_timestamps(table: pa.Table) -> None:
+    """Raise ValueError for a timestamp column that contains DuckDB's infinity, which is the
+    largest (or smallest) 64-bit value and would become a real date in pandas.
+
+    NOTE: only top-level columns are checked; infinity inside a list or struct is not."""
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if not pa.types.is_timestamp(column.type) or column.null_count == len(column):
+            continue
+        values = column.cast(pa.int64())
+        if (
+            pc.max(values).as_py() == INFINITE_TIMESTAMP
+            or pc.min(values).as_py() == -INFINITE_TIMESTAMP
+        ):
+            raise ValueError(f"column {name!r} contains an infinite timestamp")
 
 
 def _records(data: Sequence[Mapping[str, Any]] | pd.DataFrame) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ modification time is at least that much later and its stat differs.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
@@ -36,10 +37,17 @@ class NotRegularFile(OSError):
     """A path that should be a regular file is a FIFO, a device, a socket or a folder."""
 
 
-def open_regular(path: Path | str) -> BinaryIO:
+def open_regular(path: Path | str, follow_links: bool = True) -> BinaryIO:
     """Open a regular file for binary reading without blocking on a FIFO. Raise
-    NotRegularFile for any other kind of file, and the errors of `os.open`."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    NotRegularFile for any other kind of file, or for a symbolic link unless `follow_links`,
+    and the errors of `os.open`."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError as error:
+        if error.errno == errno.ELOOP and not follow_links:
+            raise NotRegularFile(f"{path} is a symbolic link") from None
+        raise
     try:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             raise NotRegularFile(f"{path} is not a regular file")
@@ -60,18 +68,21 @@ class ReplacedFileReader(Generic[Parsed]):
     included, and a device such as /dev/zero never ends.
     """
 
-    def __init__(self, parse: Callable[[BinaryIO], Parsed]) -> None:
+    def __init__(self, parse: Callable[[BinaryIO], Parsed], follow_links: bool = True) -> None:
+        """Without `follow_links`, a path that is a symbolic link raises NotRegularFile."""
         self._parse = parse
+        self._follow_links = follow_links
+        self._stat = os.stat if follow_links else os.lstat
         self._known: dict[Path | str, tuple[Signature, Parsed]] = {}
         self._lock = threading.Lock()
 
     def read(self, path: Path | str) -> Parsed:
         known = self._known.get(path)
-        if known is not None and known[0] == _signature(os.stat(path)):
+        if known is not None and known[0] == _signature(self._stat(path)):
             return known[1]
 
         # The signature comes from the open file, so it matches the content read.
-        with open_regular(path) as file:
+        with open_regular(path, self._follow_links) as file:
             signature = _signature(os.fstat(file.fileno()))
             parsed = self._parse(file)
 

@@ -58,7 +58,10 @@ class RegistryEntry(BaseModel):
     timestamp_column: str | None = None
     created_timestamp_column: str | None = None
     ttl_seconds: float | None = Field(
-        default=None, description="Values older than this at lookup time are treated as missing"
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Values older than this at lookup time are treated as missing",
     )
     description: str = ""
     owner: str = ""
@@ -138,7 +141,9 @@ class Registry:
     def __init__(self, layout: StoreLayout) -> None:
         self.layout = layout
         # The bytes of each entry file, read again only when the file's stat changes.
-        self._texts = ReplacedFileReader(_read_entry_text)
+        # An entry file that is a symbolic link is damaged, wherever it points, because the
+        # entry names the data file that reads use.
+        self._texts = ReplacedFileReader(_read_entry_text, follow_links=False)
         # The entry parsed from each entry file's bytes, by path.
         self._loaded: dict[str, LoadedEntry] = {}
         # The entry in the footer of each data file, read again only when its stat changes.

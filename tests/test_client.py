@@ -191,6 +191,24 @@ def test_as_frame_keeps_column_types(demo_client: FeatureStoreClient) -> None:
     assert str(page["movie_id"].dtype) == "uint32"
 
 
+@pytest.mark.parametrize(
+    ("sql", "cause"),
+    [
+        ("SELECT TIME '24:00:00' AS t", "hour must be in 0..23"),
+        ("SELECT 'infinity'::DATE AS d", "out of range"),
+        ("SELECT 'infinity'::TIMESTAMP AS ts", "column 'ts' contains an infinite timestamp"),
+        ("SELECT '-infinity'::TIMESTAMP AS ts", "column 'ts' contains an infinite timestamp"),
+    ],
+)
+def test_as_frame_unconvertible_value(demo_client: FeatureStoreClient, sql: str, cause: str):
+    with pytest.raises(FeatureStoreError) as raised:
+        demo_client.sql(sql, as_frame=True)
+
+    assert raised.value.message.startswith("POST /sql: the result cannot become a DataFrame: ")
+    assert cause in raised.value.message
+    assert raised.value.message.endswith("or call with as_frame=False")
+
+
 def test_as_frame_null_timestamps(demo_client: FeatureStoreClient, raw_ratings) -> None:
     frame = demo_client.get_feature(
         "user",

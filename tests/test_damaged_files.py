@@ -490,6 +490,23 @@ def test_fifo_entry_does_not_block(tmp_path: Path) -> None:
     assert rebuilt.json()["data"] == [{"user_id": 1, "score": 0.5}, {"user_id": 2, "score": 0.25}]
 
 
+def test_entry_symlink_is_damaged(server: RunningServer, tmp_path: Path) -> None:
+    # A valid copy of the entry outside the store, which reads must not follow.
+    outside = tmp_path / "outside.json"
+    outside.write_bytes(entry_file(server.root).read_bytes())
+    entry_file(server.root).unlink()
+    entry_file(server.root).symlink_to(outside)
+
+    with httpx.Client(base_url=server.base_url, timeout=10) as client:
+        scores = client.get("/features/shop/scores")
+        health = client.get("/health").json()
+
+    assert scores.status_code == 503
+    assert scores.json()["error"]["message"] == ENTRY_MESSAGE
+    assert health["unavailable_tables"] == ["shop/scores"]
+    assert "is a symbolic link" in server.log()
+
+
 def test_damaged_entry_after_listing_is_503(server: RunningServer) -> None:
     entry_file(server.root).write_bytes(b"{not json")
     # A write of another table makes every process list the registry again, and the
@@ -541,6 +558,10 @@ ENTRY_EDITS = {
     "negative version": (
         lambda entry: entry.update(version=-1),
         "version: Input should be greater than or equal to 0",
+    ),
+    "negative ttl": (
+        lambda entry: entry.update(ttl_seconds=-5),
+        "ttl_seconds: Input should be greater than or equal to 0",
     ),
     "other version": (
         lambda entry: entry.update(version=7),

@@ -589,6 +589,15 @@ def test_invisible_mark_or_letter_is_rejected(code: int) -> None:
     assert raised.value.details == [{"construct": f"U+{code:04X}", "line": 1, "column": 7}]
 
 
+@pytest.mark.parametrize("code", [0x2800, 0xFFFC, 0x1D159])
+def test_blank_looking_character_is_rejected(code: int) -> None:
+    # Not default-ignorable, but blank in common fonts, so `x<U+2800>` looks like `x`.
+    with pytest.raises(QueryRejected) as raised:
+        validate_query(f"SELECT 1 AS x{chr(code)}", VIEWS)
+
+    assert raised.value.message == character_message(code, 1, 14)
+
+
 # SQL value keywords: DuckDB's binder calls a function for these column names when no column
 # has the name.
 

@@ -90,8 +90,15 @@ DEFAULT_IGNORABLE_RANGES = (
     (0x1D173, 0x1D17A),
     (0xE0000, 0xE0FFF),
 )
-DEFAULT_IGNORABLE_CHARACTERS = frozenset(
-    chr(code) for first, last in DEFAULT_IGNORABLE_RANGES for code in range(first, last + 1)
+# Characters that are not default-ignorable but render as blank space in common fonts, so that
+# a name can end in one unseen: BRAILLE PATTERN BLANK, OBJECT REPLACEMENT CHARACTER and
+# MUSICAL SYMBOL NULL NOTEHEAD.
+BLANK_LOOKING_CHARACTERS = frozenset({"\u2800", "\ufffc", "\U0001d159"})
+DEFAULT_IGNORABLE_CHARACTERS = (
+    frozenset(
+        chr(code) for first, last in DEFAULT_IGNORABLE_RANGES for code in range(first, last + 1)
+    )
+    | BLANK_LOOKING_CHARACTERS
 )
 
 # Printable ASCII, tabs and line breaks: text of only these characters needs no check per
