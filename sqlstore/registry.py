@@ -259,7 +259,7 @@ class Registry:
         compared, and how they disagree, or None.
 
         They are compared when the footer is of the same table and of the same version, and
-        then `disagreement` tells how they differ. A footer of another version but the same
+        then `disagreement` describes how they differ. A footer of another version but the same
         time of the write, `updated_at`, which every write sets anew, means that the entry's
         version was edited. A footer with another version and time is of another write: a later
         one that has renamed its data file but not yet replaced the entry, or an earlier one
@@ -270,7 +270,7 @@ class Registry:
 
         NOTE: a file of an earlier table of the same name and version, copied back after the
         table was deleted and written again, makes an entry with other columns count as
-        damaged, and `recover()` then rebuilds the entry from that file.
+        damaged. `recover()` then rebuilds the entry from that file.
         """
         path = self.layout.root / entry.path
         if link_problem(path) is not None:
@@ -300,7 +300,7 @@ class Registry:
         features folder. Return None too for a first write between renaming its data file and
         writing its entry, and while the whole registry folder is missing, which `GET /health`
         reports as a failure. A process that holds the table's lock itself, such as a write or
-        `recover()`, sees None as well, so that it can rebuild the entry.
+        `recover()`, gets None as well, so that it can rebuild the entry.
         """
         data_file = self.layout.table_path(group, name)
         if not os.path.lexists(data_file) or not os.path.isdir(self.layout.registry_dir):

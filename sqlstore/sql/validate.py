@@ -70,7 +70,7 @@ REJECTED_CHARACTER_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "
 # are format characters (Cf) or unassigned, which the categories above reject already, but
 # some are marks or letters: U+034F COMBINING GRAPHEME JOINER, U+3164 HANGUL FILLER, the
 # variation selectors. An invisible letter between keywords makes sqlglot read one name where
-# the author sees two words.
+# the author reads two words.
 DEFAULT_IGNORABLE_RANGES = (
     (0x00AD, 0x00AD),
     (0x034F, 0x034F),
